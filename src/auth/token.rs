@@ -1,0 +1,79 @@
+//! The claims fleetgate reads from a token and the checks they must pass.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{error::ApiError, error::ErrorCode, ids};
+
+/// What a principal may do inside its fleet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Publishes the position of its own vehicle.
+    Vehicle,
+    /// Watches positions.
+    Viewer,
+    /// Watches, publishes for any vehicle of the fleet, and administers it.
+    Dispatcher,
+}
+
+impl Role {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Role::Vehicle => "vehicle",
+            Role::Viewer => "viewer",
+            Role::Dispatcher => "dispatcher",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "vehicle" => Some(Role::Vehicle),
+            "viewer" => Some(Role::Viewer),
+            "dispatcher" => Some(Role::Dispatcher),
+            _ => None,
+        }
+    }
+}
+
+/// Verified claims.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claims {
+    pub sub: String,
+    pub fleet: String,
+    pub role: Role,
+    /// For vehicle tokens the vehicle it publishes for; `None` for other roles.
+    pub vehicle: Option<String>,
+    /// Expiry, seconds since epoch.
+    pub exp: i64,
+}
+
+/// Claims as they arrive, before their values are checked.
+#[derive(Debug, Deserialize)]
+pub(super) struct RawClaims {
+    sub: Option<String>,
+    fleet: Option<String>,
+    role: Option<String>,
+    vehicle: Option<String>,
+    exp: Option<i64>,
+}
+
+impl RawClaims {
+    pub(super) fn validate(self) -> Result<Claims, ApiError> {
+        let bad = |m: &'static str| ApiError::new(ErrorCode::InvalidToken, m);
+        let sub = self.sub.filter(|s| !s.is_empty() && s.len() <= 256).ok_or_else(|| bad("missing or bad claim sub"))?;
+        let fleet = self.fleet.filter(|f| ids::is_valid_id(f)).ok_or_else(|| bad("missing or bad claim fleet"))?;
+        let role = self.role.as_deref().and_then(Role::parse).ok_or_else(|| bad("missing or bad claim role"))?;
+        let exp = self.exp.ok_or_else(|| bad("missing claim exp"))?;
+        let vehicle = match role {
+            Role::Vehicle => {
+                let v = self.vehicle.unwrap_or_else(|| sub.clone());
+                if !ids::is_valid_id(&v) {
+                    return Err(bad("bad claim vehicle"));
+                }
+                Some(v)
+            }
+            _ => None,
+        };
+        Ok(Claims { sub, fleet, role, vehicle, exp })
+    }
+}

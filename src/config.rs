@@ -1,0 +1,177 @@
+//! The one configuration of a fleetgate process, read from flags and
+//! `FLEETGATE_*` environment variables (the names are part of the wire
+//! contract, section 8 and throughout).
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+/// Command line of the `fleetgate` binary. Serving is the default command.
+#[derive(Debug, Parser)]
+#[command(name = "fleetgate", version, about = "Real-time location gateway for vehicle fleets")]
+pub struct Cli {
+    #[command(flatten)]
+    pub config: Config,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve Socket.IO, the HTTP API and metrics (the default).
+    Serve,
+    /// Mint a token with the configured key, for operators and scripts.
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// Fleet (tenant) the token acts in.
+    #[arg(long)]
+    pub fleet: String,
+    /// `vehicle`, `viewer` or `dispatcher`.
+    #[arg(long)]
+    pub role: String,
+    /// Principal id.
+    #[arg(long)]
+    pub sub: String,
+    /// For vehicle tokens, the only vehicle id it may publish for (defaults to `sub`).
+    #[arg(long)]
+    pub vehicle: Option<String>,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub ttl: u64,
+}
+
+/// Every setting of a fleetgate process.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address for Socket.IO, the HTTP API and the map page.
+    #[arg(long, env = "FLEETGATE_ADDR", default_value = "0.0.0.0:3000", global = true)]
+    pub addr: SocketAddr,
+
+    /// Address of the Prometheus endpoint (`/metrics`).
+    #[arg(long, env = "FLEETGATE_METRICS_ADDR", default_value = "0.0.0.0:9464", global = true)]
+    pub metrics_addr: SocketAddr,
+
+    /// Socket.IO request path, for path-rewriting proxies.
+    #[arg(long, env = "FLEETGATE_SOCKETIO_PATH", default_value = "/socket.io/", global = true)]
+    pub socketio_path: String,
+
+    /// Redis URL; unset runs a single node with everything in memory.
+    #[arg(long, env = "FLEETGATE_REDIS_URL", global = true)]
+    pub redis_url: Option<String>,
+
+    /// Redis Cluster seed nodes `host:port,…` (instead of the URL).
+    #[arg(long, env = "FLEETGATE_REDIS_CLUSTER_NODES", value_delimiter = ',', global = true)]
+    pub redis_cluster_nodes: Vec<String>,
+
+    /// Connections in the Redis command pool.
+    #[arg(long, env = "FLEETGATE_REDIS_POOL_SIZE", default_value_t = 16, global = true)]
+    pub redis_pool_size: usize,
+
+    /// HS256 shared secret.
+    #[arg(long, env = "FLEETGATE_JWT_SECRET", hide_env_values = true, global = true)]
+    pub jwt_secret: Option<String>,
+
+    /// PEM public key (RS256 or ES256) used to verify tokens.
+    #[arg(long, env = "FLEETGATE_JWT_PUBLIC_KEY_FILE", global = true)]
+    pub jwt_public_key_file: Option<PathBuf>,
+
+    /// PEM private key matching the public key, used only by `fleetgate token`.
+    #[arg(long, env = "FLEETGATE_JWT_PRIVATE_KEY_FILE", global = true)]
+    pub jwt_private_key_file: Option<PathBuf>,
+
+    /// Required `iss` claim, when set.
+    #[arg(long, env = "FLEETGATE_JWT_ISSUER", global = true)]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` claim, when set.
+    #[arg(long, env = "FLEETGATE_JWT_AUDIENCE", global = true)]
+    pub jwt_audience: Option<String>,
+
+    /// Clock leeway in seconds for `exp` and `nbf`.
+    #[arg(long, env = "FLEETGATE_JWT_LEEWAY_SECS", default_value_t = 0, global = true)]
+    pub jwt_leeway_secs: u64,
+
+    /// Seconds a socket may stay connected without authenticating.
+    #[arg(long, env = "FLEETGATE_AUTH_TIMEOUT_SECS", default_value_t = 10, global = true)]
+    pub auth_timeout_secs: u64,
+
+    /// Upper bound of a session's lifetime (also bounded by the token's `exp`).
+    #[arg(long, env = "FLEETGATE_SESSION_TTL_SECS", default_value_t = 10800, global = true)]
+    pub session_ttl_secs: u64,
+
+    /// How far a fix time may lie ahead of server time.
+    #[arg(long, env = "FLEETGATE_MAX_FUTURE_MS", default_value_t = 60_000, global = true)]
+    pub max_future_ms: i64,
+
+    /// How far a fix time may lie behind server time.
+    #[arg(long, env = "FLEETGATE_MAX_AGE_MS", default_value_t = 604_800_000, global = true)]
+    pub max_age_ms: i64,
+
+    /// Lifetime of a vehicle's last-known position.
+    #[arg(long, env = "FLEETGATE_LOCATION_TTL_SECS", default_value_t = 10800, global = true)]
+    pub location_ttl_secs: u64,
+
+    /// Conflation window in ms (0 = every update is sent on its own).
+    #[arg(long, env = "FLEETGATE_BATCH_MS", default_value_t = 0, global = true)]
+    pub batch_ms: u64,
+
+    /// Seconds without an update after which a vehicle counts as offline.
+    #[arg(long, env = "FLEETGATE_STALE_AFTER_SECS", default_value_t = 60, global = true)]
+    pub stale_after_secs: u64,
+
+    /// Subscriptions (vehicle ids plus boxes) one socket may hold.
+    #[arg(long, env = "FLEETGATE_MAX_SUBSCRIPTIONS", default_value_t = 1000, global = true)]
+    pub max_subscriptions: usize,
+
+    /// Largest websocket message and HTTP body accepted, in bytes.
+    #[arg(long, env = "FLEETGATE_MAX_MESSAGE_BYTES", default_value_t = 65_536, global = true)]
+    pub max_message_bytes: usize,
+
+    /// Packets buffered per socket before emits to it are dropped.
+    #[arg(long, env = "FLEETGATE_SOCKET_BUFFER", default_value_t = 256, global = true)]
+    pub socket_buffer: usize,
+
+    /// Seconds given to connections to drain on SIGTERM.
+    #[arg(long, env = "FLEETGATE_SHUTDOWN_GRACE_SECS", default_value_t = 20, global = true)]
+    pub shutdown_grace_secs: u64,
+
+    /// Origins allowed by CORS (comma separated, `*` for any).
+    #[arg(long, env = "FLEETGATE_CORS_ORIGINS", value_delimiter = ',', global = true)]
+    pub cors_origins: Vec<String>,
+
+    /// Run the demo: generated key, simulated fleet `demo`, token endpoint.
+    #[arg(long, env = "FLEETGATE_DEMO", global = true)]
+    pub demo: bool,
+
+    /// Vehicles in the simulated demo fleet.
+    #[arg(long, env = "FLEETGATE_DEMO_VEHICLES", default_value_t = 25, global = true)]
+    pub demo_vehicles: usize,
+
+    /// Log filter (tracing `EnvFilter` syntax).
+    #[arg(long, env = "FLEETGATE_LOG", default_value = "info", global = true)]
+    pub log: String,
+
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "FLEETGATE_LOG_FORMAT", default_value = "text", global = true)]
+    pub log_format: String,
+}
+
+impl Config {
+    pub fn auth_timeout(&self) -> Duration {
+        Duration::from_secs(self.auth_timeout_secs)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    /// The Socket.IO path with the trailing slash socketioxide matches on
+    /// stripped, so `/chat` and `/chat/` mean the same.
+    pub fn socketio_req_path(&self) -> String {
+        let trimmed = self.socketio_path.trim_end_matches('/');
+        if trimmed.is_empty() { "/socket.io".to_owned() } else { trimmed.to_owned() }
+    }
+}

@@ -1,0 +1,190 @@
+//! Authentication on the socket (section 3): the handshake (`auth.token`
+//! or `auth.session`), the `authenticate` event of the bus-app flow, the
+//! auth timeout, and the end of a socket when its session expires.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use socketioxide::{adapter::Adapter, extract::SocketRef};
+
+use super::{Conn, Gateway, Request};
+use crate::{
+    error::{ApiError, ErrorCode},
+    ids,
+    session::Session,
+};
+
+/// Credentials as clients send them, in the handshake or `authenticate`.
+#[derive(Debug, Default, Deserialize)]
+struct Credentials {
+    token: Option<String>,
+    session: Option<String>,
+    fleet: Option<String>,
+    /// The bus-app's name for the fleet.
+    provider: Option<String>,
+}
+
+impl Credentials {
+    fn from_json(v: Option<serde_json::Value>) -> Result<Self, ApiError> {
+        match v {
+            None | Some(serde_json::Value::Null) => Ok(Self::default()),
+            Some(v) => serde_json::from_value(v)
+                .map_err(|_| ApiError::invalid("auth: expected { token } or { session }")),
+        }
+    }
+
+    fn fleet(&self) -> Result<Option<&str>, ApiError> {
+        match (self.fleet.as_deref(), self.provider.as_deref()) {
+            (Some(f), Some(p)) if f != p => Err(ApiError::invalid("fleet: differs from provider")),
+            (f, p) => Ok(f.or(p)),
+        }
+    }
+}
+
+fn count_failure(stage: &'static str, e: &ApiError) {
+    metrics::counter!("fleetgate_auth_failures_total", "stage" => stage, "code" => e.code.as_str()).increment(1);
+}
+
+/// Verifies a token and opens a session for it.
+async fn open_session<A: Adapter>(gw: &Gateway<A>, token: &str, fleet: Option<&str>) -> Result<Session, ApiError> {
+    let claims = gw.auth.verify(token)?;
+    if fleet.is_some_and(|f| f != claims.fleet) {
+        return Err(ApiError::forbidden("the token belongs to another fleet"));
+    }
+    let now = ids::now_ms();
+    let session = Session::new(claims, gw.config.session_ttl_secs, now);
+    if session.is_expired(now) {
+        return Err(ApiError::new(ErrorCode::TokenExpired, "token has expired"));
+    }
+    gw.store.create_session(&session).await.map_err(|e| {
+        tracing::warn!(error = %e, "session not stored");
+        ApiError::unavailable()
+    })?;
+    metrics::counter!("fleetgate_sessions_created_total", "role" => session.role.as_str()).increment(1);
+    Ok(session)
+}
+
+async fn resume<A: Adapter>(gw: &Gateway<A>, id: &str) -> Result<Session, ApiError> {
+    let expired = || ApiError::new(ErrorCode::SessionExpired, "unknown or expired session");
+    if !ids::is_plausible_session_id(id) {
+        return Err(expired());
+    }
+    let session = gw.store.session(id).await.map_err(|e| {
+        tracing::warn!(error = %e, "session lookup failed");
+        ApiError::unavailable()
+    })?;
+    session.filter(|s| !s.is_expired(ids::now_ms())).ok_or_else(expired)
+}
+
+/// Connect middleware: a refusal becomes the client's `connect_error`
+/// whose message is the contract's code.
+pub(super) async fn handshake<A: Adapter>(
+    socket: SocketRef<A>,
+    auth: Option<serde_json::Value>,
+    gw: Arc<Gateway<A>>,
+) -> Result<(), &'static str> {
+    metrics::counter!("fleetgate_handshakes_total").increment(1);
+    let result = async {
+        let creds = Credentials::from_json(auth).map_err(|e| ApiError::new(ErrorCode::InvalidToken, e.message))?;
+        let fleet = creds.fleet()?;
+        let session = match (&creds.token, &creds.session) {
+            (Some(token), _) => Some(open_session(&gw, token, fleet).await?),
+            (None, Some(id)) => {
+                let s = resume(&gw, id).await?;
+                if fleet.is_some_and(|f| f != s.fleet) {
+                    return Err(ApiError::forbidden("the session belongs to another fleet"));
+                }
+                Some(s)
+            }
+            (None, None) => None,
+        };
+        Ok::<_, ApiError>(session)
+    }
+    .await;
+    match result {
+        Ok(session) => {
+            let conn = Arc::new(Conn::default());
+            if let Some(s) = session {
+                conn.set_session(Arc::new(s));
+            }
+            socket.extensions.insert(conn);
+            Ok(())
+        }
+        Err(e) => {
+            count_failure("handshake", &e);
+            tracing::debug!(code = e.code.as_str(), reason = %e.message, "handshake refused");
+            Err(e.code.as_str())
+        }
+    }
+}
+
+/// Right after the connect packet: greet a handshake-authenticated socket
+/// with its session, or start the clock on one that still has to authenticate.
+pub(super) fn on_connected<A: Adapter>(socket: &SocketRef<A>, conn: &Arc<Conn>, gw: &Arc<Gateway<A>>) {
+    match conn.session() {
+        Some(session) => {
+            if let Err(e) = socket.emit("session", &*session) {
+                tracing::debug!(error = %e, "session event not sent");
+            }
+            arm_expiry(socket, conn, &session);
+        }
+        None => {
+            let (socket2, conn2) = (socket.clone(), conn.clone());
+            let timeout = gw.config.auth_timeout();
+            let task = tokio::spawn(async move {
+                tokio::time::sleep(timeout).await;
+                if conn2.session().is_none() {
+                    metrics::counter!("fleetgate_auth_timeouts_total").increment(1);
+                    let _ = socket2.disconnect();
+                }
+            });
+            conn.set_timer(task.abort_handle());
+        }
+    }
+}
+
+/// Disconnects the socket when its session's lifetime ends.
+fn arm_expiry<A: Adapter>(socket: &SocketRef<A>, conn: &Arc<Conn>, session: &Arc<Session>) {
+    let left = std::time::Duration::from_millis(u64::try_from(session.remaining_ms(ids::now_ms())).unwrap_or(0));
+    let (socket, conn2, id) = (socket.clone(), conn.clone(), session.session_id.clone());
+    let task = tokio::spawn(async move {
+        tokio::time::sleep(left).await;
+        if conn2.session().is_some_and(|s| s.session_id == id) {
+            let _ = socket.disconnect();
+        }
+    });
+    conn.set_timer(task.abort_handle());
+}
+
+pub(super) async fn on_authenticate<A: Adapter>(req: Request<A>, conn: Arc<Conn>, gw: Arc<Gateway<A>>) {
+    let result = async {
+        let creds = Credentials::from_json(Some(req.payload.clone()))?;
+        let token = creds.token.as_deref().ok_or_else(|| ApiError::invalid("token: required"))?;
+        let session = open_session(&gw, token, creds.fleet()?).await?;
+        if conn.session().is_some_and(|current| current.fleet != session.fleet) {
+            return Err(ApiError::forbidden("this socket is bound to another fleet"));
+        }
+        Ok(Arc::new(session))
+    }
+    .await;
+    match result {
+        Ok(session) => {
+            conn.set_session(session.clone());
+            arm_expiry(&req.socket, &conn, &session);
+            req.reply(Ok(&*session));
+        }
+        Err(e) => {
+            count_failure("authenticate", &e);
+            req.reply::<()>(Err(e));
+        }
+    }
+}
+
+/// The session of an authenticated socket, or why there is none.
+pub(super) fn require_session(conn: &Conn) -> Result<Arc<Session>, ApiError> {
+    match conn.session() {
+        Some(s) if !s.is_expired(ids::now_ms()) => Ok(s),
+        Some(_) => Err(ApiError::new(ErrorCode::SessionExpired, "the session has expired")),
+        None => Err(ApiError::unauthenticated()),
+    }
+}

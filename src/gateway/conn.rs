@@ -1,0 +1,68 @@
+//! What fleetgate keeps per socket: its session once authenticated (so no
+//! update asks the store who the socket is), what it watches, and the
+//! timers that end it.
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex, MutexGuard},
+};
+
+use tokio::task::AbortHandle;
+
+use crate::{geo::BBox, session::Session};
+
+#[derive(Default)]
+pub struct Conn {
+    session: Mutex<Option<Arc<Session>>>,
+    subscriptions: Mutex<Subscriptions>,
+    /// The auth-timeout or session-expiry timer, whichever applies now.
+    timer: Mutex<Option<AbortHandle>>,
+}
+
+/// What one socket watches inside its fleet.
+#[derive(Debug, Default)]
+pub struct Subscriptions {
+    pub whole_fleet: bool,
+    pub vehicles: HashSet<String>,
+    pub boxes: Vec<BBox>,
+    /// Whether this socket counts as a watcher of its fleet's relay channel.
+    pub watching: bool,
+}
+
+impl Subscriptions {
+    pub fn count(&self) -> usize {
+        usize::from(self.whole_fleet) + self.vehicles.len() + self.boxes.len()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Plain data: a panic elsewhere cannot leave it half-written.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Conn {
+    pub fn session(&self) -> Option<Arc<Session>> {
+        lock(&self.session).clone()
+    }
+
+    pub fn set_session(&self, session: Arc<Session>) {
+        *lock(&self.session) = Some(session);
+    }
+
+    pub fn subscriptions(&self) -> MutexGuard<'_, Subscriptions> {
+        lock(&self.subscriptions)
+    }
+
+    /// Replaces the running timer (aborting the old one).
+    pub fn set_timer(&self, handle: AbortHandle) {
+        if let Some(old) = lock(&self.timer).replace(handle) {
+            old.abort();
+        }
+    }
+
+    pub fn cancel_timer(&self) {
+        if let Some(old) = lock(&self.timer).take() {
+            old.abort();
+        }
+    }
+}

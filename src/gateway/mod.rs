@@ -1,0 +1,199 @@
+//! The Socket.IO side: the `/fleet` namespace, its handlers, and the path
+//! every accepted position takes (validate → store → fan out), shared with
+//! the HTTP API. Handlers are generic over the adapter so the embedded node
+//! and the Redis-backed replicas run the same code.
+
+mod auth;
+mod conn;
+pub mod fanout;
+mod location;
+mod request;
+mod viewer;
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use socketioxide::{SocketIo, adapter::Adapter, extract::SocketRef, handler::ConnectHandler};
+
+pub use conn::Conn;
+pub use fanout::Fanout;
+pub use request::Request;
+
+use crate::{
+    auth::{Authenticator, Role},
+    config::Config,
+    error::ApiError,
+    ids,
+    position::{Position, PositionKey, PositionUpdate, TimeWindow},
+    relay::Announcement,
+    session::Session,
+    store::{PutOutcome, Store},
+};
+
+/// Where an update came from, for metrics.
+#[derive(Debug, Clone, Copy)]
+pub enum Source {
+    Socket,
+    Http,
+    /// The built-in demo fleet.
+    Simulator,
+}
+
+impl Source {
+    fn as_str(self) -> &'static str {
+        match self {
+            Source::Socket => "socket",
+            Source::Http => "http",
+            Source::Simulator => "demo",
+        }
+    }
+}
+
+/// The `data` of a `locationupdate` ack.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct Accepted {
+    pub accepted: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+}
+
+/// Everything the handlers share.
+pub struct Gateway<A: Adapter> {
+    pub config: Arc<Config>,
+    pub auth: Arc<Authenticator>,
+    pub store: Arc<dyn Store>,
+    pub fanout: Fanout<A>,
+}
+
+impl<A: Adapter> Gateway<A> {
+    fn window(&self) -> TimeWindow {
+        TimeWindow { max_future_ms: self.config.max_future_ms, max_age_ms: self.config.max_age_ms }
+    }
+
+    /// Authorises, stores and fans out one update on behalf of `session`.
+    pub async fn publish(&self, session: &Session, update: PositionUpdate, source: Source) -> Result<Accepted, ApiError> {
+        let result = self.try_publish(session, update).await;
+        let outcome = match &result {
+            Ok(a) if a.accepted => "accepted",
+            Ok(_) => "stale",
+            Err(e) => match e.code {
+                crate::error::ErrorCode::InvalidPayload | crate::error::ErrorCode::PayloadTooLarge => "invalid",
+                crate::error::ErrorCode::Forbidden => "forbidden",
+                crate::error::ErrorCode::RateLimited => "rate_limited",
+                _ => "error",
+            },
+        };
+        metrics::counter!("fleetgate_position_updates_total", "source" => source.as_str(), "outcome" => outcome)
+            .increment(1);
+        result
+    }
+
+    async fn try_publish(&self, session: &Session, update: PositionUpdate) -> Result<Accepted, ApiError> {
+        let vehicle_id = match session.role {
+            Role::Viewer => return Err(ApiError::forbidden("viewers cannot publish positions")),
+            Role::Vehicle => {
+                let own = session.vehicle.as_deref().unwrap_or(&session.sub);
+                match update.vehicle_id.as_deref() {
+                    Some(v) if v != own => return Err(ApiError::forbidden("a vehicle token publishes only its own vehicle")),
+                    _ => own.to_owned(),
+                }
+            }
+            Role::Dispatcher => {
+                update.vehicle_id.clone().ok_or_else(|| ApiError::invalid("vehicleId: required for dispatchers"))?
+            }
+        };
+        let now = ids::now_ms();
+        let ts = update.fix_time(now, self.window())?;
+        let position = Position {
+            fleet: session.fleet.clone(),
+            vehicle_id,
+            lat: update.lat,
+            lon: update.lon,
+            ts,
+            heading: update.heading,
+            speed: update.speed,
+            accuracy: update.accuracy,
+            received_at: now,
+        };
+        // Encoded once: the store keeps these bytes, other replicas receive
+        // them, and local sockets get them without re-serialisation.
+        let encoded = serde_json::value::to_raw_value(&position)
+            .map_err(|_| ApiError::invalid("payload: not representable as JSON"))?;
+        match self.store.put_position(&position, encoded.get()).await {
+            Ok(PutOutcome::Accepted) => {
+                self.fanout
+                    .deliver(&position.fleet, &position.vehicle_id, position.lon, position.lat, "locationupdate", &encoded)
+                    .await;
+                metrics::histogram!("fleetgate_ingest_seconds")
+                    .record((ids::now_ms() - now).max(0) as f64 / 1000.0);
+                Ok(Accepted { accepted: true, reason: None })
+            }
+            Ok(PutOutcome::Stale) => Ok(Accepted { accepted: false, reason: Some("stale") }),
+            Err(e) => {
+                tracing::warn!(error = %e, "position not stored");
+                Err(ApiError::unavailable())
+            }
+        }
+    }
+
+    /// Fans out a position another replica accepted.
+    pub async fn deliver_announcement(&self, a: Announcement) {
+        let Ok(key) = serde_json::from_slice::<PositionKey>(&a.encoded) else { return };
+        let Ok(encoded) = serde_json::from_slice::<Box<RawValue>>(&a.encoded) else { return };
+        self.fanout.deliver(&key.fleet, &key.vehicle_id, key.lon, key.lat, "locationupdate", &encoded).await;
+    }
+}
+
+/// Registers the `/fleet` namespace. With a Redis adapter the returned
+/// future must be awaited, or the namespace never exists.
+pub fn register<A: Adapter + socketioxide_core::adapter::DefinedAdapter>(io: &SocketIo<A>, gateway: Arc<Gateway<A>>) -> A::InitRes {
+    let on_connect = {
+        let gateway = gateway.clone();
+        move |socket: SocketRef<A>| {
+            let gateway = gateway.clone();
+            async move { on_connect(socket, gateway) }
+        }
+    };
+    let handshake = move |socket: SocketRef<A>, auth: socketioxide::extract::TryData<serde_json::Value>| {
+        let gateway = gateway.clone();
+        async move { auth::handshake(socket, auth.0.ok(), gateway).await }
+    };
+    io.ns(fanout::NAMESPACE, on_connect.with(handshake))
+}
+
+fn on_connect<A: Adapter>(socket: SocketRef<A>, gateway: Arc<Gateway<A>>) {
+    let Some(conn) = socket.extensions.get::<Arc<Conn>>() else {
+        // The handshake middleware always inserts it; without it nothing can be served.
+        let _ = socket.disconnect();
+        return;
+    };
+    metrics::counter!("fleetgate_connections_opened_total").increment(1);
+    metrics::gauge!("fleetgate_connections").increment(1.0);
+    auth::on_connected(&socket, &conn, &gateway);
+    macro_rules! route {
+        ($event:literal, $handler:path) => {{
+            let (gateway, conn) = (gateway.clone(), conn.clone());
+            socket.on($event, move |req: Request<A>| {
+                let (gateway, conn) = (gateway.clone(), conn.clone());
+                async move { $handler(req, conn, gateway).await }
+            });
+        }};
+    }
+    route!("authenticate", auth::on_authenticate);
+    route!("locationupdate", location::on_location_update);
+    route!("subscribe", viewer::on_subscribe);
+    route!("unsubscribe", viewer::on_unsubscribe);
+    route!("providerjoin", viewer::on_provider_join);
+    let gw = gateway.clone();
+    socket.on_disconnect(move |socket: SocketRef<A>| {
+        let gateway = gw.clone();
+        async move {
+            metrics::gauge!("fleetgate_connections").decrement(1.0);
+            if let Some(conn) = socket.extensions.get::<Arc<Conn>>() {
+                conn.cancel_timer();
+                viewer::forget(&socket, &conn, &gateway).await;
+            }
+        }
+    });
+}

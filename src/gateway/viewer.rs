@@ -1,0 +1,269 @@
+//! Watching positions (section 5.3): `subscribe`, `unsubscribe`, the
+//! bus-app's `providerjoin`, and the snapshot of last-known positions that
+//! answers a subscription.
+
+use std::{collections::HashSet, sync::Arc};
+
+use serde::Serialize;
+use serde_json::{Value, value::RawValue};
+use socketioxide::{adapter::Adapter, extract::SocketRef};
+
+use super::{
+    Conn, Gateway, Request,
+    auth::require_session,
+    fanout::{fleet_room, socket_room, vehicle_room},
+};
+use crate::{
+    error::{ApiError, ErrorCode},
+    geo::BBox,
+    ids,
+    position::PositionKey,
+    session::Session,
+    store::Scope,
+};
+
+/// What a `subscribe` or `unsubscribe` names.
+#[derive(Debug)]
+struct Selection {
+    fleet: String,
+    vehicles: Vec<String>,
+    bbox: Option<BBox>,
+}
+
+impl Selection {
+    fn whole_fleet(&self) -> bool {
+        self.vehicles.is_empty() && self.bbox.is_none()
+    }
+
+    fn parse(payload: &Value, session: &Session, max: usize) -> Result<Self, ApiError> {
+        let obj = match payload {
+            Value::Null => None,
+            Value::Object(o) => Some(o),
+            _ => return Err(ApiError::invalid("payload: must be an object")),
+        };
+        let field = |k: &str| obj.and_then(|o| o.get(k)).filter(|v| !v.is_null());
+        let fleet = match field("fleet") {
+            None => session.fleet.clone(),
+            Some(Value::String(f)) if *f == session.fleet => f.clone(),
+            Some(Value::String(f)) if ids::is_valid_id(f) => {
+                return Err(ApiError::forbidden("the session belongs to another fleet"));
+            }
+            Some(_) => return Err(ApiError::invalid("fleet: must be a fleet id")),
+        };
+        let vehicles = match field("vehicles") {
+            None => Vec::new(),
+            Some(Value::Array(items)) => {
+                if items.is_empty() {
+                    return Err(ApiError::invalid("vehicles: must not be empty (omit it for the whole fleet)"));
+                }
+                if items.len() > max {
+                    return Err(ApiError::new(ErrorCode::PayloadTooLarge, format!("vehicles: at most {max}")));
+                }
+                let mut seen = HashSet::with_capacity(items.len());
+                let mut out = Vec::with_capacity(items.len());
+                for item in items {
+                    match item {
+                        Value::String(v) if ids::is_valid_id(v) => {
+                            if seen.insert(v.as_str()) {
+                                out.push(v.clone());
+                            }
+                        }
+                        _ => return Err(ApiError::invalid("vehicles: items must be vehicle ids")),
+                    }
+                }
+                out
+            }
+            Some(_) => return Err(ApiError::invalid("vehicles: must be an array of vehicle ids")),
+        };
+        let bbox = field("bbox").map(|b| BBox::from_json(b, "bbox")).transpose()?;
+        Ok(Self { fleet, vehicles, bbox })
+    }
+}
+
+#[derive(Serialize)]
+struct Snapshot {
+    fleet: String,
+    vehicles: Vec<Box<RawValue>>,
+}
+
+#[derive(Serialize)]
+struct Unsubscribed {
+    fleet: String,
+}
+
+pub(super) async fn on_subscribe<A: Adapter>(req: Request<A>, conn: Arc<Conn>, gw: Arc<Gateway<A>>) {
+    let result = async {
+        let session = require_session(&conn)?;
+        let selection = Selection::parse(&req.payload, &session, gw.config.max_subscriptions)?;
+        subscribe(&req.socket, &conn, &gw, selection).await
+    }
+    .await;
+    req.reply(result);
+}
+
+/// `providerjoin { providerId }`: the bus-app's whole-fleet subscribe.
+pub(super) async fn on_provider_join<A: Adapter>(req: Request<A>, conn: Arc<Conn>, gw: Arc<Gateway<A>>) {
+    let result = async {
+        let session = require_session(&conn)?;
+        let provider = req.payload.get("providerId").cloned().unwrap_or(Value::Null);
+        let provider = match provider {
+            Value::String(s) => Value::String(s),
+            Value::Number(n) => Value::String(n.to_string()),
+            _ => return Err(ApiError::invalid("providerId: required")),
+        };
+        let selection = Selection::parse(&serde_json::json!({ "fleet": provider }), &session, gw.config.max_subscriptions)?;
+        subscribe(&req.socket, &conn, &gw, selection).await
+    }
+    .await;
+    req.reply(result);
+}
+
+async fn subscribe<A: Adapter>(
+    socket: &SocketRef<A>,
+    conn: &Arc<Conn>,
+    gw: &Gateway<A>,
+    sel: Selection,
+) -> Result<Snapshot, ApiError> {
+    let newly_watching = {
+        let mut subs = conn.subscriptions();
+        let added = usize::from(sel.whole_fleet() && !subs.whole_fleet)
+            + sel.vehicles.iter().filter(|v| !subs.vehicles.contains(*v)).count()
+            + usize::from(sel.bbox.is_some_and(|b| !subs.boxes.contains(&b)));
+        if subs.count() + added > gw.config.max_subscriptions {
+            return Err(ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("at most {} subscriptions per socket", gw.config.max_subscriptions),
+            ));
+        }
+        if sel.whole_fleet() && !subs.whole_fleet {
+            subs.whole_fleet = true;
+            socket.join(fleet_room(&sel.fleet));
+            metrics::gauge!("fleetgate_subscriptions", "kind" => "fleet").increment(1.0);
+        }
+        for v in &sel.vehicles {
+            if subs.vehicles.insert(v.clone()) {
+                socket.join(vehicle_room(&sel.fleet, v));
+                metrics::gauge!("fleetgate_subscriptions", "kind" => "vehicle").increment(1.0);
+            }
+        }
+        if let Some(b) = sel.bbox.filter(|b| !subs.boxes.contains(b)) {
+            if subs.boxes.is_empty() {
+                socket.join(socket_room(socket.id));
+            }
+            subs.boxes.push(b);
+            gw.fanout.add_box(&sel.fleet, socket.id, b);
+            metrics::gauge!("fleetgate_subscriptions", "kind" => "bbox").increment(1.0);
+        }
+        let newly = !subs.watching;
+        subs.watching = true;
+        newly
+    };
+    // Listen to other replicas before reading the snapshot, so no update
+    // falls between the two.
+    if newly_watching {
+        if let Err(e) = gw.fanout.watch(&sel.fleet).await {
+            conn.subscriptions().watching = false;
+            return Err(e);
+        }
+    }
+    let vehicles = snapshot(gw, &sel).await?;
+    Ok(Snapshot { fleet: sel.fleet, vehicles })
+}
+
+/// Last-known positions within the selection, each vehicle once.
+async fn snapshot<A: Adapter>(gw: &Gateway<A>, sel: &Selection) -> Result<Vec<Box<RawValue>>, ApiError> {
+    let unavailable = |e| {
+        tracing::warn!(error = %e, "snapshot failed");
+        ApiError::unavailable()
+    };
+    let mut encoded = Vec::new();
+    if sel.whole_fleet() {
+        encoded = gw.store.positions(&sel.fleet, Scope::Fleet).await.map_err(unavailable)?;
+    } else {
+        if !sel.vehicles.is_empty() {
+            encoded = gw.store.positions(&sel.fleet, Scope::Vehicles(&sel.vehicles)).await.map_err(unavailable)?;
+        }
+        if let Some(b) = sel.bbox {
+            let all = gw.store.positions(&sel.fleet, Scope::Fleet).await.map_err(unavailable)?;
+            encoded.extend(all.into_iter().filter(|e| {
+                serde_json::from_str::<PositionKey>(e).is_ok_and(|k| b.contains(k.lon, k.lat))
+            }));
+        }
+    }
+    let mut seen = HashSet::new();
+    Ok(encoded
+        .into_iter()
+        .filter(|e| serde_json::from_str::<PositionKey>(e).is_ok_and(|k| seen.insert(k.vehicle_id.into_owned())))
+        .filter_map(|e| RawValue::from_string(e).ok())
+        .collect())
+}
+
+pub(super) async fn on_unsubscribe<A: Adapter>(req: Request<A>, conn: Arc<Conn>, gw: Arc<Gateway<A>>) {
+    let result = async {
+        let session = require_session(&conn)?;
+        let sel = Selection::parse(&req.payload, &session, gw.config.max_subscriptions)?;
+        let stop_watching = {
+            let mut subs = conn.subscriptions();
+            let everything = sel.whole_fleet();
+            if everything && subs.whole_fleet {
+                subs.whole_fleet = false;
+                req.socket.leave(fleet_room(&sel.fleet));
+                metrics::gauge!("fleetgate_subscriptions", "kind" => "fleet").decrement(1.0);
+            }
+            let vehicles: Vec<String> =
+                if everything { subs.vehicles.drain().collect() } else { sel.vehicles.clone() };
+            for v in vehicles {
+                if everything || subs.vehicles.remove(&v) {
+                    req.socket.leave(vehicle_room(&sel.fleet, &v));
+                    metrics::gauge!("fleetgate_subscriptions", "kind" => "vehicle").decrement(1.0);
+                }
+            }
+            let boxes: Vec<BBox> = if everything {
+                std::mem::take(&mut subs.boxes)
+            } else {
+                let keep: Vec<BBox> = subs.boxes.iter().copied().filter(|b| Some(*b) != sel.bbox).collect();
+                let gone = subs.boxes.iter().copied().filter(|b| Some(*b) == sel.bbox).collect();
+                subs.boxes = keep;
+                gone
+            };
+            for b in boxes {
+                gw.fanout.remove_box(&sel.fleet, req.socket.id, b);
+                metrics::gauge!("fleetgate_subscriptions", "kind" => "bbox").decrement(1.0);
+            }
+            if subs.boxes.is_empty() {
+                req.socket.leave(socket_room(req.socket.id));
+            }
+            let stop = subs.watching && subs.count() == 0;
+            if stop {
+                subs.watching = false;
+            }
+            stop
+        };
+        if stop_watching {
+            gw.fanout.unwatch(&sel.fleet).await;
+        }
+        Ok(Unsubscribed { fleet: sel.fleet })
+    }
+    .await;
+    req.reply(result);
+}
+
+/// Drops everything a closing socket watched. Rooms go with the socket.
+pub(super) async fn forget<A: Adapter>(socket: &SocketRef<A>, conn: &Conn, gw: &Gateway<A>) {
+    let Some(session) = conn.session() else { return };
+    let (watching, boxes, whole, vehicles) = {
+        let mut subs = conn.subscriptions();
+        let whole = std::mem::take(&mut subs.whole_fleet);
+        let vehicles = std::mem::take(&mut subs.vehicles).len();
+        (std::mem::take(&mut subs.watching), std::mem::take(&mut subs.boxes), whole, vehicles)
+    };
+    for b in &boxes {
+        gw.fanout.remove_box(&session.fleet, socket.id, *b);
+    }
+    metrics::gauge!("fleetgate_subscriptions", "kind" => "fleet").decrement(f64::from(u8::from(whole)));
+    metrics::gauge!("fleetgate_subscriptions", "kind" => "vehicle").decrement(vehicles as f64);
+    metrics::gauge!("fleetgate_subscriptions", "kind" => "bbox").decrement(boxes.len() as f64);
+    if watching {
+        gw.fanout.unwatch(&session.fleet).await;
+    }
+}

@@ -1,0 +1,143 @@
+//! The HTTP side of the one listener: health and readiness probes, the
+//! live map page, and the demo token endpoint. Socket.IO is layered onto
+//! the same router by the server.
+
+mod json;
+mod pages;
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
+use axum::{
+    Router,
+    extract::State,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde::{Deserialize, Serialize};
+use socketioxide::adapter::Adapter;
+
+pub use json::JsonBody;
+
+use crate::{
+    auth::{Claims, Role},
+    error::{ApiError, Envelope, ErrorCode},
+    gateway::Gateway,
+    ids,
+};
+
+/// Shared by the HTTP handlers.
+pub struct HttpState<A: Adapter> {
+    pub gateway: Arc<Gateway<A>>,
+    /// Cleared when shutdown begins, so load balancers stop sending traffic.
+    pub accepting: Arc<AtomicBool>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let result: Result<(), ApiError> = Err(self);
+        (status, axum::Json(Envelope::from_result(&result))).into_response()
+    }
+}
+
+/// A successful reply in the envelope.
+pub struct Ok<T>(pub T);
+
+impl<T: Serialize> IntoResponse for Ok<T> {
+    fn into_response(self) -> Response {
+        let result: Result<T, ApiError> = Result::Ok(self.0);
+        axum::Json(Envelope::from_result(&result)).into_response()
+    }
+}
+
+pub fn router<A: Adapter>(state: Arc<HttpState<A>>) -> Router {
+    let mut router = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz::<A>))
+        .merge(pages::routes());
+    if state.gateway.config.demo {
+        router = router.route("/api/v1/demo/token", post(demo_token::<A>));
+    }
+    router.with_state(state)
+}
+
+#[derive(Serialize)]
+struct Status {
+    status: &'static str,
+}
+
+async fn healthz() -> Ok<Status> {
+    Ok(Status { status: "ok" })
+}
+
+async fn readyz<A: Adapter>(State(state): State<Arc<HttpState<A>>>) -> Result<Ok<Status>, ApiError> {
+    if !state.accepting.load(Ordering::Relaxed) {
+        return Err(ApiError::new(ErrorCode::Unavailable, "shutting down"));
+    }
+    state.gateway.store.ping().await.map_err(|e| {
+        tracing::debug!(error = %e, "not ready");
+        ApiError::unavailable()
+    })?;
+    Result::Ok(Ok(Status { status: "ready" }))
+}
+
+#[derive(Deserialize)]
+struct DemoTokenRequest {
+    fleet: Option<String>,
+    role: Option<String>,
+    sub: Option<String>,
+    vehicle: Option<String>,
+    ttl: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct DemoToken {
+    token: String,
+}
+
+/// Longest lifetime of a demo token.
+const MAX_DEMO_TTL_SECS: u64 = 86_400;
+
+async fn demo_token<A: Adapter>(
+    State(state): State<Arc<HttpState<A>>>,
+    JsonBody(req): JsonBody<DemoTokenRequest>,
+) -> Result<Ok<DemoToken>, ApiError> {
+    let fleet = req.fleet.unwrap_or_else(|| crate::demo::FLEET.to_owned());
+    if !ids::is_valid_id(&fleet) {
+        return Err(ApiError::invalid("fleet: must be a fleet id"));
+    }
+    let role = match req.role.as_deref() {
+        None => Role::Viewer,
+        Some(r) => Role::parse(r).ok_or_else(|| ApiError::invalid("role: vehicle, viewer or dispatcher"))?,
+    };
+    let sub = req.sub.unwrap_or_else(|| format!("demo-{}", &ids::new_session_id()[..8]));
+    if sub.is_empty() || sub.len() > 256 {
+        return Err(ApiError::invalid("sub: 1–256 characters"));
+    }
+    if let Some(v) = &req.vehicle {
+        if !ids::is_valid_id(v) {
+            return Err(ApiError::invalid("vehicle: must be a vehicle id"));
+        }
+    }
+    if role == Role::Vehicle && req.vehicle.is_none() && !ids::is_valid_id(&sub) {
+        return Err(ApiError::invalid("sub: a vehicle token without `vehicle` needs a vehicle id as sub"));
+    }
+    let ttl = req.ttl.unwrap_or(3600).clamp(1, MAX_DEMO_TTL_SECS);
+    let claims = Claims {
+        sub,
+        fleet,
+        role,
+        vehicle: req.vehicle.filter(|_| role == Role::Vehicle),
+        exp: ids::now_ms() / 1000 + ttl as i64,
+    };
+    let gw = &state.gateway;
+    let token = gw.auth.mint(&claims, &gw.config).map_err(|e| {
+        tracing::warn!(error = %e, "demo token not minted");
+        ApiError::unavailable()
+    })?;
+    Result::Ok(Ok(DemoToken { token }))
+}

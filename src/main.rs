@@ -1,0 +1,71 @@
+//! The `fleetgate` binary: serve (the default) or mint a token.
+
+use clap::Parser;
+use fleetgate::{
+    auth::{Authenticator, Claims, Keys, Role},
+    config::{Cli, Command, Config},
+    ids,
+};
+use tracing_subscriber::{EnvFilter, fmt};
+
+fn init_logging(config: &Config) {
+    let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if config.log_format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn mint(config: &Config, args: &fleetgate::config::TokenArgs) -> Result<String, String> {
+    if config.jwt_secret.is_none() && config.jwt_private_key_file.is_none() {
+        return Err("minting needs FLEETGATE_JWT_SECRET or FLEETGATE_JWT_PRIVATE_KEY_FILE".into());
+    }
+    let role = Role::parse(&args.role).ok_or("--role must be vehicle, viewer or dispatcher")?;
+    for (name, id) in [("--fleet", Some(&args.fleet)), ("--vehicle", args.vehicle.as_ref())] {
+        if let Some(id) = id {
+            if !ids::is_valid_id(id) {
+                return Err(format!("{name} must be 1–64 characters of [A-Za-z0-9._:-]"));
+            }
+        }
+    }
+    let keys = Keys::from_config(config).map_err(|e| e.to_string())?;
+    let auth = Authenticator::new(keys, config);
+    let claims = Claims {
+        sub: args.sub.clone(),
+        fleet: args.fleet.clone(),
+        role,
+        vehicle: args.vehicle.clone().filter(|_| role == Role::Vehicle),
+        exp: ids::now_ms() / 1000 + i64::try_from(args.ttl).unwrap_or(i64::MAX / 4000),
+    };
+    auth.mint(&claims, config).map_err(|e| e.to_string())
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Token(args)) => match mint(&cli.config, &args) {
+            Ok(token) => {
+                println!("{token}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("fleetgate token: {e}");
+                std::process::ExitCode::from(2)
+            }
+        },
+        None | Some(Command::Serve) => {
+            init_logging(&cli.config);
+            match fleetgate::server::serve(cli.config).await {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("fleetgate: {e}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

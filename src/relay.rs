@@ -1,0 +1,121 @@
+//! Positions accepted on other replicas. The store's update script
+//! publishes every accepted position on its fleet's channel; a replica
+//! listens to a fleet's channel only while one of its own sockets watches
+//! that fleet, and hands what arrives to local fan-out.
+//!
+//! Pub/sub runs on fred's subscriber client, which reconnects with backoff
+//! and re-subscribes its channels by itself after a Redis restart.
+
+use std::{collections::HashMap, time::Duration};
+
+use bytes::Bytes;
+use fred::{
+    clients::SubscriberClient,
+    interfaces::{ClientLike, EventInterface, PubsubInterface},
+    types::config::{Config as FredConfig, ReconnectPolicy},
+};
+use tokio::sync::{Mutex, mpsc};
+
+use crate::store::redis::position_channel;
+
+/// Messages waiting for fan-out before new ones are dropped (and counted):
+/// a stalled fan-out must not grow memory without bound.
+const INBOX: usize = 8192;
+
+/// Builds a pub/sub client that survives Redis restarts.
+pub async fn subscriber_client(url: &str) -> Result<SubscriberClient, fred::error::Error> {
+    let config = FredConfig::from_url(strip_query(url))?;
+    let client = fred::types::Builder::from_config(config)
+        .with_performance_config(|p| {
+            // fred's default of 32 drops messages under any real load.
+            p.broadcast_channel_capacity = 65_536;
+        })
+        .with_connection_config(|c| {
+            c.connection_timeout = Duration::from_secs(5);
+        })
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
+        .build_subscriber_client()?;
+    client.init().await?;
+    client.manage_subscriptions();
+    Ok(client)
+}
+
+/// `?protocol=resp3` and friends are for other drivers; fred takes none.
+fn strip_query(url: &str) -> &str {
+    url.split('?').next().unwrap_or(url)
+}
+
+/// A position published by a replica, still encoded.
+pub struct Announcement {
+    pub encoded: Bytes,
+}
+
+pub struct Relay {
+    client: SubscriberClient,
+    watched: Mutex<HashMap<String, usize>>,
+}
+
+impl Relay {
+    /// Connects and starts forwarding other replicas' announcements (those
+    /// not prefixed with `node_id`) to the returned receiver.
+    pub async fn start(url: &str, node_id: String) -> Result<(Self, mpsc::Receiver<Announcement>), fred::error::Error> {
+        let client = subscriber_client(url).await?;
+        let (tx, rx) = mpsc::channel(INBOX);
+        let mut messages = client.message_rx();
+        let own_prefix = format!("{node_id} ");
+        tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                let msg = match messages.recv().await {
+                    Ok(msg) => msg,
+                    Err(RecvError::Lagged(n)) => {
+                        metrics::counter!("fleetgate_relay_dropped_total").increment(n);
+                        continue;
+                    }
+                    Err(RecvError::Closed) => return,
+                };
+                let Some(bytes) = msg.value.into_owned_bytes() else { continue };
+                if bytes.starts_with(own_prefix.as_bytes()) {
+                    continue;
+                }
+                let Some(space) = bytes.iter().position(|b| *b == b' ') else { continue };
+                let encoded = Bytes::from(bytes).slice(space + 1..);
+                if tx.try_send(Announcement { encoded }).is_err() {
+                    metrics::counter!("fleetgate_relay_dropped_total").increment(1);
+                }
+            }
+        });
+        Ok((Self { client, watched: Mutex::new(HashMap::new()) }, rx))
+    }
+
+    /// Starts listening to a fleet's positions (counted: one call per watcher).
+    pub async fn watch(&self, fleet: &str) -> Result<(), fred::error::Error> {
+        let mut watched = self.watched.lock().await;
+        if let Some(n) = watched.get_mut(fleet) {
+            *n += 1;
+            return Ok(());
+        }
+        self.client.subscribe(position_channel(fleet)).await?;
+        watched.insert(fleet.to_owned(), 1);
+        Ok(())
+    }
+
+    /// Stops listening once the fleet's last local watcher is gone.
+    pub async fn unwatch(&self, fleet: &str) {
+        let mut watched = self.watched.lock().await;
+        let Some(n) = watched.get_mut(fleet) else { return };
+        *n -= 1;
+        if *n == 0 {
+            watched.remove(fleet);
+            if let Err(e) = self.client.unsubscribe(position_channel(fleet)).await {
+                // The subscription is gone from fred's tracked set either way,
+                // so it will not come back after a reconnect.
+                tracing::debug!(error = %e, "unsubscribe failed");
+            }
+        }
+    }
+
+    pub async fn close(&self) {
+        let _ = self.client.quit().await;
+    }
+}

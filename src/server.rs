@@ -1,0 +1,203 @@
+//! Assembles a serving process from its [`Config`]: the store and adapter
+//! of the chosen mode, the gateway, the HTTP router with Socket.IO layered
+//! on, the metrics listener, and graceful shutdown.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{Router, extract::DefaultBodyLimit};
+use socketioxide::{SocketIo, SocketIoBuilder, adapter::Adapter};
+use socketioxide_redis::{FredAdapter, RedisAdapterConfig, RedisAdapterCtr};
+use tokio::sync::{mpsc, watch};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::{
+    auth::{Authenticator, Keys},
+    config::Config,
+    demo,
+    gateway::{self, Fanout, Gateway},
+    http::{self, HttpState},
+    ids,
+    relay::{self, Announcement, Relay},
+    store::{Store, memory::MemoryStore, redis::RedisStore},
+};
+
+/// Why a process could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Keys(#[from] crate::auth::KeyError),
+    #[error("cannot listen on {addr}: {err}")]
+    Bind { addr: std::net::SocketAddr, err: std::io::Error },
+    #[error("redis: {0}")]
+    Redis(String),
+    #[error("metrics: {0}")]
+    Metrics(String),
+    #[error("{0}")]
+    Config(String),
+    #[error("server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub async fn serve(config: Config) -> Result<(), ServeError> {
+    let metrics = crate::metrics::install().map_err(ServeError::Metrics)?;
+    let keys = Keys::from_config(&config)?;
+    if config.demo && config.jwt_secret.is_none() && config.jwt_public_key_file.is_none() {
+        tracing::warn!("demo mode: tokens are signed with a generated key; mint them at POST /api/v1/demo/token");
+    }
+    if !config.redis_cluster_nodes.is_empty() {
+        return Err(ServeError::Config(
+            "FLEETGATE_REDIS_CLUSTER_NODES is not supported by this build; use FLEETGATE_REDIS_URL".into(),
+        ));
+    }
+    let auth = Arc::new(Authenticator::new(keys, &config));
+    let config = Arc::new(config);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let wait_stop = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let metrics_task =
+        tokio::spawn(crate::metrics::serve(config.metrics_addr, metrics, wait_stop(stop_rx.clone())));
+
+    let result = match config.redis_url.clone() {
+        None => {
+            tracing::info!("embedded mode: one node, state in memory");
+            let store: Arc<dyn Store> = MemoryStore::new(config.location_ttl_secs);
+            let (layer, io) = socketio_builder(&config).build_layer();
+            let gateway = Arc::new(Gateway { config: config.clone(), auth, store, fanout: Fanout::new(io.clone(), None) });
+            gateway::register(&io, gateway.clone());
+            run(config.clone(), gateway, io, layer, None, stop_tx).await
+        }
+        Some(url) => {
+            let node_id = ids::new_session_id();
+            let store: Arc<dyn Store> = Arc::new(
+                RedisStore::new(&url, config.redis_pool_size, config.location_ttl_secs, node_id.clone())
+                    .map_err(ServeError::Redis)?,
+            );
+            let (relay, inbox) = Relay::start(&url, node_id).await.map_err(|e| ServeError::Redis(e.to_string()))?;
+            let client = relay::subscriber_client(&url).await.map_err(|e| ServeError::Redis(e.to_string()))?;
+            let adapter = RedisAdapterCtr::new_with_fred_config(client, RedisAdapterConfig::new().with_prefix("fg-sio"))
+                .await
+                .map_err(|e| ServeError::Redis(e.to_string()))?;
+            let (layer, io) = socketio_builder(&config).with_adapter::<FredAdapter<_>>(adapter).build_layer();
+            let gateway =
+                Arc::new(Gateway { config: config.clone(), auth, store, fanout: Fanout::new(io.clone(), Some(relay)) });
+            gateway::register(&io, gateway.clone()).await.map_err(|e| ServeError::Redis(e.to_string()))?;
+            tracing::info!("replica mode: state and rooms shared through redis");
+            run(config.clone(), gateway, io, layer, Some(inbox), stop_tx).await
+        }
+    };
+    let _ = metrics_task.await;
+    result
+}
+
+fn socketio_builder(config: &Config) -> SocketIoBuilder {
+    let max = config.max_message_bytes;
+    SocketIo::builder()
+        .req_path(config.socketio_req_path())
+        .max_buffer_size(config.socket_buffer)
+        .max_payload(max as u64)
+        .ws_max_message_size(max)
+        .ws_max_frame_size(max)
+        .ack_timeout(Duration::from_secs(5))
+}
+
+async fn run<A: Adapter>(
+    config: Arc<Config>,
+    gateway: Arc<Gateway<A>>,
+    io: SocketIo<A>,
+    layer: socketioxide::layer::SocketIoLayer<A>,
+    inbox: Option<mpsc::Receiver<Announcement>>,
+    stop: watch::Sender<bool>,
+) -> Result<(), ServeError> {
+    if let Some(mut inbox) = inbox {
+        let gw = gateway.clone();
+        tokio::spawn(async move {
+            while let Some(a) = inbox.recv().await {
+                gw.deliver_announcement(a).await;
+            }
+        });
+    }
+    let demo_task = config.demo.then(|| tokio::spawn(demo::run(gateway.clone(), config.demo_vehicles)));
+
+    let accepting = Arc::new(AtomicBool::new(true));
+    let app: Router = http::router(Arc::new(HttpState { gateway: gateway.clone(), accepting: accepting.clone() }))
+        .layer(layer)
+        .layer(cors(&config))
+        .layer(DefaultBodyLimit::max(config.max_message_bytes));
+
+    let listener = tokio::net::TcpListener::bind(config.addr)
+        .await
+        .map_err(|err| ServeError::Bind { addr: config.addr, err })?;
+    tracing::info!(addr = %config.addr, path = %config.socketio_req_path(), "listening");
+
+    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = {
+        let io = io.clone();
+        let accepting = accepting.clone();
+        async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: closing sockets");
+            accepting.store(false, Ordering::Relaxed);
+            if let Some(t) = demo_task {
+                t.abort();
+            }
+            // Disconnect packets first, so clients reconnect elsewhere at once.
+            io.close().await;
+            let _ = drained_tx.send(());
+        }
+    };
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
+    let grace = config.shutdown_grace();
+    tokio::select! {
+        r = server => r?,
+        _ = async {
+            let _ = drained_rx.await;
+            tokio::time::sleep(grace).await;
+        } => tracing::warn!("grace period over; closing remaining connections"),
+    }
+    if let Some(relay) = gateway.fanout.relay() {
+        relay.close().await;
+    }
+    let _ = stop.send(true);
+    Ok(())
+}
+
+fn cors(config: &Config) -> CorsLayer {
+    let any = config.cors_origins.iter().any(|o| o == "*");
+    let origins = if any || (config.demo && config.cors_origins.is_empty()) {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(config.cors_origins.iter().filter_map(|o| o.parse().ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(origins)
+        .allow_methods(tower_http::cors::Any)
+        .allow_headers(tower_http::cors::Any)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,279 @@
+"""Fixtures for the python-socketio smoke tests: start fleetgate (and, when
+available, Redis) on free local ports, mint HS256 tokens, and wrap
+python-socketio clients so events can be awaited with timeouts.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import jwt
+import pytest
+import requests
+import socketio
+
+NAMESPACE = "/fleet"
+TIMEOUT = 10.0  # seconds, for every wait in these tests
+SECRET = "smoke-test-secret-" + uuid.uuid4().hex
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_BIN = REPO / "target" / "debug" / "fleetgate"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "redis: needs a redis-server binary")
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tail(path: Path, limit: int = 4000) -> str:
+    try:
+        return path.read_text(errors="replace")[-limit:]
+    except OSError:
+        return ""
+
+
+def _stop(proc: subprocess.Popen, grace: float = 15.0) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+class Fleetgate:
+    """One fleetgate process on free ports; `url` is its http base URL."""
+
+    def __init__(self, binary: Path, name: str, extra_env: dict[str, str] | None = None):
+        self.port = free_port()
+        self.metrics_port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = Path(tempfile.mkstemp(prefix=f"fleetgate-{name}-", suffix=".log")[1])
+        env = dict(os.environ)
+        # Never inherit settings that would change what is being tested.
+        for key in list(env):
+            if key.startswith("FLEETGATE_"):
+                del env[key]
+        env.update(
+            FLEETGATE_ADDR=f"127.0.0.1:{self.port}",
+            FLEETGATE_METRICS_ADDR=f"127.0.0.1:{self.metrics_port}",
+            FLEETGATE_JWT_SECRET=SECRET,
+            FLEETGATE_LOG="warn",
+            FLEETGATE_SHUTDOWN_GRACE_SECS="5",
+        )
+        env.update(extra_env or {})
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen([str(binary)], env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"fleetgate exited with {self.proc.returncode} before it was ready; log:\n{_tail(self.log_path)}"
+                )
+            try:
+                r = requests.get(self.url + "/readyz", timeout=2)
+                if r.status_code == 200:
+                    return
+                last = f"HTTP {r.status_code}: {r.text[:200]}"
+            except requests.RequestException as exc:
+                last = repr(exc)
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"fleetgate not ready after {timeout}s ({last}); log:\n{_tail(self.log_path)}")
+
+    def stop(self) -> None:
+        _stop(self.proc)
+        self._log.close()
+
+    def log(self) -> str:
+        return _tail(self.log_path)
+
+
+class Redis:
+    """A throwaway redis-server with no persistence."""
+
+    def __init__(self, binary: str):
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}"
+        self.log_path = Path(tempfile.mkstemp(prefix="fleetgate-redis-", suffix=".log")[1])
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited early; log:\n{_tail(self.log_path)}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(64).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("redis-server did not answer PING")
+
+    def stop(self) -> None:
+        _stop(self.proc, grace=5)
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def fleetgate_bin() -> Path:
+    binary = Path(os.environ.get("FLEETGATE_BIN", str(DEFAULT_BIN)))
+    if not (binary.is_file() and os.access(binary, os.X_OK)):
+        pytest.fail(f"fleetgate binary not found at {binary}: run `cargo build` or set FLEETGATE_BIN")
+    return binary
+
+
+@pytest.fixture(scope="session")
+def server(fleetgate_bin):
+    """A single in-memory fleetgate."""
+    fg = Fleetgate(fleetgate_bin, "memory")
+    yield fg
+    fg.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    binary = os.environ.get("FLEETGATE_TEST_REDIS_SERVER") or shutil.which("redis-server")
+    if not binary or not (shutil.which(binary) or os.access(binary, os.X_OK)):
+        pytest.skip("no redis-server (set FLEETGATE_TEST_REDIS_SERVER to its path)")
+    r = Redis(binary)
+    yield r
+    r.stop()
+
+
+@pytest.fixture(scope="session")
+def replicas(fleetgate_bin, redis_server):
+    """Two fleetgate replicas sharing one Redis."""
+    env = {"FLEETGATE_REDIS_URL": redis_server.url}
+    a = Fleetgate(fleetgate_bin, "replica-a", env)
+    try:
+        b = Fleetgate(fleetgate_bin, "replica-b", env)
+    except Exception:
+        a.stop()
+        raise
+    yield a, b
+    b.stop()
+    a.stop()
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+def mint(role: str, sub: str, fleet: str, vehicle: str | None = None, ttl: int = 600, secret: str = SECRET) -> str:
+    claims = {"sub": sub, "fleet": fleet, "role": role, "exp": int(time.time()) + ttl}
+    if vehicle is not None:
+        claims["vehicle"] = vehicle
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+@pytest.fixture
+def fleet() -> str:
+    """A fresh fleet per test, so tests never see each other's vehicles."""
+    return "t-" + uuid.uuid4().hex[:10]
+
+
+# --------------------------------------------------------------------------- clients
+
+
+class FleetClient:
+    """A python-socketio client on /fleet that records every event it receives."""
+
+    def __init__(self, url: str, token: str | None, transports=("websocket",)):
+        self.url = url
+        self.token = token
+        self.transports = list(transports)
+        self.sio = socketio.Client(reconnection=False)
+        self._lock = threading.Lock()
+        self._events: dict[str, queue.Queue] = collections.defaultdict(queue.Queue)
+        self.connect_errors: queue.Queue = queue.Queue()
+        self.sio.on("*", self._on_any, namespace=NAMESPACE)
+        self.sio.on("connect_error", self.connect_errors.put, namespace=NAMESPACE)
+
+    def _on_any(self, event, *args):
+        data = args[0] if len(args) == 1 else args
+        self._queue(event).put(data)
+
+    def _queue(self, event: str) -> queue.Queue:
+        with self._lock:
+            return self._events[event]
+
+    def connect(self) -> "FleetClient":
+        auth = {"token": self.token} if self.token is not None else None
+        self.sio.connect(
+            self.url,
+            namespaces=[NAMESPACE],
+            auth=auth,
+            transports=self.transports,
+            wait_timeout=TIMEOUT,
+        )
+        return self
+
+    def call(self, event: str, data) -> dict:
+        return self.sio.call(event, data, namespace=NAMESPACE, timeout=TIMEOUT)
+
+    def wait_for(self, event: str, predicate=lambda d: True, timeout: float = TIMEOUT):
+        """The first `event` payload matching `predicate` (earlier ones are dropped)."""
+        q = self._queue(event)
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no matching {event!r} event within {timeout}s")
+            try:
+                data = q.get(timeout=left)
+            except queue.Empty:
+                continue
+            if predicate(data):
+                return data
+
+    def close(self) -> None:
+        try:
+            self.sio.disconnect()
+        except Exception:
+            pass
+
+
+@pytest.fixture
+def clients():
+    """Factory for connected clients; all are disconnected after the test."""
+    made: list[FleetClient] = []
+
+    def make(url: str, token: str | None, transports=("websocket",), connect: bool = True) -> FleetClient:
+        c = FleetClient(url, token, transports)
+        made.append(c)
+        return c.connect() if connect else c
+
+    yield make
+    for c in made:
+        c.close()
