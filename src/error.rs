@@ -51,10 +51,7 @@ impl ErrorCode {
     /// Whether the failure is about who the client is (the only kind that
     /// may cost a socket its connection).
     pub const fn is_auth(self) -> bool {
-        matches!(
-            self,
-            Self::Unauthenticated | Self::InvalidToken | Self::TokenExpired | Self::SessionExpired
-        )
+        matches!(self, Self::Unauthenticated | Self::InvalidToken | Self::TokenExpired | Self::SessionExpired)
     }
 }
 
@@ -147,10 +144,7 @@ mod tests {
     #[test]
     fn envelopes_match_the_contract() {
         let ok: Result<u8, ApiError> = Ok(1);
-        assert_eq!(
-            serde_json::to_string(&Envelope::from_result(&ok)).unwrap(),
-            r#"{"ok":true,"data":1}"#
-        );
+        assert_eq!(serde_json::to_string(&Envelope::from_result(&ok)).unwrap(), r#"{"ok":true,"data":1}"#);
         let err: Result<u8, ApiError> = Err(ApiError::invalid("lat: out of range"));
         assert_eq!(
             serde_json::to_string(&Envelope::from_result(&err)).unwrap(),

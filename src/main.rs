@@ -24,10 +24,8 @@ fn mint(config: &Config, args: &fleetgate::config::TokenArgs) -> Result<String, 
     }
     let role = Role::parse(&args.role).ok_or("--role must be vehicle, viewer or dispatcher")?;
     for (name, id) in [("--fleet", Some(&args.fleet)), ("--vehicle", args.vehicle.as_ref())] {
-        if let Some(id) = id {
-            if !ids::is_valid_id(id) {
-                return Err(format!("{name} must be 1–64 characters of [A-Za-z0-9._:-]"));
-            }
+        if id.is_some_and(|id| !ids::is_valid_id(id)) {
+            return Err(format!("{name} must be 1–64 characters of [A-Za-z0-9._:-]"));
         }
     }
     let keys = Keys::from_config(config).map_err(|e| e.to_string())?;

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use axum::{Router, extract::State, routing::get};
-use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Latency buckets in seconds, from 100 µs to 5 s.
@@ -34,10 +34,17 @@ fn describe() {
     describe_counter!("fleetgate_sessions_created_total", "Sessions created, by role.");
     describe_counter!("fleetgate_position_updates_total", "Position updates by source and outcome.");
     describe_counter!("fleetgate_event_errors_total", "Client events answered with an error, by code.");
-    describe_counter!("fleetgate_emits_dropped_total", "Local broadcasts in which at least one socket could not be sent to.");
+    describe_counter!(
+        "fleetgate_emits_dropped_total",
+        "Local broadcasts in which at least one socket could not be sent to."
+    );
     describe_counter!("fleetgate_relay_dropped_total", "Positions from other replicas dropped before local fan-out.");
     describe_gauge!("fleetgate_subscriptions", "Live subscriptions on this replica, by kind.");
-    describe_histogram!("fleetgate_ingest_seconds", Unit::Seconds, "Time from receiving a position to handing it to local fan-out.");
+    describe_histogram!(
+        "fleetgate_ingest_seconds",
+        Unit::Seconds,
+        "Time from receiving a position to handing it to local fan-out."
+    );
 }
 
 /// Serves `/metrics` until `shutdown` resolves.

@@ -62,9 +62,7 @@ impl PositionUpdate {
     /// Parses a `locationupdate` (or an HTTP body, with `allow_vehicle_id`
     /// false when the id comes from the path).
     pub fn parse(payload: &Value) -> Result<Self, ApiError> {
-        let obj = payload
-            .as_object()
-            .ok_or_else(|| ApiError::invalid("payload: must be an object"))?;
+        let obj = payload.as_object().ok_or_else(|| ApiError::invalid("payload: must be an object"))?;
         let vehicle_id = vehicle_id(obj)?;
         let (lat, lon) = coordinates(obj)?;
         if lat == 0.0 && lon == 0.0 {
@@ -74,7 +72,8 @@ impl PositionUpdate {
             None => None,
             Some(v) => Some(integer(v).ok_or_else(|| ApiError::invalid("ts: must be an integer of ms since epoch"))?),
         };
-        let heading = optional_number(obj, "heading", |h| (0.0..360.0).contains(&h), "heading: must be a number in [0, 360)")?;
+        let heading =
+            optional_number(obj, "heading", |h| (0.0..360.0).contains(&h), "heading: must be a number in [0, 360)")?;
         let speed = optional_number(obj, "speed", |s| s >= 0.0, "speed: must be a number ≥ 0 (m/s)")?;
         let accuracy = optional_number(obj, "accuracy", |a| a >= 0.0, "accuracy: must be a number ≥ 0 (m)")?;
         Ok(Self { vehicle_id, lat, lon, ts, heading, speed, accuracy })
@@ -84,10 +83,7 @@ impl PositionUpdate {
     pub fn fix_time(&self, now_ms: i64, window: TimeWindow) -> Result<i64, ApiError> {
         let ts = self.ts.unwrap_or(now_ms);
         if ts > now_ms.saturating_add(window.max_future_ms) {
-            return Err(ApiError::invalid(format!(
-                "ts: more than {} ms ahead of server time",
-                window.max_future_ms
-            )));
+            return Err(ApiError::invalid(format!("ts: more than {} ms ahead of server time", window.max_future_ms)));
         }
         if ts < now_ms.saturating_sub(window.max_age_ms) {
             return Err(ApiError::invalid(format!("ts: more than {} ms in the past", window.max_age_ms)));
@@ -216,9 +212,11 @@ mod tests {
 
     #[test]
     fn accepts_the_three_forms() {
-        let a = parse(json!({"vehicleId": "bus-12", "lat": 37.5665, "lon": 126.978, "ts": 1, "heading": 90.0})).unwrap();
+        let a =
+            parse(json!({"vehicleId": "bus-12", "lat": 37.5665, "lon": 126.978, "ts": 1, "heading": 90.0})).unwrap();
         assert_eq!((a.lat, a.lon, a.ts, a.heading), (37.5665, 126.978, Some(1), Some(90.0)));
-        let b = parse(json!({"busId": "bus-12", "location": {"type": "Point", "coordinates": [126.978, 37.5665]}})).unwrap();
+        let b = parse(json!({"busId": "bus-12", "location": {"type": "Point", "coordinates": [126.978, 37.5665]}}))
+            .unwrap();
         assert_eq!((b.vehicle_id.as_deref(), b.lat, b.lon), (Some("bus-12"), 37.5665, 126.978));
         let c = parse(json!({"busId": "7", "location": {"latitude": "37.5", "longitude": 127}})).unwrap();
         assert_eq!((c.lat, c.lon), (37.5, 127.0));

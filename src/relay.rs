@@ -22,8 +22,10 @@ use crate::store::redis::position_channel;
 /// a stalled fan-out must not grow memory without bound.
 const INBOX: usize = 8192;
 
-/// Builds a pub/sub client that survives Redis restarts.
-pub async fn subscriber_client(url: &str) -> Result<SubscriberClient, fred::error::Error> {
+/// Builds a pub/sub client that reconnects with backoff and re-subscribes
+/// after a Redis restart. It is not connected yet: `init` it (the adapter's
+/// driver does so itself).
+pub fn subscriber_client(url: &str) -> Result<SubscriberClient, fred::error::Error> {
     let config = FredConfig::from_url(strip_query(url))?;
     let client = fred::types::Builder::from_config(config)
         .with_performance_config(|p| {
@@ -35,9 +37,40 @@ pub async fn subscriber_client(url: &str) -> Result<SubscriberClient, fred::erro
         })
         .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
         .build_subscriber_client()?;
-    client.init().await?;
-    client.manage_subscriptions();
+    resubscribe_on_reconnect(&client);
     Ok(client)
+}
+
+/// Re-subscribes tracked channels after every reconnect.
+///
+/// fred's own `manage_subscriptions` sends a bare `SUBSCRIBE` when only
+/// shard channels are tracked (as with the adapter), which Redis refuses,
+/// and then never re-subscribes the shard channels: delivery across
+/// replicas would stay dead after a Redis restart.
+fn resubscribe_on_reconnect(client: &SubscriberClient) {
+    let client = client.clone();
+    let mut reconnects = client.reconnect_rx();
+    tokio::spawn(async move {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            match reconnects.recv().await {
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return,
+            }
+            let channels: Vec<String> = client.tracked_channels().iter().map(|c| c.to_string()).collect();
+            if !channels.is_empty()
+                && let Err(e) = client.subscribe(channels).await
+            {
+                tracing::warn!(error = %e, "re-subscribing channels failed");
+            }
+            for channel in client.tracked_shard_channels() {
+                if let Err(e) = client.ssubscribe(channel.to_string()).await {
+                    tracing::warn!(error = %e, "re-subscribing shard channels failed");
+                }
+            }
+            tracing::info!("redis pub/sub connected");
+        }
+    });
 }
 
 /// `?protocol=resp3` and friends are for other drivers; fred takes none.
@@ -59,7 +92,8 @@ impl Relay {
     /// Connects and starts forwarding other replicas' announcements (those
     /// not prefixed with `node_id`) to the returned receiver.
     pub async fn start(url: &str, node_id: String) -> Result<(Self, mpsc::Receiver<Announcement>), fred::error::Error> {
-        let client = subscriber_client(url).await?;
+        let client = subscriber_client(url)?;
+        client.init().await?;
         let (tx, rx) = mpsc::channel(INBOX);
         let mut messages = client.message_rx();
         let own_prefix = format!("{node_id} ");

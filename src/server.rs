@@ -61,15 +61,15 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let wait_stop = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let metrics_task =
-        tokio::spawn(crate::metrics::serve(config.metrics_addr, metrics, wait_stop(stop_rx.clone())));
+    let metrics_task = tokio::spawn(crate::metrics::serve(config.metrics_addr, metrics, wait_stop(stop_rx.clone())));
 
     let result = match config.redis_url.clone() {
         None => {
             tracing::info!("embedded mode: one node, state in memory");
             let store: Arc<dyn Store> = MemoryStore::new(config.location_ttl_secs);
             let (layer, io) = socketio_builder(&config).build_layer();
-            let gateway = Arc::new(Gateway { config: config.clone(), auth, store, fanout: Fanout::new(io.clone(), None) });
+            let gateway =
+                Arc::new(Gateway { config: config.clone(), auth, store, fanout: Fanout::new(io.clone(), None) });
             gateway::register(&io, gateway.clone());
             run(config.clone(), gateway, io, layer, None, stop_tx).await
         }
@@ -80,10 +80,11 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
                     .map_err(ServeError::Redis)?,
             );
             let (relay, inbox) = Relay::start(&url, node_id).await.map_err(|e| ServeError::Redis(e.to_string()))?;
-            let client = relay::subscriber_client(&url).await.map_err(|e| ServeError::Redis(e.to_string()))?;
-            let adapter = RedisAdapterCtr::new_with_fred_config(client, RedisAdapterConfig::new().with_prefix("fg-sio"))
-                .await
-                .map_err(|e| ServeError::Redis(e.to_string()))?;
+            let client = relay::subscriber_client(&url).map_err(|e| ServeError::Redis(e.to_string()))?;
+            let adapter =
+                RedisAdapterCtr::new_with_fred_config(client, RedisAdapterConfig::new().with_prefix("fg-sio"))
+                    .await
+                    .map_err(|e| ServeError::Redis(e.to_string()))?;
             let (layer, io) = socketio_builder(&config).with_adapter::<FredAdapter<_>>(adapter).build_layer();
             let gateway =
                 Arc::new(Gateway { config: config.clone(), auth, store, fanout: Fanout::new(io.clone(), Some(relay)) });
@@ -131,9 +132,8 @@ async fn run<A: Adapter>(
         .layer(cors(&config))
         .layer(DefaultBodyLimit::max(config.max_message_bytes));
 
-    let listener = tokio::net::TcpListener::bind(config.addr)
-        .await
-        .map_err(|err| ServeError::Bind { addr: config.addr, err })?;
+    let listener =
+        tokio::net::TcpListener::bind(config.addr).await.map_err(|err| ServeError::Bind { addr: config.addr, err })?;
     tracing::info!(addr = %config.addr, path = %config.socketio_req_path(), "listening");
 
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
@@ -175,10 +175,7 @@ fn cors(config: &Config) -> CorsLayer {
     } else {
         AllowOrigin::list(config.cors_origins.iter().filter_map(|o| o.parse().ok()))
     };
-    CorsLayer::new()
-        .allow_origin(origins)
-        .allow_methods(tower_http::cors::Any)
-        .allow_headers(tower_http::cors::Any)
+    CorsLayer::new().allow_origin(origins).allow_methods(tower_http::cors::Any).allow_headers(tower_http::cors::Any)
 }
 
 async fn shutdown_signal() {

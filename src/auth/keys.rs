@@ -56,9 +56,8 @@ impl Keys {
     }
 
     fn from_pem(public: &std::path::Path, private: Option<&std::path::Path>) -> Result<Self, KeyError> {
-        let read = |p: &std::path::Path| {
-            std::fs::read(p).map_err(|err| KeyError::Read { path: p.display().to_string(), err })
-        };
+        let read =
+            |p: &std::path::Path| std::fs::read(p).map_err(|err| KeyError::Read { path: p.display().to_string(), err });
         let pem = read(public)?;
         let (algorithm, decoding) = if let Ok(k) = DecodingKey::from_rsa_pem(&pem) {
             (Algorithm::RS256, k)

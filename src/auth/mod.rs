@@ -55,8 +55,8 @@ impl Authenticator {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(ApiError::new(ErrorCode::InvalidToken, "token too large"));
         }
-        let data = jsonwebtoken::decode::<token::RawClaims>(token, self.keys.decoding(), &self.validation)
-            .map_err(|e| match e.kind() {
+        let data = jsonwebtoken::decode::<token::RawClaims>(token, self.keys.decoding(), &self.validation).map_err(
+            |e| match e.kind() {
                 ErrorKind::ExpiredSignature => ApiError::new(ErrorCode::TokenExpired, "token has expired"),
                 ErrorKind::ImmatureSignature => ApiError::new(ErrorCode::InvalidToken, "token is not valid yet"),
                 ErrorKind::InvalidIssuer => ApiError::new(ErrorCode::InvalidToken, "wrong issuer"),
@@ -67,7 +67,8 @@ impl Authenticator {
                     ApiError::new(ErrorCode::InvalidToken, format!("missing claim {c}"))
                 }
                 _ => ApiError::new(ErrorCode::InvalidToken, "malformed token"),
-            })?;
+            },
+        )?;
         data.claims.validate()
     }
 

@@ -60,7 +60,8 @@ pub(super) struct RawClaims {
 impl RawClaims {
     pub(super) fn validate(self) -> Result<Claims, ApiError> {
         let bad = |m: &'static str| ApiError::new(ErrorCode::InvalidToken, m);
-        let sub = self.sub.filter(|s| !s.is_empty() && s.len() <= 256).ok_or_else(|| bad("missing or bad claim sub"))?;
+        let sub =
+            self.sub.filter(|s| !s.is_empty() && s.len() <= 256).ok_or_else(|| bad("missing or bad claim sub"))?;
         let fleet = self.fleet.filter(|f| ids::is_valid_id(f)).ok_or_else(|| bad("missing or bad claim fleet"))?;
         let role = self.role.as_deref().and_then(Role::parse).ok_or_else(|| bad("missing or bad claim role"))?;
         let exp = self.exp.ok_or_else(|| bad("missing claim exp"))?;

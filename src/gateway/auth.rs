@@ -28,8 +28,9 @@ impl Credentials {
     fn from_json(v: Option<serde_json::Value>) -> Result<Self, ApiError> {
         match v {
             None | Some(serde_json::Value::Null) => Ok(Self::default()),
-            Some(v) => serde_json::from_value(v)
-                .map_err(|_| ApiError::invalid("auth: expected { token } or { session }")),
+            Some(v) => {
+                serde_json::from_value(v).map_err(|_| ApiError::invalid("auth: expected { token } or { session }"))
+            }
         }
     }
 
@@ -79,18 +80,18 @@ async fn resume<A: Adapter>(gw: &Gateway<A>, id: &str) -> Result<Session, ApiErr
 /// Connect middleware: a refusal becomes the client's `connect_error`
 /// whose message is the contract's code.
 pub(super) async fn handshake<A: Adapter>(
-    socket: SocketRef<A>,
+    socket: &SocketRef<A>,
     auth: Option<serde_json::Value>,
-    gw: Arc<Gateway<A>>,
-) -> Result<(), &'static str> {
+    gw: &Gateway<A>,
+) -> Result<Arc<Conn>, &'static str> {
     metrics::counter!("fleetgate_handshakes_total").increment(1);
     let result = async {
         let creds = Credentials::from_json(auth).map_err(|e| ApiError::new(ErrorCode::InvalidToken, e.message))?;
         let fleet = creds.fleet()?;
         let session = match (&creds.token, &creds.session) {
-            (Some(token), _) => Some(open_session(&gw, token, fleet).await?),
+            (Some(token), _) => Some(open_session(gw, token, fleet).await?),
             (None, Some(id)) => {
-                let s = resume(&gw, id).await?;
+                let s = resume(gw, id).await?;
                 if fleet.is_some_and(|f| f != s.fleet) {
                     return Err(ApiError::forbidden("the session belongs to another fleet"));
                 }
@@ -107,12 +108,11 @@ pub(super) async fn handshake<A: Adapter>(
             if let Some(s) = session {
                 conn.set_session(Arc::new(s));
             }
-            socket.extensions.insert(conn);
-            Ok(())
+            Ok(conn)
         }
         Err(e) => {
             count_failure("handshake", &e);
-            tracing::debug!(code = e.code.as_str(), reason = %e.message, "handshake refused");
+            tracing::debug!(sid = %socket.id, code = e.code.as_str(), reason = %e.message, "handshake refused");
             Err(e.code.as_str())
         }
     }

@@ -72,7 +72,12 @@ impl<A: Adapter> Gateway<A> {
     }
 
     /// Authorises, stores and fans out one update on behalf of `session`.
-    pub async fn publish(&self, session: &Session, update: PositionUpdate, source: Source) -> Result<Accepted, ApiError> {
+    pub async fn publish(
+        &self,
+        session: &Session,
+        update: PositionUpdate,
+        source: Source,
+    ) -> Result<Accepted, ApiError> {
         let result = self.try_publish(session, update).await;
         let outcome = match &result {
             Ok(a) if a.accepted => "accepted",
@@ -95,7 +100,9 @@ impl<A: Adapter> Gateway<A> {
             Role::Vehicle => {
                 let own = session.vehicle.as_deref().unwrap_or(&session.sub);
                 match update.vehicle_id.as_deref() {
-                    Some(v) if v != own => return Err(ApiError::forbidden("a vehicle token publishes only its own vehicle")),
+                    Some(v) if v != own => {
+                        return Err(ApiError::forbidden("a vehicle token publishes only its own vehicle"));
+                    }
                     _ => own.to_owned(),
                 }
             }
@@ -123,10 +130,16 @@ impl<A: Adapter> Gateway<A> {
         match self.store.put_position(&position, encoded.get()).await {
             Ok(PutOutcome::Accepted) => {
                 self.fanout
-                    .deliver(&position.fleet, &position.vehicle_id, position.lon, position.lat, "locationupdate", &encoded)
+                    .deliver(
+                        &position.fleet,
+                        &position.vehicle_id,
+                        position.lon,
+                        position.lat,
+                        "locationupdate",
+                        &encoded,
+                    )
                     .await;
-                metrics::histogram!("fleetgate_ingest_seconds")
-                    .record((ids::now_ms() - now).max(0) as f64 / 1000.0);
+                metrics::histogram!("fleetgate_ingest_seconds").record((ids::now_ms() - now).max(0) as f64 / 1000.0);
                 Ok(Accepted { accepted: true, reason: None })
             }
             Ok(PutOutcome::Stale) => Ok(Accepted { accepted: false, reason: Some("stale") }),
@@ -147,7 +160,10 @@ impl<A: Adapter> Gateway<A> {
 
 /// Registers the `/fleet` namespace. With a Redis adapter the returned
 /// future must be awaited, or the namespace never exists.
-pub fn register<A: Adapter + socketioxide_core::adapter::DefinedAdapter>(io: &SocketIo<A>, gateway: Arc<Gateway<A>>) -> A::InitRes {
+pub fn register<A: Adapter + socketioxide_core::adapter::DefinedAdapter>(
+    io: &SocketIo<A>,
+    gateway: Arc<Gateway<A>>,
+) -> A::InitRes {
     let on_connect = {
         let gateway = gateway.clone();
         move |socket: SocketRef<A>| {
@@ -157,11 +173,19 @@ pub fn register<A: Adapter + socketioxide_core::adapter::DefinedAdapter>(io: &So
     };
     let handshake = move |socket: SocketRef<A>, auth: socketioxide::extract::TryData<serde_json::Value>| {
         let gateway = gateway.clone();
-        async move { auth::handshake(socket, auth.0.ok(), gateway).await }
+        async move {
+            let conn = auth::handshake(&socket, auth.0.ok(), &gateway).await?;
+            // Handlers go on before the connect packet is sent: the connect
+            // handler runs as a spawned task, and a client may emit as soon
+            // as it sees the packet.
+            attach_handlers(&socket, conn, gateway);
+            Ok::<(), &'static str>(())
+        }
     };
     io.ns(fanout::NAMESPACE, on_connect.with(handshake))
 }
 
+/// Runs after the connect packet went out.
 fn on_connect<A: Adapter>(socket: SocketRef<A>, gateway: Arc<Gateway<A>>) {
     let Some(conn) = socket.extensions.get::<Arc<Conn>>() else {
         // The handshake middleware always inserts it; without it nothing can be served.
@@ -171,6 +195,10 @@ fn on_connect<A: Adapter>(socket: SocketRef<A>, gateway: Arc<Gateway<A>>) {
     metrics::counter!("fleetgate_connections_opened_total").increment(1);
     metrics::gauge!("fleetgate_connections").increment(1.0);
     auth::on_connected(&socket, &conn, &gateway);
+}
+
+fn attach_handlers<A: Adapter>(socket: &SocketRef<A>, conn: Arc<Conn>, gateway: Arc<Gateway<A>>) {
+    socket.extensions.insert(conn.clone());
     macro_rules! route {
         ($event:literal, $handler:path) => {{
             let (gateway, conn) = (gateway.clone(), conn.clone());
@@ -185,15 +213,12 @@ fn on_connect<A: Adapter>(socket: SocketRef<A>, gateway: Arc<Gateway<A>>) {
     route!("subscribe", viewer::on_subscribe);
     route!("unsubscribe", viewer::on_unsubscribe);
     route!("providerjoin", viewer::on_provider_join);
-    let gw = gateway.clone();
     socket.on_disconnect(move |socket: SocketRef<A>| {
-        let gateway = gw.clone();
+        let (gateway, conn) = (gateway.clone(), conn.clone());
         async move {
             metrics::gauge!("fleetgate_connections").decrement(1.0);
-            if let Some(conn) = socket.extensions.get::<Arc<Conn>>() {
-                conn.cancel_timer();
-                viewer::forget(&socket, &conn, &gateway).await;
-            }
+            conn.cancel_timer();
+            viewer::forget(&socket, &conn, &gateway).await;
         }
     });
 }

@@ -55,9 +55,9 @@ impl<A: Adapter> Request<A> {
         }
         let sent = match (&result, self.has_ack) {
             (_, true) => self.ack.send(&Envelope::from_result(&result)),
-            (Err(e), false) => self
-                .socket
-                .emit("exception", &Exception { event: &self.event, code: e.code, message: &e.message }),
+            (Err(e), false) => {
+                self.socket.emit("exception", &Exception { event: &self.event, code: e.code, message: &e.message })
+            }
             (Ok(_), false) => Ok(()),
         };
         if let Err(e) = sent {

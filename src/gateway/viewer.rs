@@ -111,7 +111,8 @@ pub(super) async fn on_provider_join<A: Adapter>(req: Request<A>, conn: Arc<Conn
             Value::Number(n) => Value::String(n.to_string()),
             _ => return Err(ApiError::invalid("providerId: required")),
         };
-        let selection = Selection::parse(&serde_json::json!({ "fleet": provider }), &session, gw.config.max_subscriptions)?;
+        let selection =
+            Selection::parse(&serde_json::json!({ "fleet": provider }), &session, gw.config.max_subscriptions)?;
         subscribe(&req.socket, &conn, &gw, selection).await
     }
     .await;
@@ -160,11 +161,9 @@ async fn subscribe<A: Adapter>(
     };
     // Listen to other replicas before reading the snapshot, so no update
     // falls between the two.
-    if newly_watching {
-        if let Err(e) = gw.fanout.watch(&sel.fleet).await {
-            conn.subscriptions().watching = false;
-            return Err(e);
-        }
+    if newly_watching && let Err(e) = gw.fanout.watch(&sel.fleet).await {
+        conn.subscriptions().watching = false;
+        return Err(e);
     }
     let vehicles = snapshot(gw, &sel).await?;
     Ok(Snapshot { fleet: sel.fleet, vehicles })
@@ -185,9 +184,10 @@ async fn snapshot<A: Adapter>(gw: &Gateway<A>, sel: &Selection) -> Result<Vec<Bo
         }
         if let Some(b) = sel.bbox {
             let all = gw.store.positions(&sel.fleet, Scope::Fleet).await.map_err(unavailable)?;
-            encoded.extend(all.into_iter().filter(|e| {
-                serde_json::from_str::<PositionKey>(e).is_ok_and(|k| b.contains(k.lon, k.lat))
-            }));
+            encoded.extend(
+                all.into_iter()
+                    .filter(|e| serde_json::from_str::<PositionKey>(e).is_ok_and(|k| b.contains(k.lon, k.lat))),
+            );
         }
     }
     let mut seen = HashSet::new();
@@ -210,8 +210,7 @@ pub(super) async fn on_unsubscribe<A: Adapter>(req: Request<A>, conn: Arc<Conn>,
                 req.socket.leave(fleet_room(&sel.fleet));
                 metrics::gauge!("fleetgate_subscriptions", "kind" => "fleet").decrement(1.0);
             }
-            let vehicles: Vec<String> =
-                if everything { subs.vehicles.drain().collect() } else { sel.vehicles.clone() };
+            let vehicles: Vec<String> = if everything { subs.vehicles.drain().collect() } else { sel.vehicles.clone() };
             for v in vehicles {
                 if everything || subs.vehicles.remove(&v) {
                     req.socket.leave(vehicle_room(&sel.fleet, &v));

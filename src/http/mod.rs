@@ -55,10 +55,8 @@ impl<T: Serialize> IntoResponse for Ok<T> {
 }
 
 pub fn router<A: Adapter>(state: Arc<HttpState<A>>) -> Router {
-    let mut router = Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz::<A>))
-        .merge(pages::routes());
+    let mut router =
+        Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz::<A>)).merge(pages::routes());
     if state.gateway.config.demo {
         router = router.route("/api/v1/demo/token", post(demo_token::<A>));
     }
@@ -118,10 +116,8 @@ async fn demo_token<A: Adapter>(
     if sub.is_empty() || sub.len() > 256 {
         return Err(ApiError::invalid("sub: 1–256 characters"));
     }
-    if let Some(v) = &req.vehicle {
-        if !ids::is_valid_id(v) {
-            return Err(ApiError::invalid("vehicle: must be a vehicle id"));
-        }
+    if req.vehicle.as_deref().is_some_and(|v| !ids::is_valid_id(v)) {
+        return Err(ApiError::invalid("vehicle: must be a vehicle id"));
     }
     if role == Role::Vehicle && req.vehicle.is_none() && !ids::is_valid_id(&sub) {
         return Err(ApiError::invalid("sub: a vehicle token without `vehicle` needs a vehicle id as sub"));

@@ -77,10 +77,8 @@ impl Store for MemoryStore {
         let now = now_ms();
         let mut state = self.lock();
         let vehicles = state.fleets.entry(p.fleet.clone()).or_default();
-        if let Some(e) = vehicles.get(&p.vehicle_id) {
-            if e.expires_at > now && e.ts >= p.ts {
-                return Ok(PutOutcome::Stale);
-            }
+        if vehicles.get(&p.vehicle_id).is_some_and(|e| e.expires_at > now && e.ts >= p.ts) {
+            return Ok(PutOutcome::Stale);
         }
         vehicles.insert(
             p.vehicle_id.clone(),

@@ -51,11 +51,18 @@ describe("conflation with FLEETGATE_BATCH_MS=200", () => {
       last[vehicleId] = ts;
     }
 
-    for (const [vehicleId, ts] of Object.entries(last)) {
-      await batches.waitFor((b) => b.items.some((it) => it.vehicleId === vehicleId && it.ts === ts), 10_000);
+    try {
+      for (const [vehicleId, ts] of Object.entries(last)) {
+        await batches.waitFor((b) => b.items.some((it) => it.vehicleId === vehicleId && it.ts === ts), 5_000);
+      }
+    } finally {
+      assert.equal(
+        singles.items.length,
+        0,
+        `no locationupdate with conflation on, got ${singles.items.length}: ${JSON.stringify(singles.items).slice(0, 500)}`,
+      );
     }
     await sleep(500);
-
     assert.equal(singles.items.length, 0, `no locationupdate with conflation on: ${JSON.stringify(singles.items)}`);
     let delivered = 0;
     for (const batch of batches.items) {
@@ -81,11 +88,16 @@ describe("conflation with FLEETGATE_BATCH_MS=200", () => {
     const fleet = uid("fleet");
     const viewer = (await connectWithSession(A, cluster.token({ sub: "viewer", fleet, role: "viewer" }))).socket;
     const batches = record(viewer, "locations");
+    const singles = record(viewer, "locationupdate");
     await subscribe(viewer, { vehicles: ["bus-1"] });
     const disp = (await connectWithSession(B, cluster.token({ sub: "disp", fleet, role: "dispatcher" }))).socket;
     await publishAccepted(disp, { vehicleId: "bus-2", lat: 1, lon: 1, ts: tsAt() });
     await publishAccepted(disp, { vehicleId: "bus-1", lat: 2, lon: 2, ts: tsAt() });
-    await batches.waitFor((b) => b.items.some((it) => it.vehicleId === "bus-1"), 10_000);
+    try {
+      await batches.waitFor((b) => b.items.some((it) => it.vehicleId === "bus-1"), 5_000);
+    } finally {
+      assert.equal(singles.items.length, 0, `no locationupdate with conflation on: ${JSON.stringify(singles.items)}`);
+    }
     await sleep(500);
     const ids = batches.items.flatMap((b) => b.items.map((it) => it.vehicleId));
     assert.deepEqual(ids, ["bus-1"]);

@@ -92,7 +92,7 @@ describe("invalid_payload by field", () => {
     [
       "GeoJSON Point with latitude out of range",
       () => ({ vehicleId: v(19), location: { type: "Point", coordinates: [127, 95] }, ts: tsAt() }),
-      /lat/,
+      /lat|coordinates/,
     ],
     [
       "bus-app form with a non-numeric latitude",

@@ -30,10 +30,6 @@ REPO = Path(__file__).resolve().parents[2]
 DEFAULT_BIN = REPO / "target" / "debug" / "fleetgate"
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "redis: needs a redis-server binary")
-
-
 # --------------------------------------------------------------------------- processes
 
 

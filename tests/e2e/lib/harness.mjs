@@ -104,8 +104,8 @@ export function serverLogs() {
 }
 
 /**
- * node:test's `test`, with the servers' recent output appended to the
- * failure message so a failing run shows what the server said.
+ * node:test's `test`, reporting the servers' recent output as a diagnostic
+ * when the test fails, so a failing run shows what the server said.
  */
 export function test(name, opts, fn) {
   if (typeof opts === "function") {
@@ -117,13 +117,7 @@ export function test(name, opts, fn) {
       await fn(t);
     } catch (err) {
       const logs = serverLogs();
-      if (logs && err && typeof err === "object") {
-        try {
-          err.message = `${err.message}\n\n${logs}`;
-        } catch {
-          // read-only message: leave it
-        }
-      }
+      if (logs) t.diagnostic(`server output:\n${logs}`);
       throw err;
     }
   });
@@ -517,7 +511,7 @@ export function waitForEvent(socket, name, ms = DEFAULT_EVENT_MS, predicate = ()
       reject(new Error(`no "${name}" event within ${ms} ms`));
     }, ms);
     const onEvent = (...args) => {
-      const payload = args.length <= 1 ? args[0] : args;
+      const payload = args[0];
       let match = false;
       try {
         match = predicate(payload);
@@ -540,7 +534,7 @@ export function waitForEvent(socket, name, ms = DEFAULT_EVENT_MS, predicate = ()
 export function expectNoEvent(socket, name, ms = 1_000, predicate = () => true) {
   return new Promise((resolve, reject) => {
     const onEvent = (...args) => {
-      const payload = args.length <= 1 ? args[0] : args;
+      const payload = args[0];
       let match = false;
       try {
         match = predicate(payload);

@@ -1,0 +1,286 @@
+//! Test harness: real `fleetgate` processes on free ports, a private
+//! `redis-server` per test, tokens, and a small Socket.IO v5 client over a
+//! raw websocket (the frames are the contract's, written out by hand so a
+//! test sees exactly what a client sees).
+
+#![allow(dead_code)]
+
+use std::{
+    collections::HashMap,
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message;
+
+pub const SECRET: &str = "integration-test-secret";
+const WAIT: Duration = Duration::from_secs(10);
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+/// A private redis-server, killed on drop.
+pub struct Redis {
+    pub port: u16,
+    child: Child,
+}
+
+impl Redis {
+    pub fn start() -> Self {
+        let port = free_port();
+        let child = Command::new(std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into()))
+            .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (the test script installs it)");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+                let mut buf = [0u8; 7];
+                if s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n" {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { port, child }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running gateway process, killed on drop.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    child: Option<Child>,
+}
+
+impl Server {
+    pub fn start(envs: &[(&str, String)]) -> Self {
+        Self::start_with_args(envs, &[])
+    }
+
+    pub fn start_with_args(envs: &[(&str, String)], args: &[&str]) -> Self {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetgate"));
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("FLEETGATE_ADDR", addr.to_string())
+            .env("FLEETGATE_METRICS_ADDR", metrics_addr.to_string())
+            .env("FLEETGATE_JWT_SECRET", SECRET)
+            .env("FLEETGATE_LOG", "warn")
+            .stdout(Stdio::null());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn fleetgate");
+        let server = Self { addr, metrics_addr, child: Some(child) };
+        let deadline = Instant::now() + WAIT;
+        while http_get(addr, "/readyz").map(|(s, _)| s) != Some(200) {
+            assert!(Instant::now() < deadline, "fleetgate did not become ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/socket.io/?EIO=4&transport=websocket", self.addr)
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        child.wait().expect("wait")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A bare HTTP/1.1 request: status and body.
+pub fn http_request(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let body = body.unwrap_or("");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split(' ').nth(1)?.parse().ok()?;
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    Some((status, body))
+}
+
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    http_request(addr, "GET", path, None)
+}
+
+/// An HS256 token signed with [`SECRET`].
+pub fn token(claims: Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+pub fn token_for(fleet: &str, role: &str, sub: &str) -> String {
+    token(json!({ "sub": sub, "fleet": fleet, "role": role, "exp": now_ms() / 1000 + 600 }))
+}
+
+type Acks = Arc<Mutex<HashMap<u64, oneshot::Sender<Value>>>>;
+
+/// A Socket.IO v5 client on the `/fleet` namespace over a websocket.
+pub struct Client {
+    out: mpsc::UnboundedSender<String>,
+    events: mpsc::UnboundedReceiver<(String, Value)>,
+    acks: Acks,
+    next_ack: u64,
+    pub disconnected: Arc<Mutex<bool>>,
+}
+
+impl Client {
+    /// Connects with `auth`; `Err` carries the `connect_error` message.
+    pub async fn connect(server: &Server, auth: Value) -> Result<Self, String> {
+        let (ws, _) = tokio_tungstenite::connect_async(server.url()).await.map_err(|e| e.to_string())?;
+        let (mut sink, mut stream) = ws.split();
+        // Engine.IO open packet.
+        match stream.next().await {
+            Some(Ok(Message::Text(t))) if t.starts_with('0') => {}
+            other => return Err(format!("no open packet: {other:?}")),
+        }
+        let connect = if auth.is_null() { "40/fleet,".to_owned() } else { format!("40/fleet,{auth}") };
+        sink.send(Message::text(connect)).await.map_err(|e| e.to_string())?;
+        let reply = loop {
+            match stream.next().await {
+                Some(Ok(Message::Text(t))) if t.as_str() == "2" => {
+                    sink.send(Message::text("3")).await.map_err(|e| e.to_string())?;
+                }
+                Some(Ok(Message::Text(t))) => break t.to_string(),
+                other => return Err(format!("closed during connect: {other:?}")),
+            }
+        };
+        if let Some(err) = reply.strip_prefix("44/fleet,") {
+            let v: Value = serde_json::from_str(err).map_err(|e| e.to_string())?;
+            return Err(v["message"].as_str().unwrap_or_default().to_owned());
+        }
+        if !reply.starts_with("40/fleet,") {
+            return Err(format!("unexpected reply {reply}"));
+        }
+        let (out, mut out_rx) = mpsc::unbounded_channel::<String>();
+        let (ev_tx, events) = mpsc::unbounded_channel();
+        let acks: Acks = Arc::default();
+        let disconnected = Arc::new(Mutex::new(false));
+        tokio::spawn(async move {
+            while let Some(frame) = out_rx.recv().await {
+                if sink.send(Message::text(frame)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let (acks2, out2, disc2) = (acks.clone(), out.clone(), disconnected.clone());
+        tokio::spawn(async move {
+            while let Some(Ok(msg)) = stream.next().await {
+                let Message::Text(t) = msg else { continue };
+                let t = t.as_str();
+                if t == "2" {
+                    let _ = out2.send("3".into());
+                } else if t == "41/fleet," || t == "1" {
+                    break;
+                } else if let Some(rest) = t.strip_prefix("43/fleet,") {
+                    let split = rest.find('[').unwrap_or(0);
+                    let id: u64 = rest[..split].parse().unwrap_or(0);
+                    let args: Value = serde_json::from_str(&rest[split..]).unwrap_or(Value::Null);
+                    if let Some(tx) = acks2.lock().unwrap().remove(&id) {
+                        let _ = tx.send(args[0].clone());
+                    }
+                } else if let Some(rest) = t.strip_prefix("42/fleet,") {
+                    let split = rest.find('[').unwrap_or(0);
+                    if let Ok(Value::Array(args)) = serde_json::from_str::<Value>(&rest[split..]) {
+                        let name = args.first().and_then(Value::as_str).unwrap_or_default().to_owned();
+                        let _ = ev_tx.send((name, args.get(1).cloned().unwrap_or(Value::Null)));
+                    }
+                }
+            }
+            *disc2.lock().unwrap() = true;
+        });
+        Ok(Self { out, events, acks, next_ack: 0, disconnected })
+    }
+
+    pub fn emit(&self, event: &str, payload: Value) {
+        let _ = self.out.send(format!("42/fleet,{}", json!([event, payload])));
+    }
+
+    /// Emits with an ack and waits for the reply envelope.
+    pub async fn call(&mut self, event: &str, payload: Value) -> Value {
+        self.next_ack += 1;
+        let id = self.next_ack;
+        let (tx, rx) = oneshot::channel();
+        self.acks.lock().unwrap().insert(id, tx);
+        let _ = self.out.send(format!("42/fleet,{id}{}", json!([event, payload])));
+        tokio::time::timeout(WAIT, rx).await.expect("ack in time").expect("ack")
+    }
+
+    /// The next event called `name` (others are skipped), if one comes in time.
+    pub async fn next(&mut self, name: &str, within: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some((n, v))) if n == name => return Some(v),
+                Ok(Some(_)) => continue,
+                _ => return None,
+            }
+        }
+    }
+
+    /// Every event called `name` that arrives within `within`.
+    pub async fn collect(&mut self, name: &str, within: Duration) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut out = Vec::new();
+        while let Ok(Some((n, v))) = tokio::time::timeout_at(deadline, self.events.recv()).await {
+            if n == name {
+                out.push(v);
+            }
+        }
+        out
+    }
+
+    pub fn is_disconnected(&self) -> bool {
+        *self.disconnected.lock().unwrap()
+    }
+}
