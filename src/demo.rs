@@ -93,7 +93,7 @@ pub async fn run<A: Adapter>(gateway: Arc<Gateway<A>>, vehicles: usize) {
                 speed: Some((speed * 10.0).round() / 10.0),
                 accuracy: Some(5.0),
             };
-            if let Err(e) = gateway.publish(&session, update, Source::Simulator).await {
+            if let Err(e) = gateway.publish_update(&session, update, Source::Simulator).await {
                 tracing::debug!(code = e.code.as_str(), "demo update refused");
             }
         }

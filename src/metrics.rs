@@ -39,6 +39,8 @@ fn describe() {
         "Local broadcasts in which at least one socket could not be sent to."
     );
     describe_counter!("fleetgate_relay_dropped_total", "Positions from other replicas dropped before local fan-out.");
+    describe_counter!("fleetgate_broadcasts_total", "Accepted positions fanned out on this replica.");
+    describe_counter!("fleetgate_deliveries_total", "Position events handed to local sockets.");
     describe_gauge!("fleetgate_subscriptions", "Live subscriptions on this replica, by kind.");
     describe_histogram!(
         "fleetgate_ingest_seconds",

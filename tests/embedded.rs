@@ -244,3 +244,31 @@ async fn sigterm_closes_sockets_and_exits() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(c.is_disconnected());
 }
+
+#[tokio::test]
+async fn metrics_count_connections_updates_and_deliveries() {
+    let server = Server::start(&[]);
+    let mut v = Client::connect(&server, json!({"token": token_for("f", "viewer", "v")})).await.unwrap();
+    v.call("subscribe", json!({})).await;
+    let mut bus = Client::connect(&server, json!({"token": token_for("f", "vehicle", "bus-1")})).await.unwrap();
+    let ts = now_ms();
+    bus.call("locationupdate", json!({"lat": 1, "lon": 1, "ts": ts})).await;
+    bus.call("locationupdate", json!({"lat": 1, "lon": 1, "ts": ts})).await;
+    bus.call("locationupdate", json!({"lat": 91, "lon": 1})).await;
+    v.next("locationupdate", LONG).await.expect("delivered");
+    let (status, body) = support::http_get(server.metrics_addr, "/metrics").expect("scrape");
+    assert_eq!(status, 200);
+    let value = |prefix: &str| -> f64 {
+        body.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{prefix} missing in\n{body}"))
+    };
+    assert_eq!(value(r#"fleetgate_position_updates_total{source="socket",outcome="accepted"}"#), 1.0);
+    assert_eq!(value(r#"fleetgate_position_updates_total{source="socket",outcome="stale"}"#), 1.0);
+    assert_eq!(value(r#"fleetgate_position_updates_total{source="socket",outcome="invalid"}"#), 1.0);
+    assert_eq!(value("fleetgate_deliveries_total"), 1.0);
+    assert_eq!(value("fleetgate_connections "), 2.0);
+    assert!(body.contains("# HELP fleetgate_deliveries_total"));
+}

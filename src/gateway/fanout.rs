@@ -72,6 +72,15 @@ impl<A: Adapter> Fanout<A> {
             }
         }
         let Some(ns) = self.io.of(NAMESPACE) else { return };
+        // Counting the receivers walks the same rooms the broadcast walks;
+        // it is the only way to know how many sockets a deduplicated
+        // broadcast reached.
+        let receivers = ns.clone().local().to(rooms.clone()).sockets().len();
+        metrics::counter!("fleetgate_broadcasts_total").increment(1);
+        metrics::counter!("fleetgate_deliveries_total").increment(receivers as u64);
+        if receivers == 0 {
+            return;
+        }
         if let Err(e) = ns.local().to(rooms).emit(event, encoded).await {
             // Per-socket failures: full buffers of slow clients, or sockets closing.
             metrics::counter!("fleetgate_emits_dropped_total").increment(1);

@@ -5,13 +5,11 @@ use std::sync::Arc;
 use socketioxide::adapter::Adapter;
 
 use super::{Conn, Gateway, Request, Source, auth::require_session};
-use crate::position::PositionUpdate;
 
 pub(super) async fn on_location_update<A: Adapter>(req: Request<A>, conn: Arc<Conn>, gw: Arc<Gateway<A>>) {
     let result = async {
         let session = require_session(&conn)?;
-        let update = PositionUpdate::parse(&req.payload)?;
-        gw.publish(&session, update, Source::Socket).await
+        gw.publish(&session, &req.payload, Source::Socket).await
     }
     .await;
     req.reply(result);

@@ -23,7 +23,7 @@ pub use request::Request;
 use crate::{
     auth::{Authenticator, Role},
     config::Config,
-    error::ApiError,
+    error::{ApiError, ErrorCode},
     ids,
     position::{Position, PositionKey, PositionUpdate, TimeWindow},
     relay::Announcement,
@@ -58,6 +58,21 @@ pub struct Accepted {
     pub reason: Option<&'static str>,
 }
 
+fn count_update(source: Source, result: &Result<Accepted, ApiError>) {
+    let outcome = match result {
+        Ok(a) if a.accepted => "accepted",
+        Ok(_) => "stale",
+        Err(e) => match e.code {
+            ErrorCode::InvalidPayload | ErrorCode::PayloadTooLarge => "invalid",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::RateLimited => "rate_limited",
+            _ => "error",
+        },
+    };
+    metrics::counter!("fleetgate_position_updates_total", "source" => source.as_str(), "outcome" => outcome)
+        .increment(1);
+}
+
 /// Everything the handlers share.
 pub struct Gateway<A: Adapter> {
     pub config: Arc<Config>,
@@ -71,26 +86,31 @@ impl<A: Adapter> Gateway<A> {
         TimeWindow { max_future_ms: self.config.max_future_ms, max_age_ms: self.config.max_age_ms }
     }
 
-    /// Authorises, stores and fans out one update on behalf of `session`.
+    /// Parses, authorises, stores and fans out one `locationupdate` payload
+    /// on behalf of `session`.
     pub async fn publish(
+        &self,
+        session: &Session,
+        payload: &serde_json::Value,
+        source: Source,
+    ) -> Result<Accepted, ApiError> {
+        let result = match PositionUpdate::parse(payload) {
+            Ok(update) => self.try_publish(session, update).await,
+            Err(e) => Err(e),
+        };
+        count_update(source, &result);
+        result
+    }
+
+    /// Like [`Gateway::publish`], for an update built in process.
+    pub async fn publish_update(
         &self,
         session: &Session,
         update: PositionUpdate,
         source: Source,
     ) -> Result<Accepted, ApiError> {
         let result = self.try_publish(session, update).await;
-        let outcome = match &result {
-            Ok(a) if a.accepted => "accepted",
-            Ok(_) => "stale",
-            Err(e) => match e.code {
-                crate::error::ErrorCode::InvalidPayload | crate::error::ErrorCode::PayloadTooLarge => "invalid",
-                crate::error::ErrorCode::Forbidden => "forbidden",
-                crate::error::ErrorCode::RateLimited => "rate_limited",
-                _ => "error",
-            },
-        };
-        metrics::counter!("fleetgate_position_updates_total", "source" => source.as_str(), "outcome" => outcome)
-            .increment(1);
+        count_update(source, &result);
         result
     }
 

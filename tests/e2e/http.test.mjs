@@ -104,6 +104,12 @@ describe("readiness follows Redis", () => {
     assert.equal(status, 503, "/readyz with Redis down");
     assert.equal((await get(`${server.url}/healthz`)).status, 200, "/healthz is liveness only");
   });
+
+  test("SIGTERM still stops the process while Redis is unreachable", async () => {
+    // FLEETGATE_SHUTDOWN_GRACE_SECS is 1; ten seconds is only a bound on "never".
+    const { graceful } = await server.stop(10_000);
+    assert.ok(graceful, "fleetgate ignored SIGTERM for 10 s with Redis down (it had to be killed)");
+  });
 });
 
 describe("--demo", () => {

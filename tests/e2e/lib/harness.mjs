@@ -79,17 +79,23 @@ function waitForExit(child, ms) {
   });
 }
 
+/**
+ * SIGTERM, then SIGKILL after `graceMs`. Resolves with whether the process
+ * ended on SIGTERM alone (or had already ended).
+ */
 async function stopChild(child, graceMs = 5_000) {
   if (child.exitCode !== null || child.signalCode !== null) {
     children.delete(child);
-    return;
+    return { graceful: true };
   }
   child.kill("SIGTERM");
-  if (!(await waitForExit(child, graceMs))) {
+  const graceful = await waitForExit(child, graceMs);
+  if (!graceful) {
     child.kill("SIGKILL");
     await waitForExit(child, 2_000);
   }
   children.delete(child);
+  return { graceful };
 }
 
 /** Log tails of every server started so far, for failure messages. */
@@ -264,9 +270,8 @@ export async function startServer({ name = "fleetgate", env = {}, args = [] } = 
     logs,
     exited: null,
     child,
-    stop: async () => {
-      await stopChild(child);
-    },
+    /** SIGTERM (SIGKILL after `graceMs`); resolves with `{ graceful }`. */
+    stop: (graceMs) => stopChild(child, graceMs),
   };
   servers.push(server);
   let spawnError = null;

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs the whole fleetgate test suite on a fresh machine: installs what the
+# tests need (redis-server, node packages, python packages), then runs the
+# lint gates, the Rust unit and integration tests, the end-to-end tests with
+# the official socket.io-client, and the python-socketio smoke tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+
+step() { printf '\n==> %s\n' "$*"; }
+
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
+python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+if ((${#missing[@]})); then
+  step "installing ${missing[*]}"
+  sudo=""; [[ $(id -u) -ne 0 ]] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+step "format and lint"
+cargo fmt --all -- --check
+cargo clippy --locked --all-targets -- -D warnings
+
+step "rust unit and integration tests"
+cargo build --locked
+cargo test --locked
+
+export FLEETGATE_BIN="$PWD/target/debug/fleetgate"
+
+step "end-to-end tests (socket.io-client)"
+(cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error && npm test)
+
+step "python-socketio smoke tests"
+if [[ ! -x .venv-test/bin/python ]]; then python3 -m venv .venv-test; fi
+.venv-test/bin/pip install -q --disable-pip-version-check -r tests/python/requirements.txt
+(cd tests/python && ../../.venv-test/bin/python -m pytest -q)
