@@ -55,6 +55,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             "FLEETGATE_REDIS_CLUSTER_NODES is not supported by this build; use FLEETGATE_REDIS_URL".into(),
         ));
     }
+    if config.batch_ms > 0 {
+        tracing::warn!("FLEETGATE_BATCH_MS is not active in this build: every update is sent on its own");
+    }
     let auth = Arc::new(Authenticator::new(keys, &config));
     let config = Arc::new(config);
     let (stop_tx, stop_rx) = watch::channel(false);
