@@ -40,8 +40,22 @@ fn mint(config: &Config, args: &fleetgate::config::TokenArgs) -> Result<String, 
     auth.mint(&claims, config).map_err(|e| e.to_string())
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fleetgate: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(run());
+    // Background work (reconnect attempts to an unreachable Redis) must not
+    // hold the exit past the grace period.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    code
+}
+
+async fn run() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Token(args)) => match mint(&cli.config, &args) {

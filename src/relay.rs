@@ -22,6 +22,9 @@ use crate::store::redis::position_channel;
 /// a stalled fan-out must not grow memory without bound.
 const INBOX: usize = 8192;
 
+/// Longest a pub/sub command (subscribe, publish by the adapter) may wait.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Builds a pub/sub client that reconnects with backoff and re-subscribes
 /// after a Redis restart. It is not connected yet: `init` it (the adapter's
 /// driver does so itself).
@@ -31,6 +34,9 @@ pub fn subscriber_client(url: &str) -> Result<SubscriberClient, fred::error::Err
         .with_performance_config(|p| {
             // fred's default of 32 drops messages under any real load.
             p.broadcast_channel_capacity = 65_536;
+            // Without a timeout, commands wait for Redis forever while it is
+            // down: emits across replicas and shutdown would hang with it.
+            p.default_command_timeout = COMMAND_TIMEOUT;
         })
         .with_connection_config(|c| {
             c.connection_timeout = Duration::from_secs(5);
@@ -150,6 +156,7 @@ impl Relay {
     }
 
     pub async fn close(&self) {
-        let _ = self.client.quit().await;
+        // A courtesy to Redis; not worth delaying the exit for.
+        let _ = tokio::time::timeout(Duration::from_millis(300), self.client.quit()).await;
     }
 }

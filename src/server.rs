@@ -139,29 +139,37 @@ async fn run<A: Adapter>(
         tokio::net::TcpListener::bind(config.addr).await.map_err(|err| ServeError::Bind { addr: config.addr, err })?;
     tracing::info!(addr = %config.addr, path = %config.socketio_req_path(), "listening");
 
-    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+    let grace = config.shutdown_grace();
+    // Set when shutdown begins: the whole drain must end by then.
+    let (deadline_tx, deadline_rx) = tokio::sync::oneshot::channel::<tokio::time::Instant>();
     let shutdown = {
         let io = io.clone();
         let accepting = accepting.clone();
         async move {
             shutdown_signal().await;
             tracing::info!("shutting down: closing sockets");
+            let deadline = tokio::time::Instant::now() + grace;
+            let _ = deadline_tx.send(deadline);
             accepting.store(false, Ordering::Relaxed);
             if let Some(t) = demo_task {
                 t.abort();
             }
             // Disconnect packets first, so clients reconnect elsewhere at once.
-            io.close().await;
-            let _ = drained_tx.send(());
+            // With Redis down the adapter's part of closing cannot finish:
+            // bound it by the grace period.
+            if tokio::time::timeout_at(deadline, io.close()).await.is_err() {
+                tracing::warn!("sockets did not close within the grace period");
+            }
         }
     };
     let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
-    let grace = config.shutdown_grace();
     tokio::select! {
         r = server => r?,
         _ = async {
-            let _ = drained_rx.await;
-            tokio::time::sleep(grace).await;
+            match deadline_rx.await {
+                Ok(deadline) => tokio::time::sleep_until(deadline).await,
+                Err(_) => std::future::pending().await,
+            }
         } => tracing::warn!("grace period over; closing remaining connections"),
     }
     if let Some(relay) = gateway.fanout.relay() {

@@ -10,6 +10,8 @@ pub enum KeyError {
         "no token key configured: set FLEETGATE_JWT_SECRET (HS256) or FLEETGATE_JWT_PUBLIC_KEY_FILE (RS256/ES256 PEM), or run with --demo"
     )]
     Missing,
+    #[error("FLEETGATE_JWT_SECRET is set but empty")]
+    EmptySecret,
     #[error("set only one of FLEETGATE_JWT_SECRET and FLEETGATE_JWT_PUBLIC_KEY_FILE")]
     Both,
     #[error("cannot read {path}: {err}")]
@@ -23,6 +25,10 @@ pub enum KeyError {
     #[error("signing failed: {0}")]
     Sign(String),
 }
+
+/// HS256 secrets shorter than this are weak (RFC 7518 §3.2 asks for at
+/// least the hash size); they are accepted with a warning.
+const MIN_SECRET_BYTES: usize = 32;
 
 /// The key material of one deployment.
 pub struct Keys {
@@ -45,7 +51,15 @@ impl Keys {
     pub fn from_config(config: &Config) -> Result<Self, KeyError> {
         match (&config.jwt_secret, &config.jwt_public_key_file) {
             (Some(_), Some(_)) => Err(KeyError::Both),
-            (Some(secret), None) => Ok(Self::hs256(secret.as_bytes().to_vec())),
+            (Some(secret), None) if secret.is_empty() => Err(KeyError::EmptySecret),
+            (Some(secret), None) => {
+                if secret.len() < MIN_SECRET_BYTES {
+                    tracing::warn!(
+                        "FLEETGATE_JWT_SECRET is shorter than {MIN_SECRET_BYTES} bytes: tokens are easy to forge"
+                    );
+                }
+                Ok(Self::hs256(secret.as_bytes().to_vec()))
+            }
             (None, Some(path)) => Self::from_pem(path, config.jwt_private_key_file.as_deref()),
             (None, None) if config.demo => {
                 let secret: [u8; 32] = rand::random();

@@ -83,11 +83,13 @@ describe("handshake authentication", () => {
     assertSession(session, { sub: "driver-1", fleet, role: "vehicle", vehicle: "bus-99" });
   });
 
-  test("viewer and dispatcher sessions carry no vehicle", async () => {
+  test("viewer and dispatcher sessions carry no vehicle, even with a vehicle claim", async () => {
     const fleet = uid("fleet");
     for (const role of ["viewer", "dispatcher"]) {
       const { session } = await connectWithSession(A, cluster.token({ sub: `${role}-1`, fleet, role }));
       assertSession(session, { sub: `${role}-1`, fleet, role });
+      const withClaim = await connectWithSession(B, cluster.token({ sub: `${role}-2`, fleet, role, vehicle: "bus-1" }));
+      assertSession(withClaim.session, { sub: `${role}-2`, fleet, role });
     }
   });
 
@@ -300,6 +302,13 @@ describe("session resume", () => {
       await emitWithAck(resumed.socket, "locationupdate", { vehicleId: "bus-4", lat: 1.5, lon: 2.5, ts: tsAt() }),
       "forbidden",
     );
+  });
+
+  test("resume with auth.fleet of another fleet → forbidden", async () => {
+    const fleet = uid("fleet");
+    const first = await connectWithSession(A, cluster.token({ sub: "viewer-4", fleet, role: "viewer" }));
+    const err = await connectError(B, { auth: { session: first.session.sessionId, fleet: uid("other") } });
+    assert.equal(err.message, "forbidden");
   });
 
   test("a session from the authenticate event resumes on the other replica", async () => {

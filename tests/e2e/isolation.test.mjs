@@ -17,6 +17,7 @@ import {
   test,
   tsAt,
   uid,
+  waitForEvent,
 } from "./lib/harness.mjs";
 
 let cluster;
@@ -91,6 +92,18 @@ describe("tenant isolation", () => {
       const data = await subscribe(socket, { fleet: own });
       assert.equal(data.fleet, own);
     }
+  });
+
+  test("a forbidden subscribe without an ack → exception { event: \"subscribe\", code: \"forbidden\" }", async () => {
+    const own = uid("fleet-a");
+    const socket = (await connectWithSession(B, cluster.token({ sub: "viewer", fleet: own, role: "viewer" }))).socket;
+    const exception = waitForEvent(socket, "exception");
+    socket.emit("subscribe", { fleet: uid("fleet-b") });
+    const ex = await exception;
+    assert.equal(ex.event, "subscribe");
+    assert.equal(ex.code, "forbidden");
+    assert.equal(typeof ex.message, "string");
+    assert.ok(socket.connected, "a forbidden event does not cost the connection");
   });
 
   test("a forbidden subscribe leaks neither a snapshot nor later updates", async () => {

@@ -46,15 +46,17 @@ def _tail(path: Path, limit: int = 4000) -> str:
         return ""
 
 
-def _stop(proc: subprocess.Popen, grace: float = 15.0) -> None:
+def _stop(proc: subprocess.Popen, grace: float = 15.0) -> int | None:
+    """SIGTERM, then SIGKILL after `grace` seconds. The exit code, or None if it had to be killed."""
     if proc.poll() is not None:
-        return
+        return proc.returncode
     proc.send_signal(signal.SIGTERM)
     try:
-        proc.wait(timeout=grace)
+        return proc.wait(timeout=grace)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=5)
+        return None
 
 
 class Fleetgate:
@@ -101,12 +103,20 @@ class Fleetgate:
         self.stop()
         raise RuntimeError(f"fleetgate not ready after {timeout}s ({last}); log:\n{_tail(self.log_path)}")
 
-    def stop(self) -> None:
-        _stop(self.proc)
+    def stop(self) -> int | None:
+        rc = _stop(self.proc)
         self._log.close()
+        return rc
 
     def log(self) -> str:
         return _tail(self.log_path)
+
+
+def stop_cleanly(*servers: Fleetgate) -> None:
+    """Stop every server; fail if one did not exit 0 on SIGTERM."""
+    codes = [(fg, fg.stop()) for fg in servers]
+    for fg, rc in codes:
+        assert rc == 0, f"fleetgate on {fg.url} exited with {rc} after SIGTERM; log:\n{fg.log()}"
 
 
 class Redis:
@@ -155,7 +165,7 @@ def server(fleetgate_bin):
     """A single in-memory fleetgate."""
     fg = Fleetgate(fleetgate_bin, "memory")
     yield fg
-    fg.stop()
+    stop_cleanly(fg)
 
 
 @pytest.fixture(scope="session")
@@ -179,8 +189,7 @@ def replicas(fleetgate_bin, redis_server):
         a.stop()
         raise
     yield a, b
-    b.stop()
-    a.stop()
+    stop_cleanly(b, a)
 
 
 # --------------------------------------------------------------------------- tokens

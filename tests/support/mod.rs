@@ -94,8 +94,13 @@ impl Server {
             .env("FLEETGATE_JWT_SECRET", SECRET)
             .env("FLEETGATE_LOG", "warn")
             .stdout(Stdio::null());
+        // An empty value removes the variable (e.g. the default secret).
         for (k, v) in envs {
-            cmd.env(k, v);
+            if v.is_empty() {
+                cmd.env_remove(k);
+            } else {
+                cmd.env(k, v);
+            }
         }
         let child = cmd.spawn().expect("spawn fleetgate");
         let server = Self { addr, metrics_addr, child: Some(child) };
