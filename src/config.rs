@@ -122,6 +122,23 @@ pub struct Config {
     #[arg(long, env = "FLEETGATE_STALE_AFTER_SECS", default_value_t = 60, global = true)]
     pub stale_after_secs: u64,
 
+    /// Seconds after which a replica that stopped refreshing its vehicles'
+    /// presence (it died) no longer keeps them online.
+    #[arg(long, env = "FLEETGATE_PRESENCE_TTL_SECS", default_value_t = 30, global = true)]
+    pub presence_ttl_secs: u64,
+
+    /// Messages kept per room.
+    #[arg(long, env = "FLEETGATE_HISTORY_MAX", default_value_t = 1000, global = true)]
+    pub history_max: usize,
+
+    /// Lifetime of a room's history after its last message.
+    #[arg(long, env = "FLEETGATE_HISTORY_TTL_SECS", default_value_t = 604_800, global = true)]
+    pub history_ttl_secs: u64,
+
+    /// Rooms one socket may join.
+    #[arg(long, env = "FLEETGATE_MAX_ROOMS", default_value_t = 64, global = true)]
+    pub max_rooms: usize,
+
     /// Subscriptions (vehicle ids plus boxes) one socket may hold.
     #[arg(long, env = "FLEETGATE_MAX_SUBSCRIPTIONS", default_value_t = 1000, global = true)]
     pub max_subscriptions: usize,

@@ -24,7 +24,7 @@ use crate::{
     http::{self, HttpState},
     ids,
     relay::{self, Announcement, Relay},
-    store::{Store, memory::MemoryStore, redis::RedisStore},
+    store::{Retention, Store, memory::MemoryStore, redis::RedisStore},
 };
 
 /// Why a process could not start or stopped abnormally.
@@ -69,28 +69,43 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let result = match config.redis_url.clone() {
         None => {
             tracing::info!("embedded mode: one node, state in memory");
-            let store: Arc<dyn Store> = MemoryStore::new(config.location_ttl_secs);
+            let store: Arc<dyn Store> = MemoryStore::new(Retention::from_config(&config));
             let (layer, io) = socketio_builder(&config).build_layer();
-            let gateway =
-                Arc::new(Gateway { config: config.clone(), auth, store, fanout: Fanout::new(io.clone(), None) });
+            let gateway = Arc::new(Gateway {
+                config: config.clone(),
+                auth,
+                store,
+                fanout: Fanout::new(io.clone(), None),
+                io: io.clone(),
+                node_id: ids::new_session_id(),
+                local_vehicles: Default::default(),
+            });
             gateway::register(&io, gateway.clone());
             run(config.clone(), gateway, io, layer, None, stop_tx).await
         }
         Some(url) => {
             let node_id = ids::new_session_id();
             let store: Arc<dyn Store> = Arc::new(
-                RedisStore::new(&url, config.redis_pool_size, config.location_ttl_secs, node_id.clone())
+                RedisStore::new(&url, config.redis_pool_size, Retention::from_config(&config), node_id.clone())
                     .map_err(ServeError::Redis)?,
             );
-            let (relay, inbox) = Relay::start(&url, node_id).await.map_err(|e| ServeError::Redis(e.to_string()))?;
+            let (relay, inbox) =
+                Relay::start(&url, node_id.clone()).await.map_err(|e| ServeError::Redis(e.to_string()))?;
             let client = relay::subscriber_client(&url).map_err(|e| ServeError::Redis(e.to_string()))?;
             let adapter =
                 RedisAdapterCtr::new_with_fred_config(client, RedisAdapterConfig::new().with_prefix("fg-sio"))
                     .await
                     .map_err(|e| ServeError::Redis(e.to_string()))?;
             let (layer, io) = socketio_builder(&config).with_adapter::<FredAdapter<_>>(adapter).build_layer();
-            let gateway =
-                Arc::new(Gateway { config: config.clone(), auth, store, fanout: Fanout::new(io.clone(), Some(relay)) });
+            let gateway = Arc::new(Gateway {
+                config: config.clone(),
+                auth,
+                store,
+                fanout: Fanout::new(io.clone(), Some(relay)),
+                io: io.clone(),
+                node_id,
+                local_vehicles: Default::default(),
+            });
             gateway::register(&io, gateway.clone()).await.map_err(|e| ServeError::Redis(e.to_string()))?;
             tracing::info!("replica mode: state and rooms shared through redis");
             run(config.clone(), gateway, io, layer, Some(inbox), stop_tx).await
@@ -128,9 +143,10 @@ async fn run<A: Adapter>(
         });
     }
     let demo_task = config.demo.then(|| tokio::spawn(demo::run(gateway.clone(), config.demo_vehicles)));
+    let presence_task = tokio::spawn(gateway::presence::run(gateway.clone()));
 
     let accepting = Arc::new(AtomicBool::new(true));
-    let app: Router = http::router(Arc::new(HttpState { gateway: gateway.clone(), accepting: accepting.clone() }))
+    let app: Router = http::router(Arc::new(HttpState { backend: gateway.clone(), accepting: accepting.clone() }))
         .layer(layer)
         .layer(cors(&config))
         .layer(DefaultBodyLimit::max(config.max_message_bytes));
@@ -154,6 +170,7 @@ async fn run<A: Adapter>(
             if let Some(t) = demo_task {
                 t.abort();
             }
+            presence_task.abort();
             // Disconnect packets first, so clients reconnect elsewhere at once.
             // With Redis down the adapter's part of closing cannot finish:
             // bound it by the grace period.

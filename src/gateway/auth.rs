@@ -106,6 +106,8 @@ pub(super) async fn handshake<A: Adapter>(
         Ok(session) => {
             let conn = Arc::new(Conn::default());
             if let Some(s) = session {
+                // Joined before the connect packet, so a revocation can never miss it.
+                socket.join(super::session_room(&s.session_id));
                 conn.set_session(Arc::new(s));
             }
             Ok(conn)
@@ -127,6 +129,7 @@ pub(super) fn on_connected<A: Adapter>(socket: &SocketRef<A>, conn: &Arc<Conn>, 
                 tracing::debug!(error = %e, "session event not sent");
             }
             arm_expiry(socket, conn, &session);
+            track_presence(conn, gw, &session);
         }
         None => {
             let (socket2, conn2) = (socket.clone(), conn.clone());
@@ -141,6 +144,16 @@ pub(super) fn on_connected<A: Adapter>(socket: &SocketRef<A>, conn: &Arc<Conn>, 
             conn.set_timer(task.abort_handle());
         }
     }
+}
+
+/// A vehicle session keeps its vehicle online while the socket lives.
+fn track_presence<A: Adapter>(conn: &Arc<Conn>, gw: &Arc<Gateway<A>>, session: &Session) {
+    let Some(vehicle) = session.vehicle.clone() else { return };
+    if !conn.claim_presence(&session.fleet, &vehicle) {
+        return;
+    }
+    let (gw, fleet) = (gw.clone(), session.fleet.clone());
+    tokio::spawn(async move { gw.vehicle_socket_opened(&fleet, &vehicle).await });
 }
 
 /// Disconnects the socket when its session's lifetime ends.
@@ -169,9 +182,14 @@ pub(super) async fn on_authenticate<A: Adapter>(req: Request<A>, conn: Arc<Conn>
     .await;
     match result {
         Ok(session) => {
+            if let Some(old) = conn.session() {
+                req.socket.leave(super::session_room(&old.session_id));
+            }
+            req.socket.join(super::session_room(&session.session_id));
             conn.set_session(session.clone());
             arm_expiry(&req.socket, &conn, &session);
             req.reply(Ok(&*session));
+            track_presence(&conn, &gw, &session);
         }
         Err(e) => {
             count_failure("authenticate", &e);

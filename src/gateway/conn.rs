@@ -17,6 +17,10 @@ pub struct Conn {
     subscriptions: Mutex<Subscriptions>,
     /// The auth-timeout or session-expiry timer, whichever applies now.
     timer: Mutex<Option<AbortHandle>>,
+    /// Chat rooms joined (names inside the fleet).
+    rooms: Mutex<HashSet<String>>,
+    /// The (fleet, vehicle) this socket keeps online, once it has a vehicle session.
+    presence: Mutex<Option<(String, String)>>,
 }
 
 /// What one socket watches inside its fleet.
@@ -51,6 +55,24 @@ impl Conn {
 
     pub fn subscriptions(&self) -> MutexGuard<'_, Subscriptions> {
         lock(&self.subscriptions)
+    }
+
+    pub fn rooms(&self) -> MutexGuard<'_, HashSet<String>> {
+        lock(&self.rooms)
+    }
+
+    /// Records the vehicle this socket keeps online; false if it already keeps one.
+    pub fn claim_presence(&self, fleet: &str, vehicle: &str) -> bool {
+        let mut p = lock(&self.presence);
+        if p.is_some() {
+            return false;
+        }
+        *p = Some((fleet.to_owned(), vehicle.to_owned()));
+        true
+    }
+
+    pub fn take_presence(&self) -> Option<(String, String)> {
+        lock(&self.presence).take()
     }
 
     /// Replaces the running timer (aborting the old one).

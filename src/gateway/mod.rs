@@ -7,7 +7,9 @@ mod auth;
 mod conn;
 pub mod fanout;
 mod location;
+pub mod presence;
 mod request;
+pub mod rooms;
 mod viewer;
 
 use std::sync::Arc;
@@ -79,6 +81,15 @@ pub struct Gateway<A: Adapter> {
     pub auth: Arc<Authenticator>,
     pub store: Arc<dyn Store>,
     pub fanout: Fanout<A>,
+    pub io: SocketIo<A>,
+    /// This replica's id (its announcements and presence claims carry it).
+    pub node_id: String,
+    pub local_vehicles: presence::LocalVehicles,
+}
+
+/// The room of every socket using a session, for revocation.
+pub fn session_room(session_id: &str) -> String {
+    format!("s/{session_id}")
 }
 
 impl<A: Adapter> Gateway<A> {
@@ -148,7 +159,10 @@ impl<A: Adapter> Gateway<A> {
         let encoded = serde_json::value::to_raw_value(&position)
             .map_err(|_| ApiError::invalid("payload: not representable as JSON"))?;
         match self.store.put_position(&position, encoded.get()).await {
-            Ok(PutOutcome::Accepted) => {
+            Ok(PutOutcome::Accepted { back_online }) => {
+                if back_online {
+                    self.announce_online(&position.fleet, &position.vehicle_id).await;
+                }
                 self.fanout
                     .deliver(
                         &position.fleet,
@@ -168,6 +182,22 @@ impl<A: Adapter> Gateway<A> {
                 Err(ApiError::unavailable())
             }
         }
+    }
+
+    /// Revokes a session: deletes it and disconnects its sockets on every
+    /// replica. Whether it existed.
+    pub async fn revoke(&self, session_id: &str) -> Result<bool, ApiError> {
+        let existed = self.store.delete_session(session_id).await.map_err(|e| {
+            tracing::warn!(error = %e, "session not deleted");
+            ApiError::unavailable()
+        })?;
+        if let Some(ns) = self.io.of(fanout::NAMESPACE)
+            && let Err(e) = ns.to(session_room(session_id)).disconnect().await
+        {
+            tracing::warn!(error = %e, "revoked session's sockets not all disconnected");
+        }
+        metrics::counter!("fleetgate_sessions_revoked_total").increment(1);
+        Ok(existed)
     }
 
     /// Fans out a position another replica accepted.
@@ -233,12 +263,19 @@ fn attach_handlers<A: Adapter>(socket: &SocketRef<A>, conn: Arc<Conn>, gateway: 
     route!("subscribe", viewer::on_subscribe);
     route!("unsubscribe", viewer::on_unsubscribe);
     route!("providerjoin", viewer::on_provider_join);
+    route!("join_room", rooms::on_join);
+    route!("leave_room", rooms::on_leave);
+    route!("chat", rooms::on_chat);
+    route!("history", rooms::on_history);
     socket.on_disconnect(move |socket: SocketRef<A>| {
         let (gateway, conn) = (gateway.clone(), conn.clone());
         async move {
             metrics::gauge!("fleetgate_connections").decrement(1.0);
             conn.cancel_timer();
             viewer::forget(&socket, &conn, &gateway).await;
+            if let Some((fleet, vehicle)) = conn.take_presence() {
+                gateway.vehicle_socket_closed(&fleet, &vehicle).await;
+            }
         }
     });
 }

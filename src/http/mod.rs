@@ -1,8 +1,12 @@
-//! The HTTP side of the one listener: health and readiness probes, the
-//! live map page, and the demo token endpoint. Socket.IO is layered onto
-//! the same router by the server.
+//! The HTTP side of the one listener: the API of section 7, health and
+//! readiness probes, the live map page and the demo token endpoint.
+//! Socket.IO is layered onto the same router by the server.
 
+pub mod api;
+mod backend;
+mod caller;
 mod json;
+pub mod openapi;
 mod pages;
 
 use std::sync::{
@@ -15,23 +19,22 @@ use axum::{
     extract::State,
     http::StatusCode,
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{delete, get, post, put},
 };
 use serde::{Deserialize, Serialize};
-use socketioxide::adapter::Adapter;
 
+pub use backend::Backend;
 pub use json::JsonBody;
 
 use crate::{
     auth::{Claims, Role},
     error::{ApiError, Envelope, ErrorCode},
-    gateway::Gateway,
     ids,
 };
 
 /// Shared by the HTTP handlers.
-pub struct HttpState<A: Adapter> {
-    pub gateway: Arc<Gateway<A>>,
+pub struct HttpState {
+    pub backend: Arc<dyn Backend>,
     /// Cleared when shutdown begins, so load balancers stop sending traffic.
     pub accepting: Arc<AtomicBool>,
 }
@@ -54,13 +57,26 @@ impl<T: Serialize> IntoResponse for Ok<T> {
     }
 }
 
-pub fn router<A: Adapter>(state: Arc<HttpState<A>>) -> Router {
-    let mut router =
-        Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz::<A>)).merge(pages::routes());
-    if state.gateway.config.demo {
-        router = router.route("/api/v1/demo/token", post(demo_token::<A>));
+pub fn router(state: Arc<HttpState>) -> Router {
+    let mut router = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/api/v1/openapi.json", get(openapi::document))
+        .route("/api/v1/fleets/{fleet}/vehicles/{vehicle}/location", put(api::put_location))
+        .route("/api/v1/fleets/{fleet}/locations", post(api::post_locations))
+        .route("/api/v1/fleets/{fleet}/vehicles", get(api::get_vehicles))
+        .route("/api/v1/fleets/{fleet}/vehicles/{vehicle}", get(api::get_vehicle))
+        .route("/api/v1/fleets/{fleet}/rooms/{room}/messages", post(api::post_message))
+        .route("/api/v1/sessions/{session_id}", delete(api::delete_session))
+        .merge(pages::routes());
+    if state.backend.config().demo {
+        router = router.route("/api/v1/demo/token", post(demo_token));
     }
-    router.with_state(state)
+    router.fallback(not_found).with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such route")
 }
 
 #[derive(Serialize)]
@@ -72,11 +88,11 @@ async fn healthz() -> Ok<Status> {
     Ok(Status { status: "ok" })
 }
 
-async fn readyz<A: Adapter>(State(state): State<Arc<HttpState<A>>>) -> Result<Ok<Status>, ApiError> {
+async fn readyz(State(state): State<Arc<HttpState>>) -> Result<Ok<Status>, ApiError> {
     if !state.accepting.load(Ordering::Relaxed) {
         return Err(ApiError::new(ErrorCode::Unavailable, "shutting down"));
     }
-    state.gateway.store.ping().await.map_err(|e| {
+    state.backend.ping().await.map_err(|e| {
         tracing::debug!(error = %e, "not ready");
         ApiError::unavailable()
     })?;
@@ -100,8 +116,8 @@ struct DemoToken {
 /// Longest lifetime of a demo token.
 const MAX_DEMO_TTL_SECS: u64 = 86_400;
 
-async fn demo_token<A: Adapter>(
-    State(state): State<Arc<HttpState<A>>>,
+async fn demo_token(
+    State(state): State<Arc<HttpState>>,
     JsonBody(req): JsonBody<DemoTokenRequest>,
 ) -> Result<Ok<DemoToken>, ApiError> {
     let fleet = req.fleet.unwrap_or_else(|| crate::demo::FLEET.to_owned());
@@ -130,8 +146,8 @@ async fn demo_token<A: Adapter>(
         vehicle: req.vehicle.filter(|_| role == Role::Vehicle),
         exp: ids::now_ms() / 1000 + ttl as i64,
     };
-    let gw = &state.gateway;
-    let token = gw.auth.mint(&claims, &gw.config).map_err(|e| {
+    let b = &state.backend;
+    let token = b.authenticator().mint(&claims, b.config()).map_err(|e| {
         tracing::warn!(error = %e, "demo token not minted");
         ApiError::unavailable()
     })?;

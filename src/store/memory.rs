@@ -1,16 +1,16 @@
-//! The embedded store: everything in process memory, with the same TTL
-//! rules as Redis. Expired entries are swept periodically so memory stays
+//! The embedded store: everything in process memory, with the same TTL,
+//! cap and presence rules as Redis. Expired entries are swept periodically so memory stays
 //! bounded by what is live.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     sync::{Arc, Mutex, MutexGuard, Weak},
     time::Duration,
 };
 
 use async_trait::async_trait;
 
-use super::{PutOutcome, Scope, Store, StoreError};
+use super::{ChatMessage, Offline, PutOutcome, Retention, Scope, Store, StoreError};
 use crate::{ids::now_ms, position::Position, session::Session};
 
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
@@ -21,24 +21,39 @@ struct Entry {
     encoded: String,
 }
 
+struct RoomLog {
+    messages: VecDeque<ChatMessage>,
+    expires_at: i64,
+    last_id: (i64, u64),
+}
+
+#[derive(Default)]
+struct Presence {
+    /// Replica → until when its connections count.
+    nodes: HashMap<String, i64>,
+    /// Until when the vehicle is online without new activity; `None` when offline.
+    online_until: Option<i64>,
+}
+
 #[derive(Default)]
 struct State {
     fleets: HashMap<String, HashMap<String, Entry>>,
     sessions: HashMap<String, Session>,
+    /// Keyed by (fleet, room).
+    rooms: HashMap<(String, String), RoomLog>,
+    /// Keyed by (fleet, vehicle).
+    presence: HashMap<(String, String), Presence>,
 }
 
 pub struct MemoryStore {
     state: Mutex<State>,
-    location_ttl_ms: i64,
+    retention: Retention,
 }
 
 impl MemoryStore {
     /// A new store; spawns its sweeper, which stops when the store is dropped.
-    pub fn new(location_ttl_secs: u64) -> Arc<Self> {
-        let store = Arc::new(Self {
-            state: Mutex::new(State::default()),
-            location_ttl_ms: i64::try_from(location_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
-        });
+    pub fn new(retention: Retention) -> Arc<Self> {
+        let store = Arc::new(Self { state: Mutex::new(State::default()), retention });
         tokio::spawn(sweep(Arc::downgrade(&store)));
         store
     }
@@ -57,6 +72,7 @@ impl MemoryStore {
             !vehicles.is_empty()
         });
         state.sessions.retain(|_, s| !s.is_expired(now));
+        state.rooms.retain(|_, r| r.expires_at > now);
     }
 }
 
@@ -82,9 +98,22 @@ impl Store for MemoryStore {
         }
         vehicles.insert(
             p.vehicle_id.clone(),
-            Entry { ts: p.ts, expires_at: now.saturating_add(self.location_ttl_ms), encoded: encoded.to_owned() },
+            Entry {
+                ts: p.ts,
+                expires_at: now.saturating_add(self.retention.location_ttl_ms),
+                encoded: encoded.to_owned(),
+            },
         );
-        Ok(PutOutcome::Accepted)
+        let stale_after = self.retention.stale_after_ms;
+        let back_online = match state.presence.get_mut(&(p.fleet.clone(), p.vehicle_id.clone())) {
+            Some(presence) if presence.nodes.values().any(|until| *until > now) => {
+                let was_online = presence.online_until.is_some();
+                presence.online_until = Some(now + stale_after);
+                !was_online
+            }
+            _ => false,
+        };
+        Ok(PutOutcome::Accepted { back_online })
     }
 
     async fn positions(&self, fleet: &str, scope: Scope<'_>) -> Result<Vec<String>, StoreError> {
@@ -115,7 +144,108 @@ impl Store for MemoryStore {
         Ok(self.lock().sessions.remove(id).is_some_and(|s| !s.is_expired(now)))
     }
 
+    async fn append_message(&self, fleet: &str, mut message: ChatMessage) -> Result<ChatMessage, StoreError> {
+        let now = now_ms();
+        let mut state = self.lock();
+        let log = state.rooms.entry((fleet.to_owned(), message.room.clone())).or_insert_with(|| RoomLog {
+            messages: VecDeque::new(),
+            expires_at: 0,
+            last_id: (0, 0),
+        });
+        if log.expires_at <= now {
+            log.messages.clear();
+        }
+        // Ids like Redis stream ids: increasing even when the clock is not.
+        let id = if message.ts > log.last_id.0 { (message.ts, 0) } else { (log.last_id.0, log.last_id.1 + 1) };
+        log.last_id = id;
+        message.id = format!("{}-{}", id.0, id.1);
+        log.messages.push_back(message.clone());
+        while log.messages.len() > self.retention.history_max {
+            log.messages.pop_front();
+        }
+        log.expires_at = now.saturating_add(self.retention.history_ttl_ms);
+        Ok(message)
+    }
+
+    async fn history(
+        &self,
+        fleet: &str,
+        room: &str,
+        limit: usize,
+        before: Option<&str>,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
+        let now = now_ms();
+        let state = self.lock();
+        let Some(log) = state.rooms.get(&(fleet.to_owned(), room.to_owned())).filter(|l| l.expires_at > now) else {
+            return Ok(Vec::new());
+        };
+        let before = before.and_then(parse_id);
+        let older: Vec<&ChatMessage> =
+            log.messages.iter().filter(|m| before.is_none_or(|b| parse_id(&m.id).is_some_and(|id| id < b))).collect();
+        Ok(older[older.len().saturating_sub(limit)..].iter().map(|m| (*m).clone()).collect())
+    }
+
+    async fn vehicle_connected(&self, fleet: &str, vehicle: &str, node: &str) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let (ttl, stale_after) = (self.retention.presence_ttl_ms, self.retention.stale_after_ms);
+        let mut state = self.lock();
+        let presence = state.presence.entry((fleet.to_owned(), vehicle.to_owned())).or_default();
+        presence.nodes.insert(node.to_owned(), now + ttl);
+        let was_online = presence.online_until.is_some_and(|u| u > now);
+        presence.online_until = Some(now + stale_after);
+        Ok(!was_online)
+    }
+
+    async fn vehicle_disconnected(&self, fleet: &str, vehicle: &str, node: &str) -> Result<Option<i64>, StoreError> {
+        let now = now_ms();
+        let stale_after = self.retention.stale_after_ms;
+        let mut state = self.lock();
+        let key = (fleet.to_owned(), vehicle.to_owned());
+        let Some(presence) = state.presence.get_mut(&key) else { return Ok(None) };
+        presence.nodes.remove(node);
+        presence.nodes.retain(|_, until| *until > now);
+        if !presence.nodes.is_empty() {
+            return Ok(None);
+        }
+        let last_seen = presence.online_until.map(|u| u - stale_after);
+        state.presence.remove(&key);
+        Ok(last_seen)
+    }
+
+    async fn refresh_presence(&self, node: &str, vehicles: &[(String, String)]) -> Result<(), StoreError> {
+        let until = now_ms() + self.retention.presence_ttl_ms;
+        let mut state = self.lock();
+        for key in vehicles {
+            if let Some(p) = state.presence.get_mut(key) {
+                p.nodes.insert(node.to_owned(), until);
+            }
+        }
+        Ok(())
+    }
+
+    async fn sweep_presence(&self) -> Result<Vec<Offline>, StoreError> {
+        let now = now_ms();
+        let stale_after = self.retention.stale_after_ms;
+        let mut out = Vec::new();
+        let mut state = self.lock();
+        state.presence.retain(|(fleet, vehicle), p| {
+            p.nodes.retain(|_, until| *until > now);
+            let Some(until) = p.online_until else { return !p.nodes.is_empty() };
+            if until <= now || p.nodes.is_empty() {
+                out.push(Offline { fleet: fleet.clone(), vehicle: vehicle.clone(), last_seen: until - stale_after });
+                p.online_until = None;
+            }
+            !p.nodes.is_empty()
+        });
+        Ok(out)
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }
+}
+
+fn parse_id(id: &str) -> Option<(i64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
 }

@@ -1,5 +1,5 @@
-//! Where state lives: sessions and every vehicle's last-known position,
-//! with their TTLs. One trait, two implementations: [`memory`] for the
+//! Where state lives: sessions, every vehicle's last-known position,
+//! vehicle presence and room history, with their TTLs. One trait, two implementations: [`memory`] for the
 //! embedded single node, [`redis`] for replicas sharing a Redis.
 
 pub mod memory;
@@ -27,7 +27,9 @@ pub enum StoreError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PutOutcome {
     /// Newer than what was stored: stored, and announced to other replicas.
-    Accepted,
+    /// `back_online`: the vehicle is connected and had gone stale, so this
+    /// update makes it online again.
+    Accepted { back_online: bool },
     /// Not newer than the stored position: dropped.
     Stale,
 }
@@ -37,6 +39,59 @@ pub enum PutOutcome {
 pub enum Scope<'a> {
     Fleet,
     Vehicles(&'a [String]),
+}
+
+/// A stored room message (section 6).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChatMessage {
+    /// Opaque, increasing within a room: `<ms>-<seq>`.
+    pub id: String,
+    pub room: String,
+    pub from: String,
+    pub text: String,
+    pub ts: i64,
+}
+
+/// A vehicle that just went offline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offline {
+    pub fleet: String,
+    pub vehicle: String,
+    /// Ms since epoch of its last activity.
+    pub last_seen: i64,
+}
+
+/// Lifetimes and caps the stores apply.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub location_ttl_ms: i64,
+    /// A vehicle with no activity for this long is offline.
+    pub stale_after_ms: i64,
+    /// A replica that stops refreshing its connections is presumed dead after this.
+    pub presence_ttl_ms: i64,
+    pub history_max: usize,
+    pub history_ttl_ms: i64,
+}
+
+impl Retention {
+    pub fn from_config(c: &crate::config::Config) -> Self {
+        let ms = |secs: u64| i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        Self {
+            location_ttl_ms: ms(c.location_ttl_secs),
+            stale_after_ms: ms(c.stale_after_secs),
+            presence_ttl_ms: ms(c.presence_ttl_secs),
+            history_max: c.history_max,
+            history_ttl_ms: ms(c.history_ttl_secs),
+        }
+    }
+}
+
+/// Whether `s` has the shape of a [`ChatMessage`] id.
+pub fn is_message_id(s: &str) -> bool {
+    let mut parts = s.splitn(2, '-');
+    let digits =
+        |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit()));
+    digits(parts.next()) && digits(parts.next())
 }
 
 #[async_trait]
@@ -57,6 +112,31 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes a session; whether it existed.
     async fn delete_session(&self, id: &str) -> Result<bool, StoreError>;
+
+    /// Appends a message to a room's history (capped, with a TTL) and returns it with its id.
+    async fn append_message(&self, fleet: &str, message: ChatMessage) -> Result<ChatMessage, StoreError>;
+
+    /// Up to `limit` messages older than `before` (all when `None`), oldest first.
+    async fn history(
+        &self,
+        fleet: &str,
+        room: &str,
+        limit: usize,
+        before: Option<&str>,
+    ) -> Result<Vec<ChatMessage>, StoreError>;
+
+    /// A vehicle's first socket on replica `node` connected; whether it became online.
+    async fn vehicle_connected(&self, fleet: &str, vehicle: &str, node: &str) -> Result<bool, StoreError>;
+
+    /// A vehicle's last socket on `node` is gone; its last-seen time when it became offline.
+    async fn vehicle_disconnected(&self, fleet: &str, vehicle: &str, node: &str) -> Result<Option<i64>, StoreError>;
+
+    /// Keeps `node`'s connected vehicles alive (called periodically).
+    async fn refresh_presence(&self, node: &str, vehicles: &[(String, String)]) -> Result<(), StoreError>;
+
+    /// Vehicles gone stale, or whose replicas stopped refreshing them; each
+    /// is returned to exactly one caller across replicas.
+    async fn sweep_presence(&self) -> Result<Vec<Offline>, StoreError>;
 
     /// Whether the backing service answers (readiness).
     async fn ping(&self) -> Result<(), StoreError>;

@@ -8,6 +8,12 @@
 //! - `fg:{<fleet>}:pos:<vehicle>`: hash `t` (fix time), `p` (encoded event), TTL
 //! - `fg:{<fleet>}:idx`: sorted set of vehicle ids scored by expiry (ms)
 //! - `fg:{<fleet>}:positions`: the channel other replicas listen on
+//! - `fg:{<fleet>}:presence`: sorted set of online vehicles scored by when
+//!   they go stale (ms)
+//! - `fg:{<fleet>}:conns:<vehicle>`: sorted set of replicas holding a socket
+//!   of the vehicle, scored by when that claim lapses unless refreshed
+//! - `fg:{<fleet>}:room:<room>`: the room's history, a capped stream with a TTL
+//! - `fg:presence:fleets`: set of fleets that have had presence, for the sweep
 //! - `fg:session:<id>`: the session JSON, TTL until it expires
 
 use std::{future::Future, time::Duration};
@@ -16,7 +22,7 @@ use async_trait::async_trait;
 use deadpool_redis::{Pool, Runtime};
 use redis::Script;
 
-use super::{PutOutcome, Scope, Store, StoreError};
+use super::{ChatMessage, Offline, PutOutcome, Retention, Scope, Store, StoreError};
 use crate::{ids::now_ms, position::Position, session::Session};
 
 /// Longest a store call may take before the client is told `unavailable`.
@@ -35,7 +41,60 @@ redis.call('ZADD', KEYS[2], now + ttl, ARGV[5])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 redis.call('PEXPIRE', KEYS[2], ttl)
 redis.call(ARGV[6], ARGV[7], ARGV[8] .. ' ' .. ARGV[2])
+local back = 0
+if redis.call('ZCOUNT', KEYS[4], now, '+inf') > 0 then
+  if not redis.call('ZSCORE', KEYS[3], ARGV[5]) then back = 1 end
+  redis.call('ZADD', KEYS[3], now + tonumber(ARGV[9]), ARGV[5])
+end
+return 1 + back
+"#;
+
+const VEHICLE_CONNECTED: &str = r#"
+local now = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[3]))
+local s = redis.call('ZSCORE', KEYS[2], ARGV[5])
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[5])
+if s and tonumber(s) > now then return 0 end
 return 1
+"#;
+
+const VEHICLE_DISCONNECTED: &str = r#"
+local now = tonumber(ARGV[2])
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) > 0 then return -2 end
+local s = redis.call('ZSCORE', KEYS[2], ARGV[4])
+if not s then return -1 end
+redis.call('ZREM', KEYS[2], ARGV[4])
+return tonumber(s) - tonumber(ARGV[3])
+"#;
+
+const SWEEP_PRESENCE: &str = r#"
+local now = tonumber(ARGV[1])
+local stale = tonumber(ARGV[2])
+local out = {}
+local members
+if ARGV[4] == '1' then
+  members = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+else
+  members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES')
+end
+for i = 1, #members, 2 do
+  local v, score = members[i], tonumber(members[i + 1])
+  local gone = score <= now
+  if not gone then
+    local conns = ARGV[3] .. v
+    redis.call('ZREMRANGEBYSCORE', conns, '-inf', now)
+    gone = redis.call('ZCARD', conns) == 0
+  end
+  if gone then
+    redis.call('ZREM', KEYS[1], v)
+    out[#out + 1] = v
+    out[#out + 1] = tostring(score - stale)
+  end
+end
+return out
 "#;
 
 const POSITIONS: &str = r#"
@@ -67,6 +126,20 @@ fn index_key(fleet: &str) -> String {
     format!("fg:{{{fleet}}}:idx")
 }
 
+fn presence_key(fleet: &str) -> String {
+    format!("fg:{{{fleet}}}:presence")
+}
+
+fn conns_key(fleet: &str, vehicle: &str) -> String {
+    format!("fg:{{{fleet}}}:conns:{vehicle}")
+}
+
+fn room_key(fleet: &str, room: &str) -> String {
+    format!("fg:{{{fleet}}}:room:{room}")
+}
+
+const PRESENCE_FLEETS: &str = "fg:presence:fleets";
+
 fn session_key(id: &str) -> String {
     format!("fg:session:{id}")
 }
@@ -75,7 +148,12 @@ pub struct RedisStore {
     pool: Pool,
     put_position: Script,
     positions: Script,
-    location_ttl_ms: i64,
+    vehicle_connected: Script,
+    vehicle_disconnected: Script,
+    sweep_presence: Script,
+    retention: Retention,
+    /// Sweeps since start; every few, the sweep also looks for dead replicas.
+    sweeps: std::sync::atomic::AtomicU64,
     /// Prefix of this replica's announcements, so it can skip its own.
     node_id: String,
     /// `PUBLISH`, or `SPUBLISH` on a cluster.
@@ -83,7 +161,7 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    pub fn new(url: &str, pool_size: usize, location_ttl_secs: u64, node_id: String) -> Result<Self, String> {
+    pub fn new(url: &str, pool_size: usize, retention: Retention, node_id: String) -> Result<Self, String> {
         let mut cfg = deadpool_redis::Config::from_url(url);
         let mut pool_cfg = deadpool_redis::PoolConfig::new(pool_size.max(1));
         pool_cfg.timeouts.wait = Some(CALL_TIMEOUT);
@@ -95,7 +173,11 @@ impl RedisStore {
             pool,
             put_position: Script::new(PUT_POSITION),
             positions: Script::new(POSITIONS),
-            location_ttl_ms: i64::try_from(location_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
+            vehicle_connected: Script::new(VEHICLE_CONNECTED),
+            vehicle_disconnected: Script::new(VEHICLE_DISCONNECTED),
+            sweep_presence: Script::new(SWEEP_PRESENCE),
+            retention,
+            sweeps: std::sync::atomic::AtomicU64::new(0),
             node_id,
             publish_command: "PUBLISH",
         })
@@ -120,17 +202,23 @@ impl Store for RedisStore {
                 .put_position
                 .key(position_key(&p.fleet, &p.vehicle_id))
                 .key(index_key(&p.fleet))
+                .key(presence_key(&p.fleet))
+                .key(conns_key(&p.fleet, &p.vehicle_id))
                 .arg(p.ts)
                 .arg(encoded)
-                .arg(self.location_ttl_ms)
+                .arg(self.retention.location_ttl_ms)
                 .arg(now_ms())
                 .arg(&p.vehicle_id)
                 .arg(self.publish_command)
                 .arg(position_channel(&p.fleet))
                 .arg(&self.node_id)
+                .arg(self.retention.stale_after_ms)
                 .invoke_async(&mut conn)
                 .await?;
-            Ok(if stored == 1 { PutOutcome::Accepted } else { PutOutcome::Stale })
+            Ok(match stored {
+                0 => PutOutcome::Stale,
+                n => PutOutcome::Accepted { back_online: n == 2 },
+            })
         })
         .await
     }
@@ -182,6 +270,169 @@ impl Store for RedisStore {
             let mut conn = self.conn().await?;
             let n: i64 = redis::cmd("DEL").arg(session_key(id)).query_async(&mut conn).await?;
             Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn append_message(&self, fleet: &str, mut message: ChatMessage) -> Result<ChatMessage, StoreError> {
+        let key = room_key(fleet, &message.room);
+        let id: String = bounded(async {
+            let mut conn = self.conn().await?;
+            let (id,): (String,) = redis::pipe()
+                .atomic()
+                .cmd("XADD")
+                .arg(&key)
+                .arg("MAXLEN")
+                .arg(self.retention.history_max.max(1))
+                .arg("*")
+                .arg("from")
+                .arg(&message.from)
+                .arg("text")
+                .arg(&message.text)
+                .arg("ts")
+                .arg(message.ts)
+                .cmd("PEXPIRE")
+                .arg(&key)
+                .arg(self.retention.history_ttl_ms)
+                .ignore()
+                .query_async(&mut conn)
+                .await?;
+            Ok(id)
+        })
+        .await?;
+        message.id = id;
+        Ok(message)
+    }
+
+    async fn history(
+        &self,
+        fleet: &str,
+        room: &str,
+        limit: usize,
+        before: Option<&str>,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
+        // Exclusive range start; ids were checked by the caller.
+        let end = before.map_or_else(|| "+".to_owned(), |b| format!("({b}"));
+        let entries: Vec<(String, Vec<String>)> = bounded(async {
+            let mut conn = self.conn().await?;
+            Ok(redis::cmd("XREVRANGE")
+                .arg(room_key(fleet, room))
+                .arg(end)
+                .arg("-")
+                .arg("COUNT")
+                .arg(limit)
+                .query_async(&mut conn)
+                .await?)
+        })
+        .await?;
+        let mut out: Vec<ChatMessage> = entries
+            .into_iter()
+            .map(|(id, fields)| {
+                let mut m = ChatMessage { id, room: room.to_owned(), from: String::new(), text: String::new(), ts: 0 };
+                for pair in fields.chunks(2) {
+                    if let [k, v] = pair {
+                        match k.as_str() {
+                            "from" => m.from = v.clone(),
+                            "text" => m.text = v.clone(),
+                            "ts" => m.ts = v.parse().unwrap_or(0),
+                            _ => {}
+                        }
+                    }
+                }
+                m
+            })
+            .collect();
+        out.reverse();
+        Ok(out)
+    }
+
+    async fn vehicle_connected(&self, fleet: &str, vehicle: &str, node: &str) -> Result<bool, StoreError> {
+        bounded(async {
+            let mut conn = self.conn().await?;
+            redis::cmd("SADD").arg(PRESENCE_FLEETS).arg(fleet).query_async::<()>(&mut conn).await?;
+            let became: i64 = self
+                .vehicle_connected
+                .key(conns_key(fleet, vehicle))
+                .key(presence_key(fleet))
+                .arg(node)
+                .arg(now_ms())
+                .arg(self.retention.presence_ttl_ms)
+                .arg(self.retention.stale_after_ms)
+                .arg(vehicle)
+                .invoke_async(&mut conn)
+                .await?;
+            Ok(became == 1)
+        })
+        .await
+    }
+
+    async fn vehicle_disconnected(&self, fleet: &str, vehicle: &str, node: &str) -> Result<Option<i64>, StoreError> {
+        bounded(async {
+            let mut conn = self.conn().await?;
+            let last_seen: i64 = self
+                .vehicle_disconnected
+                .key(conns_key(fleet, vehicle))
+                .key(presence_key(fleet))
+                .arg(node)
+                .arg(now_ms())
+                .arg(self.retention.stale_after_ms)
+                .arg(vehicle)
+                .invoke_async(&mut conn)
+                .await?;
+            Ok((last_seen >= 0).then_some(last_seen))
+        })
+        .await
+    }
+
+    async fn refresh_presence(&self, node: &str, vehicles: &[(String, String)]) -> Result<(), StoreError> {
+        if vehicles.is_empty() {
+            return Ok(());
+        }
+        let ttl = self.retention.presence_ttl_ms;
+        let until = now_ms() + ttl;
+        bounded(async {
+            let mut conn = self.conn().await?;
+            let mut pipe = redis::pipe();
+            for (fleet, vehicle) in vehicles {
+                let key = conns_key(fleet, vehicle);
+                pipe.cmd("ZADD").arg(&key).arg(until).arg(node).ignore();
+                pipe.cmd("PEXPIRE").arg(&key).arg(2 * ttl).ignore();
+            }
+            pipe.query_async::<()>(&mut conn).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn sweep_presence(&self) -> Result<Vec<Offline>, StoreError> {
+        // Dead replicas are looked for every 5th sweep; staleness every sweep.
+        let n = self.sweeps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let check_conns = if n.is_multiple_of(5) { "1" } else { "0" };
+        bounded(async {
+            let mut conn = self.conn().await?;
+            let fleets: Vec<String> = redis::cmd("SMEMBERS").arg(PRESENCE_FLEETS).query_async(&mut conn).await?;
+            let mut out = Vec::new();
+            for fleet in fleets {
+                let flat: Vec<String> = self
+                    .sweep_presence
+                    .key(presence_key(&fleet))
+                    .arg(now_ms())
+                    .arg(self.retention.stale_after_ms)
+                    .arg(conns_key(&fleet, ""))
+                    .arg(check_conns)
+                    .invoke_async(&mut conn)
+                    .await?;
+                for pair in flat.chunks(2) {
+                    if let [vehicle, last_seen] = pair {
+                        out.push(Offline {
+                            fleet: fleet.clone(),
+                            vehicle: vehicle.clone(),
+                            last_seen: last_seen.parse::<f64>().map(|f| f as i64).unwrap_or(0),
+                        });
+                    }
+                }
+            }
+            Ok(out)
         })
         .await
     }

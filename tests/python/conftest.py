@@ -1,6 +1,6 @@
-"""Fixtures for the python-socketio smoke tests: start fleetgate (and, when
-available, Redis) on free local ports, mint HS256 tokens, and wrap
-python-socketio clients so events can be awaited with timeouts.
+"""Fixtures for the python-socketio smoke tests and the HTTP API tests: start
+fleetgate (and, when available, Redis) on free local ports, mint HS256 tokens,
+and wrap python-socketio clients so events can be awaited with timeouts.
 """
 
 from __future__ import annotations
@@ -192,6 +192,22 @@ def replicas(fleetgate_bin, redis_server):
     stop_cleanly(b, a)
 
 
+@pytest.fixture(scope="session")
+def fleetgate_factory(fleetgate_bin):
+    """Starts extra in-memory servers with the given FLEETGATE_* settings, one per
+    distinct setting, shared by the whole test session."""
+    started: dict[tuple, Fleetgate] = {}
+
+    def make(name: str, **env: str) -> Fleetgate:
+        key = tuple(sorted(env.items()))
+        if key not in started:
+            started[key] = Fleetgate(fleetgate_bin, name, env)
+        return started[key]
+
+    yield make
+    stop_cleanly(*started.values())
+
+
 # --------------------------------------------------------------------------- tokens
 
 
@@ -214,16 +230,19 @@ def fleet() -> str:
 class FleetClient:
     """A python-socketio client on /fleet that records every event it receives."""
 
-    def __init__(self, url: str, token: str | None, transports=("websocket",)):
+    def __init__(self, url: str, token: str | None, transports=("websocket",), auth: dict | None = None):
         self.url = url
         self.token = token
+        self.auth = auth  # handshake auth object; overrides {"token": token} when given
         self.transports = list(transports)
         self.sio = socketio.Client(reconnection=False)
         self._lock = threading.Lock()
         self._events: dict[str, queue.Queue] = collections.defaultdict(queue.Queue)
         self.connect_errors: queue.Queue = queue.Queue()
+        self.disconnected = threading.Event()
         self.sio.on("*", self._on_any, namespace=NAMESPACE)
         self.sio.on("connect_error", self.connect_errors.put, namespace=NAMESPACE)
+        self.sio.on("disconnect", lambda *reason: self.disconnected.set(), namespace=NAMESPACE)
 
     def _on_any(self, event, *args):
         data = args[0] if len(args) == 1 else args
@@ -234,7 +253,7 @@ class FleetClient:
             return self._events[event]
 
     def connect(self) -> "FleetClient":
-        auth = {"token": self.token} if self.token is not None else None
+        auth = self.auth if self.auth is not None else ({"token": self.token} if self.token is not None else None)
         self.sio.connect(
             self.url,
             namespaces=[NAMESPACE],
@@ -274,8 +293,10 @@ def clients():
     """Factory for connected clients; all are disconnected after the test."""
     made: list[FleetClient] = []
 
-    def make(url: str, token: str | None, transports=("websocket",), connect: bool = True) -> FleetClient:
-        c = FleetClient(url, token, transports)
+    def make(
+        url: str, token: str | None, transports=("websocket",), connect: bool = True, auth: dict | None = None
+    ) -> FleetClient:
+        c = FleetClient(url, token, transports, auth)
         made.append(c)
         return c.connect() if connect else c
 

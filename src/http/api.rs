@@ -1,0 +1,352 @@
+//! The HTTP API of section 7: positions in (one or a batch), the fleet as
+//! GeoJSON out, a room message from the server, and session revocation.
+//! Every route answers in the contract's envelope; `openapi` documents them.
+
+use std::sync::Arc;
+
+use axum::{
+    Json,
+    extract::{Path, Query, State, rejection::PathRejection},
+    http::{HeaderMap, header},
+    response::{IntoResponse, Response},
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+
+use super::{HttpState, JsonBody, Ok, caller::Caller};
+use crate::{
+    auth::Role,
+    error::{ApiError, Envelope, ErrorCode},
+    gateway::{Accepted, rooms},
+    geo::BBox,
+    ids,
+    position::Position,
+    store::{ChatMessage, Scope},
+};
+
+/// Most items in one batch.
+pub const MAX_BATCH: usize = 1000;
+
+fn path<T>(p: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
+    p.map(|Path(t)| t).map_err(|e| ApiError::invalid(format!("path: {}", e.body_text())))
+}
+
+fn check_id(kind: &'static str, id: &str) -> Result<(), ApiError> {
+    if ids::is_valid_id(id) {
+        Result::Ok(())
+    } else {
+        Err(ApiError::invalid(format!("{kind}: must be 1–64 characters of [A-Za-z0-9._:-]")))
+    }
+}
+
+fn unavailable(e: crate::store::StoreError) -> ApiError {
+    tracing::warn!(error = %e, "store unreachable");
+    ApiError::unavailable()
+}
+
+/// A position body (section 5.1). For the single-vehicle route the vehicle
+/// comes from the path; `lat`/`lon` may instead be a GeoJSON `location`.
+#[derive(Deserialize, Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct LocationBody {
+    #[schema(example = 37.5665)]
+    lat: Option<f64>,
+    #[schema(example = 126.978)]
+    lon: Option<f64>,
+    /// Fix time, ms since epoch; server time when absent.
+    ts: Option<i64>,
+    heading: Option<f64>,
+    speed: Option<f64>,
+    accuracy: Option<f64>,
+    /// Only in batches (or equal to the path's vehicle).
+    #[serde(rename = "vehicleId")]
+    vehicle_id: Option<String>,
+}
+
+/// The result of one position.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+struct AcceptedDoc {
+    accepted: bool,
+    /// `stale` when not newer than the stored position.
+    reason: Option<String>,
+}
+
+/// Stores and broadcasts one vehicle's position, exactly like a socket `locationupdate`.
+#[utoipa::path(
+    put,
+    path = "/api/v1/fleets/{fleet}/vehicles/{vehicle}/location",
+    params(("fleet" = String, Path), ("vehicle" = String, Path)),
+    request_body = LocationBody,
+    responses(
+        (status = 200, description = "`{ ok: true, data: { accepted, reason? } }`", body = AcceptedDoc),
+        (status = 400, description = "invalid_payload"), (status = 401, description = "unauthenticated, invalid_token, token_expired"),
+        (status = 403, description = "forbidden"), (status = 413, description = "payload_too_large"), (status = 503, description = "unavailable"),
+    ),
+    security(("bearer" = [])), tag = "positions"
+)]
+pub async fn put_location(
+    State(state): State<Arc<HttpState>>,
+    caller: Caller,
+    p: Result<Path<(String, String)>, PathRejection>,
+    JsonBody(body): JsonBody<Value>,
+) -> Result<Ok<Accepted>, ApiError> {
+    let (fleet, vehicle) = path(p)?;
+    check_id("fleet", &fleet)?;
+    check_id("vehicle", &vehicle)?;
+    caller.require(&fleet, &[Role::Vehicle, Role::Dispatcher])?;
+    let Value::Object(mut body) = body else { return Err(ApiError::invalid("payload: must be an object")) };
+    for key in ["vehicleId", "busId"] {
+        match body.get(key) {
+            None | Some(Value::Null) => {}
+            Some(Value::String(v)) if *v == vehicle => {}
+            Some(_) => return Err(ApiError::invalid(format!("{key}: differs from the path's vehicle"))),
+        }
+    }
+    body.insert("vehicleId".into(), Value::String(vehicle));
+    body.remove("busId");
+    let accepted = state.backend.publish(&caller.session(), &Value::Object(body)).await?;
+    Result::Ok(Ok(accepted))
+}
+
+/// A batch of positions.
+#[derive(Deserialize, Serialize, ToSchema)]
+pub struct BatchBody {
+    /// At most 1000 positions, each with `vehicleId`.
+    items: Vec<Value>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct BatchResult {
+    /// One envelope per item, in order: `{ ok: true, data: { accepted, reason? } }` or `{ ok: false, error }`.
+    #[schema(value_type = Vec<Object>)]
+    results: Vec<Value>,
+}
+
+/// Stores and broadcasts up to 1000 positions, in order, with a result per item.
+#[utoipa::path(
+    post,
+    path = "/api/v1/fleets/{fleet}/locations",
+    params(("fleet" = String, Path)),
+    request_body = BatchBody,
+    responses(
+        (status = 200, description = "per-item results", body = BatchResult),
+        (status = 400, description = "invalid_payload"), (status = 401, description = "unauthenticated"),
+        (status = 403, description = "forbidden"), (status = 413, description = "payload_too_large"),
+    ),
+    security(("bearer" = [])), tag = "positions"
+)]
+pub async fn post_locations(
+    State(state): State<Arc<HttpState>>,
+    caller: Caller,
+    p: Result<Path<String>, PathRejection>,
+    JsonBody(body): JsonBody<Value>,
+) -> Result<Ok<BatchResult>, ApiError> {
+    let fleet = path(p)?;
+    check_id("fleet", &fleet)?;
+    caller.require(&fleet, &[Role::Dispatcher])?;
+    let items = match body.get("items") {
+        Some(Value::Array(items)) => items,
+        _ => return Err(ApiError::invalid("items: required array of positions")),
+    };
+    if items.len() > MAX_BATCH {
+        return Err(ApiError::new(ErrorCode::PayloadTooLarge, format!("items: at most {MAX_BATCH}")));
+    }
+    let session = caller.session();
+    let mut results = Vec::with_capacity(items.len());
+    // In order: two items of one vehicle must meet the compare-and-set in sequence.
+    for item in items {
+        let result = state.backend.publish(&session, item).await;
+        results.push(serde_json::to_value(Envelope::from_result(&result)).unwrap_or(Value::Null));
+    }
+    Result::Ok(Ok(BatchResult { results }))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct FleetQuery {
+    /// `minLon,minLat,maxLon,maxLat`
+    bbox: Option<String>,
+}
+
+fn feature(p: &Position) -> Value {
+    let mut props = Map::new();
+    props.insert("fleet".into(), p.fleet.clone().into());
+    props.insert("vehicleId".into(), p.vehicle_id.clone().into());
+    props.insert("ts".into(), p.ts.into());
+    for (k, v) in [("heading", p.heading), ("speed", p.speed), ("accuracy", p.accuracy)] {
+        if let Some(v) = v {
+            props.insert(k.into(), v.into());
+        }
+    }
+    props.insert("receivedAt".into(), p.received_at.into());
+    serde_json::json!({
+        "type": "Feature",
+        "id": p.vehicle_id,
+        "geometry": { "type": "Point", "coordinates": [p.lon, p.lat] },
+        "properties": props,
+    })
+}
+
+fn wants_geojson(headers: &HeaderMap) -> bool {
+    headers.get(header::ACCEPT).and_then(|a| a.to_str().ok()).is_some_and(|a| a.contains("application/geo+json"))
+}
+
+/// GeoJSON in the envelope, or bare with `Accept: application/geo+json`.
+fn geojson(headers: &HeaderMap, value: Value) -> Response {
+    if wants_geojson(headers) {
+        ([(header::CONTENT_TYPE, "application/geo+json")], Json(value)).into_response()
+    } else {
+        Ok(value).into_response()
+    }
+}
+
+/// The fleet's last-known positions as a GeoJSON FeatureCollection.
+#[utoipa::path(
+    get,
+    path = "/api/v1/fleets/{fleet}/vehicles",
+    params(("fleet" = String, Path), FleetQuery),
+    responses(
+        (status = 200, description = "`{ ok: true, data: FeatureCollection }`, or the bare FeatureCollection with `Accept: application/geo+json`"),
+        (status = 400, description = "invalid_payload"), (status = 401, description = "unauthenticated"), (status = 403, description = "forbidden"),
+    ),
+    security(("bearer" = [])), tag = "positions"
+)]
+pub async fn get_vehicles(
+    State(state): State<Arc<HttpState>>,
+    caller: Caller,
+    headers: HeaderMap,
+    p: Result<Path<String>, PathRejection>,
+    q: Result<Query<FleetQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let fleet = path(p)?;
+    check_id("fleet", &fleet)?;
+    caller.require(&fleet, &[Role::Vehicle, Role::Viewer, Role::Dispatcher])?;
+    let Query(q) = q.map_err(|e| ApiError::invalid(format!("query: {}", e.body_text())))?;
+    let bbox = match q.bbox {
+        None => None,
+        Some(b) => {
+            let parts: Result<Vec<f64>, _> = b.split(',').map(|x| x.trim().parse::<f64>()).collect();
+            let parts = parts.map_err(|_| ApiError::invalid("bbox: must be minLon,minLat,maxLon,maxLat"))?;
+            Some(BBox::from_json(&serde_json::json!(parts), "bbox")?)
+        }
+    };
+    let encoded = state.backend.positions(&fleet, Scope::Fleet).await.map_err(unavailable)?;
+    let features: Vec<Value> = encoded
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Position>(e).ok())
+        .filter(|p| bbox.is_none_or(|b| b.contains(p.lon, p.lat)))
+        .map(|p| feature(&p))
+        .collect();
+    Result::Ok(geojson(&headers, serde_json::json!({ "type": "FeatureCollection", "features": features })))
+}
+
+/// One vehicle's last-known position as a GeoJSON Feature.
+#[utoipa::path(
+    get,
+    path = "/api/v1/fleets/{fleet}/vehicles/{vehicle}",
+    params(("fleet" = String, Path), ("vehicle" = String, Path)),
+    responses(
+        (status = 200, description = "`{ ok: true, data: Feature }`"),
+        (status = 401, description = "unauthenticated"), (status = 403, description = "forbidden"), (status = 404, description = "not_found"),
+    ),
+    security(("bearer" = [])), tag = "positions"
+)]
+pub async fn get_vehicle(
+    State(state): State<Arc<HttpState>>,
+    caller: Caller,
+    headers: HeaderMap,
+    p: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let (fleet, vehicle) = path(p)?;
+    check_id("fleet", &fleet)?;
+    check_id("vehicle", &vehicle)?;
+    caller.require(&fleet, &[Role::Vehicle, Role::Viewer, Role::Dispatcher])?;
+    let ids = [vehicle];
+    let encoded = state.backend.positions(&fleet, Scope::Vehicles(&ids)).await.map_err(unavailable)?;
+    let position = encoded
+        .first()
+        .and_then(|e| serde_json::from_str::<Position>(e).ok())
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no known position for this vehicle"))?;
+    Result::Ok(geojson(&headers, feature(&position)))
+}
+
+#[derive(Deserialize, Serialize, ToSchema)]
+pub struct MessageBody {
+    /// 1–2000 characters.
+    text: Value,
+}
+
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+struct MessageDoc {
+    id: String,
+    room: String,
+    from: String,
+    text: String,
+    ts: i64,
+}
+
+/// Sends a chat message from the server to a room (stored in its history).
+#[utoipa::path(
+    post,
+    path = "/api/v1/fleets/{fleet}/rooms/{room}/messages",
+    params(("fleet" = String, Path), ("room" = String, Path)),
+    request_body = MessageBody,
+    responses(
+        (status = 200, description = "the stored message", body = MessageDoc),
+        (status = 400, description = "invalid_payload"), (status = 401, description = "unauthenticated"), (status = 403, description = "forbidden"),
+    ),
+    security(("bearer" = [])), tag = "rooms"
+)]
+pub async fn post_message(
+    State(state): State<Arc<HttpState>>,
+    caller: Caller,
+    p: Result<Path<(String, String)>, PathRejection>,
+    JsonBody(body): JsonBody<Value>,
+) -> Result<Ok<ChatMessage>, ApiError> {
+    let (fleet, room) = path(p)?;
+    check_id("fleet", &fleet)?;
+    let room = rooms::room_name(Some(&Value::String(room)))?;
+    caller.require(&fleet, &[Role::Dispatcher])?;
+    let text = rooms::message_text(body.get("text"))?;
+    let message = state.backend.post_message(&fleet, room, "server".into(), text).await?;
+    Result::Ok(Ok(message))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Revoked {
+    revoked: bool,
+}
+
+/// Revokes a session: its sockets are disconnected on every replica.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/sessions/{sessionId}",
+    params(("sessionId" = String, Path)),
+    responses(
+        (status = 200, description = "revoked", body = Revoked),
+        (status = 401, description = "unauthenticated"), (status = 403, description = "forbidden"), (status = 404, description = "not_found"),
+    ),
+    security(("bearer" = [])), tag = "sessions"
+)]
+pub async fn delete_session(
+    State(state): State<Arc<HttpState>>,
+    caller: Caller,
+    p: Result<Path<String>, PathRejection>,
+) -> Result<Ok<Revoked>, ApiError> {
+    let id = path(p)?;
+    let not_found = || ApiError::new(ErrorCode::NotFound, "unknown or expired session");
+    if !ids::is_plausible_session_id(&id) {
+        return Err(not_found());
+    }
+    let session = state.backend.session(&id).await.map_err(unavailable)?.ok_or_else(not_found)?;
+    let c = &caller.0;
+    let owner = c.fleet == session.fleet && c.sub == session.sub;
+    let dispatcher = c.fleet == session.fleet && c.role == Role::Dispatcher;
+    if !owner && !dispatcher {
+        return Err(ApiError::forbidden("only the session's owner or a dispatcher of its fleet may revoke it"));
+    }
+    state.backend.revoke(&id).await?;
+    Result::Ok(Ok(Revoked { revoked: true }))
+}

@@ -1,0 +1,35 @@
+//! The OpenAPI document of the HTTP API, generated from the route
+//! annotations and served at `/api/v1/openapi.json`.
+
+use axum::Json;
+use utoipa::{
+    Modify, OpenApi,
+    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+};
+
+use super::api;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "fleetgate HTTP API", description = "Positions in, the fleet out, room messages and session revocation. Every reply is `{ ok: true, data }` or `{ ok: false, error: { code, message } }`."),
+    paths(api::put_location, api::post_locations, api::get_vehicles, api::get_vehicle, api::post_message, api::delete_session),
+    modifiers(&Bearer),
+    tags((name = "positions"), (name = "rooms"), (name = "sessions"))
+)]
+pub struct ApiDoc;
+
+struct Bearer;
+
+impl Modify for Bearer {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+        );
+    }
+}
+
+pub async fn document() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
