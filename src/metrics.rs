@@ -41,6 +41,9 @@ fn describe() {
     describe_counter!("fleetgate_relay_dropped_total", "Positions from other replicas dropped before local fan-out.");
     describe_counter!("fleetgate_broadcasts_total", "Accepted positions fanned out on this replica.");
     describe_counter!("fleetgate_deliveries_total", "Position events handed to local sockets.");
+    describe_counter!("fleetgate_presence_changes_total", "Vehicles announced online or offline, by state.");
+    describe_counter!("fleetgate_chat_messages_total", "Room messages stored.");
+    describe_counter!("fleetgate_sessions_revoked_total", "Sessions revoked through the API.");
     describe_gauge!("fleetgate_subscriptions", "Live subscriptions on this replica, by kind.");
     describe_histogram!(
         "fleetgate_ingest_seconds",
