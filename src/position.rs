@@ -56,6 +56,7 @@ pub struct PositionKey<'a> {
     pub vehicle_id: std::borrow::Cow<'a, str>,
     pub lat: f64,
     pub lon: f64,
+    pub ts: i64,
 }
 
 impl PositionUpdate {

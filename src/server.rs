@@ -55,9 +55,6 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             "FLEETGATE_REDIS_CLUSTER_NODES is not supported by this build; use FLEETGATE_REDIS_URL".into(),
         ));
     }
-    if config.batch_ms > 0 {
-        tracing::warn!("FLEETGATE_BATCH_MS is not active in this build: every update is sent on its own");
-    }
     let auth = Arc::new(Authenticator::new(keys, &config));
     let config = Arc::new(config);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -75,7 +72,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
                 config: config.clone(),
                 auth,
                 store,
-                fanout: Fanout::new(io.clone(), None),
+                fanout: Fanout::new(io.clone(), None, config.batch_ms > 0),
                 io: io.clone(),
                 node_id: ids::new_session_id(),
                 local_vehicles: Default::default(),
@@ -101,7 +98,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
                 config: config.clone(),
                 auth,
                 store,
-                fanout: Fanout::new(io.clone(), Some(relay)),
+                fanout: Fanout::new(io.clone(), Some(relay), config.batch_ms > 0),
                 io: io.clone(),
                 node_id,
                 local_vehicles: Default::default(),
@@ -144,6 +141,9 @@ async fn run<A: Adapter>(
     }
     let demo_task = config.demo.then(|| tokio::spawn(demo::run(gateway.clone(), config.demo_vehicles)));
     let presence_task = tokio::spawn(gateway::presence::run(gateway.clone()));
+    let conflation_task = (config.batch_ms > 0).then(|| {
+        tokio::spawn(gateway::fanout::run_conflation(gateway.clone(), Duration::from_millis(config.batch_ms)))
+    });
 
     let accepting = Arc::new(AtomicBool::new(true));
     let app: Router = http::router(Arc::new(HttpState { backend: gateway.clone(), accepting: accepting.clone() }))
@@ -171,6 +171,9 @@ async fn run<A: Adapter>(
                 t.abort();
             }
             presence_task.abort();
+            if let Some(t) = conflation_task {
+                t.abort();
+            }
             // Disconnect packets first, so clients reconnect elsewhere at once.
             // With Redis down the adapter's part of closing cannot finish:
             // bound it by the grace period.

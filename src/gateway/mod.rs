@@ -164,14 +164,14 @@ impl<A: Adapter> Gateway<A> {
                     self.announce_online(&position.fleet, &position.vehicle_id).await;
                 }
                 self.fanout
-                    .deliver(
-                        &position.fleet,
-                        &position.vehicle_id,
-                        position.lon,
-                        position.lat,
-                        "locationupdate",
-                        &encoded,
-                    )
+                    .deliver(fanout::Outgoing {
+                        fleet: position.fleet,
+                        vehicle: position.vehicle_id,
+                        lon: position.lon,
+                        lat: position.lat,
+                        ts: position.ts,
+                        encoded,
+                    })
                     .await;
                 metrics::histogram!("fleetgate_ingest_seconds").record((ids::now_ms() - now).max(0) as f64 / 1000.0);
                 Ok(Accepted { accepted: true, reason: None })
@@ -204,7 +204,16 @@ impl<A: Adapter> Gateway<A> {
     pub async fn deliver_announcement(&self, a: Announcement) {
         let Ok(key) = serde_json::from_slice::<PositionKey>(&a.encoded) else { return };
         let Ok(encoded) = serde_json::from_slice::<Box<RawValue>>(&a.encoded) else { return };
-        self.fanout.deliver(&key.fleet, &key.vehicle_id, key.lon, key.lat, "locationupdate", &encoded).await;
+        self.fanout
+            .deliver(fanout::Outgoing {
+                fleet: key.fleet.into_owned(),
+                vehicle: key.vehicle_id.into_owned(),
+                lon: key.lon,
+                lat: key.lat,
+                ts: key.ts,
+                encoded,
+            })
+            .await;
     }
 }
 

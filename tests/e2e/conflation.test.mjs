@@ -33,10 +33,8 @@ after(async () => {
   await cluster?.stop();
 });
 
-const TODO = { todo: "conflation (FLEETGATE_BATCH_MS) is not implemented yet" };
-
 describe("conflation with FLEETGATE_BATCH_MS=200", () => {
-  test("batches carry the newest position per vehicle, never locationupdate", TODO, async () => {
+  test("batches carry the newest position per vehicle, never locationupdate", async () => {
     const fleet = uid("fleet");
     const viewer = (await connectWithSession(B, cluster.token({ sub: "viewer", fleet, role: "viewer" }))).socket;
     const batches = record(viewer, "locations");
@@ -86,7 +84,7 @@ describe("conflation with FLEETGATE_BATCH_MS=200", () => {
     }
   });
 
-  test("filters still apply to batches", TODO, async () => {
+  test("filters still apply to batches", async () => {
     const fleet = uid("fleet");
     const viewer = (await connectWithSession(A, cluster.token({ sub: "viewer", fleet, role: "viewer" }))).socket;
     const batches = record(viewer, "locations");

@@ -74,6 +74,33 @@ def test_openapi_describes_every_route(spec):
         assert "401" in responses, f"{key}: no 401 response documented: {sorted(responses)}"
 
 
+# Error statuses each operation can answer with besides 400/401/403 (see test_http_api.py).
+EXTRA_STATUSES = {
+    ("put", "/api/v1/fleets/{}/vehicles/{}/location"): {"413"},
+    ("post", "/api/v1/fleets/{}/locations"): {"413"},
+    ("post", "/api/v1/fleets/{}/rooms/{}/messages"): {"413"},
+    ("get", "/api/v1/fleets/{}/vehicles/{}"): {"404"},
+    ("delete", "/api/v1/sessions/{}"): {"404"},
+}
+
+
+def test_openapi_documents_error_statuses(spec):
+    ops = _operations(spec)
+    gaps = {
+        key: sorted(statuses - set(ops[key].get("responses", {})))
+        for key, statuses in EXTRA_STATUSES.items()
+        if key in ops and statuses - set(ops[key].get("responses", {}))
+    }
+    assert not gaps, f"undocumented error responses: {gaps}"
+
+
+def test_openapi_bbox_is_optional_query_parameter(spec):
+    op = _operations(spec)[("get", "/api/v1/fleets/{}/vehicles")]
+    params = [p for p in op.get("parameters", []) if p.get("name") == "bbox"]
+    assert len(params) == 1, op.get("parameters")
+    assert params[0].get("in") == "query" and not params[0].get("required", False), params[0]
+
+
 def test_openapi_bearer_security(spec):
     schemes = spec.get("components", {}).get("securitySchemes", {})
     bearer = {
