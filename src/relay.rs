@@ -29,7 +29,10 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
 /// after a Redis restart. It is not connected yet: `init` it (the adapter's
 /// driver does so itself).
 pub fn subscriber_client(url: &str) -> Result<SubscriberClient, fred::error::Error> {
-    let config = FredConfig::from_url(strip_query(url))?;
+    let mut config = FredConfig::from_url(strip_query(url))?;
+    // Under RESP2 a connection that has subscribed may not publish, and the
+    // adapter does both on one client: every cross-replica emit would fail.
+    config.version = fred::types::RespVersion::RESP3;
     let client = fred::types::Builder::from_config(config)
         .with_performance_config(|p| {
             // fred's default of 32 drops messages under any real load.

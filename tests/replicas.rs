@@ -74,3 +74,47 @@ async fn bbox_viewers_on_another_replica_get_only_their_box() {
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0]["vehicleId"], "in");
 }
+
+/// Everything that crosses replicas through the Socket.IO adapter rather
+/// than the position relay: revocation, chat, notices, presence.
+#[tokio::test]
+async fn revocation_chat_and_presence_cross_replicas() {
+    let redis = Redis::start();
+    let (a, b) = pair(&redis);
+    let dispatcher = token_for("f", "dispatcher", "d");
+
+    // Presence: a vehicle connecting on A is announced to a viewer on B.
+    let mut viewer = Client::connect(&b, json!({"token": token_for("f", "viewer", "v")})).await.unwrap();
+    viewer.call("subscribe", json!({})).await;
+    let mut bus = Client::connect(&a, json!({"token": token_for("f", "vehicle", "bus-1")})).await.unwrap();
+    let online = viewer.next("vehicle_online", Duration::from_secs(5)).await.expect("vehicle_online across replicas");
+    assert_eq!(online["vehicleId"], "bus-1");
+
+    // Chat: a member on B hears a member on A, and the notice of the join.
+    let mut member = Client::connect(&b, json!({"token": token_for("f", "viewer", "m")})).await.unwrap();
+    assert_eq!(member.call("join_room", json!({"room": "ops"})).await["data"]["room"], "ops");
+    let mut speaker = Client::connect(&a, json!({"token": dispatcher.clone()})).await.unwrap();
+    speaker.call("join_room", json!({"room": "ops"})).await;
+    let notice = member.next("notice", Duration::from_secs(5)).await.expect("join notice across replicas");
+    assert_eq!(notice, json!({"room": "ops", "kind": "join", "sub": "d"}));
+    let sent = speaker.call("chat", json!({"room": "ops", "text": "hello"})).await;
+    let heard = member.next("chat", Duration::from_secs(5)).await.expect("chat across replicas");
+    assert_eq!(heard, sent["data"]);
+    let history = member.call("history", json!({"room": "ops"})).await;
+    assert_eq!(history["data"]["messages"][0]["text"], "hello");
+
+    // Revocation on A disconnects the session's socket on B; resume then fails.
+    let session = bus.next("session", Duration::from_secs(5)).await.unwrap();
+    let id = session["sessionId"].as_str().unwrap().to_owned();
+    let on_b = Client::connect(&b, json!({"session": id})).await.unwrap();
+    let (status, body) =
+        support::http_request_as(a.addr, "DELETE", &format!("/api/v1/sessions/{id}"), None, Some(&dispatcher)).unwrap();
+    assert_eq!(status, 200, "{body}");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(on_b.is_disconnected(), "revoked session's socket on the other replica");
+    assert!(bus.is_disconnected(), "revoked session's socket on this replica");
+    assert_eq!(Client::connect(&b, json!({"session": id})).await.err().as_deref(), Some("session_expired"));
+    let offline =
+        viewer.next("vehicle_offline", Duration::from_secs(5)).await.expect("vehicle_offline across replicas");
+    assert_eq!(offline["vehicleId"], "bus-1");
+}

@@ -164,6 +164,7 @@ pub async fn post_locations(
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct FleetQuery {
     /// `minLon,minLat,maxLon,maxLat`
     bbox: Option<String>,
@@ -296,6 +297,7 @@ struct MessageDoc {
     responses(
         (status = 200, description = "the stored message", body = MessageDoc),
         (status = 400, description = "invalid_payload"), (status = 401, description = "unauthenticated"), (status = 403, description = "forbidden"),
+        (status = 413, description = "payload_too_large"), (status = 503, description = "unavailable"),
     ),
     security(("bearer" = [])), tag = "rooms"
 )]
