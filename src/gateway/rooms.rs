@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use socketioxide::adapter::Adapter;
+use socketioxide::{adapter::Adapter, extract::SocketRef};
 
 use super::{Conn, Gateway, Request, auth::require_session, fanout::NAMESPACE};
 use crate::{
@@ -69,6 +69,13 @@ fn field<'a>(payload: &'a serde_json::Value, key: &str) -> Option<&'a serde_json
     payload.get(key).filter(|v| !v.is_null())
 }
 
+/// Sends a notice to the room's other members, on every replica.
+async fn notify_others<A: Adapter>(socket: &SocketRef<A>, sio_room: String, notice: Notice<'_>) {
+    if let Err(e) = socket.to(sio_room).emit("notice", &notice).await {
+        tracing::warn!(error = %e, kind = notice.kind, "notice not sent");
+    }
+}
+
 pub(super) async fn on_join<A: Adapter>(req: Request<A>, conn: Arc<Conn>, gw: Arc<Gateway<A>>) {
     let result = async {
         let session = require_session(&conn)?;
@@ -86,10 +93,7 @@ pub(super) async fn on_join<A: Adapter>(req: Request<A>, conn: Arc<Conn>, gw: Ar
         let sio_room = chat_room(&session.fleet, &room);
         req.socket.join(sio_room.clone());
         if newly {
-            let notice = Notice { room: &room, kind: "join", sub: &session.sub };
-            if let Err(e) = req.socket.to(sio_room).emit("notice", &notice).await {
-                tracing::warn!(error = %e, "join notice not sent");
-            }
+            notify_others(&req.socket, sio_room, Notice { room: &room, kind: "join", sub: &session.sub }).await;
         }
         Ok(RoomRef { room })
     }
@@ -105,10 +109,7 @@ pub(super) async fn on_leave<A: Adapter>(req: Request<A>, conn: Arc<Conn>, _gw: 
         let sio_room = chat_room(&session.fleet, &room);
         req.socket.leave(sio_room.clone());
         if was_member {
-            let notice = Notice { room: &room, kind: "leave", sub: &session.sub };
-            if let Err(e) = req.socket.to(sio_room).emit("notice", &notice).await {
-                tracing::warn!(error = %e, "leave notice not sent");
-            }
+            notify_others(&req.socket, sio_room, Notice { room: &room, kind: "leave", sub: &session.sub }).await;
         }
         Ok(RoomRef { room })
     }
