@@ -26,7 +26,7 @@ import {
 } from "./lib/harness.mjs";
 
 /** Time for events in flight to arrive before counting them. */
-const SETTLE_MS = 700;
+const SETTLE_MS = 500;
 
 /** A viewer subscribed with `request`, recording both presence events. */
 async function presenceViewer(cluster, server, fleet, request = {}) {

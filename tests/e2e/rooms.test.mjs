@@ -23,7 +23,7 @@ import {
 
 const HISTORY_MAX = 5;
 /** Time for events in flight to arrive before counting them. */
-const SETTLE_MS = 700;
+const SETTLE_MS = 500;
 
 /** A connected member-to-be: socket, its sub, and everything it receives. */
 async function member(cluster, server, fleet, { sub = uid("user"), role = "dispatcher" } = {}) {
