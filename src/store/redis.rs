@@ -162,13 +162,20 @@ pub struct RedisStore {
 
 impl RedisStore {
     pub fn new(url: &str, pool_size: usize, retention: Retention, node_id: String) -> Result<Self, String> {
-        let mut cfg = deadpool_redis::Config::from_url(url);
-        let mut pool_cfg = deadpool_redis::PoolConfig::new(pool_size.max(1));
-        pool_cfg.timeouts.wait = Some(CALL_TIMEOUT);
-        pool_cfg.timeouts.create = Some(CALL_TIMEOUT);
-        pool_cfg.timeouts.recycle = Some(CALL_TIMEOUT);
-        cfg.pool = Some(pool_cfg);
-        let pool = cfg.create_pool(Some(Runtime::Tokio1)).map_err(|e| e.to_string())?;
+        // redis-rs gives up on a reply after 500 ms by default, which a busy
+        // host can exceed; the 2 s bound of every store call governs instead.
+        let connection = redis::AsyncConnectionConfig::new()
+            .set_response_timeout(Some(CALL_TIMEOUT))
+            .set_connection_timeout(Some(CALL_TIMEOUT));
+        let manager = deadpool_redis::Manager::new_with_config(url, connection).map_err(|e| e.to_string())?;
+        let pool = Pool::builder(manager)
+            .max_size(pool_size.max(1))
+            .wait_timeout(Some(CALL_TIMEOUT))
+            .create_timeout(Some(CALL_TIMEOUT))
+            .recycle_timeout(Some(CALL_TIMEOUT))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| e.to_string())?;
         Ok(Self {
             pool,
             put_position: Script::new(PUT_POSITION),
