@@ -4,7 +4,6 @@ use clap::Parser;
 use fleetgate::{
     auth::{Authenticator, Claims, Keys, Role},
     config::{Cli, Command, Config},
-    ids,
 };
 use tracing_subscriber::{EnvFilter, fmt};
 
@@ -23,20 +22,10 @@ fn mint(config: &Config, args: &fleetgate::config::TokenArgs) -> Result<String, 
         return Err("minting needs FLEETGATE_JWT_SECRET or FLEETGATE_JWT_PRIVATE_KEY_FILE".into());
     }
     let role = Role::parse(&args.role).ok_or("--role must be vehicle, viewer or dispatcher")?;
-    for (name, id) in [("--fleet", Some(&args.fleet)), ("--vehicle", args.vehicle.as_ref())] {
-        if id.is_some_and(|id| !ids::is_valid_id(id)) {
-            return Err(format!("{name} must be 1–64 characters of [A-Za-z0-9._:-]"));
-        }
-    }
+    let claims = Claims::issue(args.sub.clone(), args.fleet.clone(), role, args.vehicle.clone(), args.ttl)
+        .map_err(|e| e.message.into_owned())?;
     let keys = Keys::from_config(config).map_err(|e| e.to_string())?;
     let auth = Authenticator::new(keys, config);
-    let claims = Claims {
-        sub: args.sub.clone(),
-        fleet: args.fleet.clone(),
-        role,
-        vehicle: args.vehicle.clone().filter(|_| role == Role::Vehicle),
-        exp: ids::now_ms() / 1000 + i64::try_from(args.ttl).unwrap_or(i64::MAX / 4000),
-    };
     auth.mint(&claims, config).map_err(|e| e.to_string())
 }
 

@@ -20,7 +20,7 @@ use crate::{
     auth::{Authenticator, Keys},
     config::Config,
     demo,
-    gateway::{self, Fanout, Gateway},
+    gateway::{self, Gateway},
     http::{self, HttpState},
     ids,
     relay::{self, Announcement, Relay},
@@ -68,15 +68,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             tracing::info!("embedded mode: one node, state in memory");
             let store: Arc<dyn Store> = MemoryStore::new(Retention::from_config(&config));
             let (layer, io) = socketio_builder(&config).build_layer();
-            let gateway = Arc::new(Gateway {
-                config: config.clone(),
-                auth,
-                store,
-                fanout: Fanout::new(io.clone(), None, config.batch_ms > 0),
-                io: io.clone(),
-                node_id: ids::new_session_id(),
-                local_vehicles: Default::default(),
-            });
+            let gateway = Arc::new(Gateway::new(config.clone(), auth, store, io.clone(), None, ids::new_session_id()));
             gateway::register(&io, gateway.clone());
             run(config.clone(), gateway, io, layer, None, stop_tx).await
         }
@@ -94,15 +86,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
                     .await
                     .map_err(|e| ServeError::Redis(e.to_string()))?;
             let (layer, io) = socketio_builder(&config).with_adapter::<FredAdapter<_>>(adapter).build_layer();
-            let gateway = Arc::new(Gateway {
-                config: config.clone(),
-                auth,
-                store,
-                fanout: Fanout::new(io.clone(), Some(relay), config.batch_ms > 0),
-                io: io.clone(),
-                node_id,
-                local_vehicles: Default::default(),
-            });
+            let gateway = Arc::new(Gateway::new(config.clone(), auth, store, io.clone(), Some(relay), node_id));
             gateway::register(&io, gateway.clone()).await.map_err(|e| ServeError::Redis(e.to_string()))?;
             tracing::info!("replica mode: state and rooms shared through redis");
             run(config.clone(), gateway, io, layer, Some(inbox), stop_tx).await

@@ -47,6 +47,28 @@ pub struct Claims {
     pub exp: i64,
 }
 
+impl Claims {
+    /// Claims for a new token living `ttl_secs`, checked by the same rules
+    /// as a token being verified, so nothing is minted that would be refused.
+    pub fn issue(
+        sub: String,
+        fleet: String,
+        role: Role,
+        vehicle: Option<String>,
+        ttl_secs: u64,
+    ) -> Result<Claims, ApiError> {
+        let ttl = i64::try_from(ttl_secs).unwrap_or(i64::MAX / 4000);
+        RawClaims {
+            sub: Some(sub),
+            fleet: Some(fleet),
+            role: Some(role.as_str().to_owned()),
+            vehicle: vehicle.filter(|_| role == Role::Vehicle),
+            exp: Some((ids::now_ms() / 1000).saturating_add(ttl)),
+        }
+        .validate()
+    }
+}
+
 /// Claims as they arrive, before their values are checked.
 #[derive(Debug, Deserialize)]
 pub(super) struct RawClaims {

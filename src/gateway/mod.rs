@@ -87,6 +87,28 @@ pub struct Gateway<A: Adapter> {
     pub local_vehicles: presence::LocalVehicles,
 }
 
+impl<A: Adapter> Gateway<A> {
+    pub fn new(
+        config: Arc<Config>,
+        auth: Arc<Authenticator>,
+        store: Arc<dyn Store>,
+        io: SocketIo<A>,
+        relay: Option<crate::relay::Relay>,
+        node_id: String,
+    ) -> Self {
+        let conflate = config.batch_ms > 0;
+        Self {
+            config,
+            auth,
+            store,
+            fanout: Fanout::new(io.clone(), relay, conflate),
+            io,
+            node_id,
+            local_vehicles: presence::LocalVehicles::default(),
+        }
+    }
+}
+
 /// The room of every socket using a session, for revocation.
 pub fn session_room(session_id: &str) -> String {
     format!("s/{session_id}")

@@ -175,27 +175,24 @@ async fn snapshot<A: Adapter>(gw: &Gateway<A>, sel: &Selection) -> Result<Vec<Bo
         tracing::warn!(error = %e, "snapshot failed");
         ApiError::unavailable()
     };
-    let mut encoded = Vec::new();
     if sel.whole_fleet() {
-        encoded = gw.store.positions(&sel.fleet, Scope::Fleet).await.map_err(unavailable)?;
-    } else {
-        if !sel.vehicles.is_empty() {
-            encoded = gw.store.positions(&sel.fleet, Scope::Vehicles(&sel.vehicles)).await.map_err(unavailable)?;
-        }
-        if let Some(b) = sel.bbox {
-            let all = gw.store.positions(&sel.fleet, Scope::Fleet).await.map_err(unavailable)?;
-            encoded.extend(
-                all.into_iter()
-                    .filter(|e| serde_json::from_str::<PositionKey>(e).is_ok_and(|k| b.contains(k.lon, k.lat))),
-            );
-        }
+        let encoded = gw.store.positions(&sel.fleet, Scope::Fleet).await.map_err(unavailable)?;
+        return Ok(encoded.into_iter().filter_map(|e| RawValue::from_string(e).ok()).collect());
     }
-    let mut seen = HashSet::new();
-    Ok(encoded
-        .into_iter()
-        .filter(|e| serde_json::from_str::<PositionKey>(e).is_ok_and(|k| seen.insert(k.vehicle_id.into_owned())))
-        .filter_map(|e| RawValue::from_string(e).ok())
-        .collect())
+    let mut encoded = Vec::new();
+    if !sel.vehicles.is_empty() {
+        encoded = gw.store.positions(&sel.fleet, Scope::Vehicles(&sel.vehicles)).await.map_err(unavailable)?;
+    }
+    if let Some(b) = sel.bbox {
+        // A vehicle named in `vehicles` and inside the box comes once.
+        let named: HashSet<&str> = sel.vehicles.iter().map(String::as_str).collect();
+        let all = gw.store.positions(&sel.fleet, Scope::Fleet).await.map_err(unavailable)?;
+        encoded.extend(all.into_iter().filter(|e| {
+            serde_json::from_str::<PositionKey>(e)
+                .is_ok_and(|k| b.contains(k.lon, k.lat) && !named.contains(k.vehicle_id.as_ref()))
+        }));
+    }
+    Ok(encoded.into_iter().filter_map(|e| RawValue::from_string(e).ok()).collect())
 }
 
 pub(super) async fn on_unsubscribe<A: Adapter>(req: Request<A>, conn: Arc<Conn>, gw: Arc<Gateway<A>>) {

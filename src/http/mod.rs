@@ -121,31 +121,13 @@ async fn demo_token(
     JsonBody(req): JsonBody<DemoTokenRequest>,
 ) -> Result<Ok<DemoToken>, ApiError> {
     let fleet = req.fleet.unwrap_or_else(|| crate::demo::FLEET.to_owned());
-    if !ids::is_valid_id(&fleet) {
-        return Err(ApiError::invalid("fleet: must be a fleet id"));
-    }
     let role = match req.role.as_deref() {
         None => Role::Viewer,
         Some(r) => Role::parse(r).ok_or_else(|| ApiError::invalid("role: vehicle, viewer or dispatcher"))?,
     };
     let sub = req.sub.unwrap_or_else(|| format!("demo-{}", &ids::new_session_id()[..8]));
-    if sub.is_empty() || sub.len() > 256 {
-        return Err(ApiError::invalid("sub: 1–256 characters"));
-    }
-    if req.vehicle.as_deref().is_some_and(|v| !ids::is_valid_id(v)) {
-        return Err(ApiError::invalid("vehicle: must be a vehicle id"));
-    }
-    if role == Role::Vehicle && req.vehicle.is_none() && !ids::is_valid_id(&sub) {
-        return Err(ApiError::invalid("sub: a vehicle token without `vehicle` needs a vehicle id as sub"));
-    }
     let ttl = req.ttl.unwrap_or(3600).clamp(1, MAX_DEMO_TTL_SECS);
-    let claims = Claims {
-        sub,
-        fleet,
-        role,
-        vehicle: req.vehicle.filter(|_| role == Role::Vehicle),
-        exp: ids::now_ms() / 1000 + ttl as i64,
-    };
+    let claims = Claims::issue(sub, fleet, role, req.vehicle, ttl).map_err(|e| ApiError::invalid(e.message))?;
     let b = &state.backend;
     let token = b.authenticator().mint(&claims, b.config()).map_err(|e| {
         tracing::warn!(error = %e, "demo token not minted");
