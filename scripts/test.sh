@@ -15,11 +15,17 @@ command -v openssl >/dev/null || missing+=(openssl)
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+# The operations checks: promtool lints the metrics exposition and the
+# dashboard queries, nginx fronts the gateway under /chat, Chromium loads
+# the live map page.
+command -v promtool >/dev/null || missing+=(prometheus)
+command -v nginx >/dev/null || missing+=(nginx-light)
+command -v chromium >/dev/null || missing+=(chromium)
 if ((${#missing[@]})); then
   step "installing ${missing[*]}"
   sudo=""; [[ $(id -u) -ne 0 ]] && sudo="sudo"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 step "format"

@@ -22,6 +22,8 @@ pub enum Command {
     Serve,
     /// Mint a token with the configured key, for operators and scripts.
     Token(TokenArgs),
+    /// Exit 0 if the server on FLEETGATE_ADDR answers /healthz (for container health checks).
+    Healthcheck,
 }
 
 #[derive(Debug, Args)]

@@ -11,6 +11,7 @@ pub mod demo;
 pub mod error;
 pub mod gateway;
 pub mod geo;
+pub mod healthcheck;
 pub mod http;
 pub mod ids;
 pub mod metrics;

@@ -1,4 +1,5 @@
-//! The `fleetgate` binary: serve (the default) or mint a token.
+//! The `fleetgate` binary: serve (the default), mint a token, or check a
+//! running server's health.
 
 use clap::Parser;
 use fleetgate::{
@@ -57,6 +58,15 @@ async fn run() -> std::process::ExitCode {
                 std::process::ExitCode::from(2)
             }
         },
+        Some(Command::Healthcheck) => {
+            match fleetgate::healthcheck::check(fleetgate::healthcheck::target(cli.config.addr)).await {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("fleetgate healthcheck: {e}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
         None | Some(Command::Serve) => {
             init_logging(&cli.config);
             match fleetgate::server::serve(cli.config).await {

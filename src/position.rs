@@ -57,6 +57,9 @@ pub struct PositionKey<'a> {
     pub lat: f64,
     pub lon: f64,
     pub ts: i64,
+    /// When the accepting replica received it (for the delivery-lag metric).
+    #[serde(default)]
+    pub received_at: i64,
 }
 
 impl PositionUpdate {

@@ -70,10 +70,12 @@ fn resubscribe_on_reconnect(client: &SubscriberClient) {
             if !channels.is_empty()
                 && let Err(e) = client.subscribe(channels).await
             {
+                metrics::counter!("fleetgate_redis_errors_total", "op" => "resubscribe").increment(1);
                 tracing::warn!(error = %e, "re-subscribing channels failed");
             }
             for channel in client.tracked_shard_channels() {
                 if let Err(e) = client.ssubscribe(channel.to_string()).await {
+                    metrics::counter!("fleetgate_redis_errors_total", "op" => "resubscribe").increment(1);
                     tracing::warn!(error = %e, "re-subscribing shard channels failed");
                 }
             }
@@ -138,7 +140,10 @@ impl Relay {
             *n += 1;
             return Ok(());
         }
-        self.client.subscribe(position_channel(fleet)).await?;
+        if let Err(e) = self.client.subscribe(position_channel(fleet)).await {
+            metrics::counter!("fleetgate_redis_errors_total", "op" => "subscribe").increment(1);
+            return Err(e);
+        }
         watched.insert(fleet.to_owned(), 1);
         Ok(())
     }

@@ -61,7 +61,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let wait_stop = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let metrics_task = tokio::spawn(crate::metrics::serve(config.metrics_addr, metrics, wait_stop(stop_rx.clone())));
+    let metrics_task =
+        tokio::spawn(crate::metrics::serve(config.metrics_addr, metrics.clone(), wait_stop(stop_rx.clone())));
 
     let result = match config.redis_url.clone() {
         None => {
@@ -70,7 +71,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             let (layer, io) = socketio_builder(&config).build_layer();
             let gateway = Arc::new(Gateway::new(config.clone(), auth, store, io.clone(), None, ids::new_session_id()));
             gateway::register(&io, gateway.clone());
-            run(config.clone(), gateway, io, layer, None, stop_tx).await
+            run(config.clone(), gateway, io, layer, None, stop_tx, &metrics).await
         }
         Some(url) => {
             let node_id = ids::new_session_id();
@@ -89,7 +90,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             let gateway = Arc::new(Gateway::new(config.clone(), auth, store, io.clone(), Some(relay), node_id));
             gateway::register(&io, gateway.clone()).await.map_err(|e| ServeError::Redis(e.to_string()))?;
             tracing::info!("replica mode: state and rooms shared through redis");
-            run(config.clone(), gateway, io, layer, Some(inbox), stop_tx).await
+            run(config.clone(), gateway, io, layer, Some(inbox), stop_tx, &metrics).await
         }
     };
     let _ = metrics_task.await;
@@ -114,6 +115,7 @@ async fn run<A: Adapter>(
     layer: socketioxide::layer::SocketIoLayer<A>,
     inbox: Option<mpsc::Receiver<Announcement>>,
     stop: watch::Sender<bool>,
+    exporter: &crate::metrics::Exporter,
 ) -> Result<(), ServeError> {
     if let Some(mut inbox) = inbox {
         let gw = gateway.clone();
@@ -130,6 +132,7 @@ async fn run<A: Adapter>(
     });
 
     let accepting = Arc::new(AtomicBool::new(true));
+    exporter.sample_with(Arc::new(Sampler { gateway: gateway.clone(), accepting: accepting.clone() }));
     let app: Router = http::router(Arc::new(HttpState { backend: gateway.clone(), accepting: accepting.clone() }))
         .layer(layer)
         .layer(cors(&config))
@@ -181,6 +184,22 @@ async fn run<A: Adapter>(
     }
     let _ = stop.send(true);
     Ok(())
+}
+
+/// The gauges read at each scrape.
+struct Sampler<A: Adapter> {
+    gateway: Arc<Gateway<A>>,
+    accepting: Arc<AtomicBool>,
+}
+
+#[async_trait::async_trait]
+impl<A: Adapter> crate::metrics::Sample for Sampler<A> {
+    async fn sample(&self) {
+        self.gateway.sample_gauges();
+        // The same answer /readyz would give now.
+        let ready = self.accepting.load(Ordering::Relaxed) && self.gateway.store.ping().await.is_ok();
+        metrics::gauge!("fleetgate_ready").set(f64::from(u8::from(ready)));
+    }
 }
 
 fn cors(config: &Config) -> CorsLayer {

@@ -272,3 +272,26 @@ async fn metrics_count_connections_updates_and_deliveries() {
     assert_eq!(value("fleetgate_connections "), 2.0);
     assert!(body.contains("# HELP fleetgate_deliveries_total"));
 }
+
+/// The container health check: `fleetgate healthcheck` asks the server on
+/// FLEETGATE_ADDR, and fails once nothing answers there.
+#[tokio::test]
+async fn healthcheck_subcommand_follows_the_server() {
+    let mut server = Server::start(&[]);
+    let run = |addr: String| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_fleetgate"))
+            .arg("healthcheck")
+            .env_clear()
+            .env("FLEETGATE_ADDR", addr)
+            .output()
+            .expect("run fleetgate healthcheck")
+    };
+    // A wildcard listen address is checked on loopback.
+    let wildcard = format!("0.0.0.0:{}", server.addr.port());
+    let up = run(wildcard.clone());
+    assert!(up.status.success(), "healthcheck failed: {}", String::from_utf8_lossy(&up.stderr));
+    assert!(server.terminate().success());
+    let down = run(wildcard);
+    assert_eq!(down.status.code(), Some(1), "healthcheck passed with the server gone");
+    assert!(String::from_utf8_lossy(&down.stderr).contains("healthcheck"));
+}

@@ -84,7 +84,6 @@ pub(super) async fn handshake<A: Adapter>(
     auth: Option<serde_json::Value>,
     gw: &Gateway<A>,
 ) -> Result<Arc<Conn>, &'static str> {
-    metrics::counter!("fleetgate_handshakes_total").increment(1);
     let result = async {
         let creds = Credentials::from_json(auth).map_err(|e| ApiError::new(ErrorCode::InvalidToken, e.message))?;
         let fleet = creds.fleet()?;
@@ -104,6 +103,7 @@ pub(super) async fn handshake<A: Adapter>(
     .await;
     match result {
         Ok(session) => {
+            metrics::counter!("fleetgate_handshakes_total", "outcome" => "ok").increment(1);
             let conn = Arc::new(Conn::default());
             if let Some(s) = session {
                 // Joined before the connect packet, so a revocation can never miss it.
@@ -113,6 +113,7 @@ pub(super) async fn handshake<A: Adapter>(
             Ok(conn)
         }
         Err(e) => {
+            metrics::counter!("fleetgate_handshakes_total", "outcome" => "refused").increment(1);
             count_failure("handshake", &e);
             tracing::debug!(sid = %socket.id, code = e.code.as_str(), reason = %e.message, "handshake refused");
             Err(e.code.as_str())

@@ -56,6 +56,18 @@ pub struct Outgoing {
     pub lat: f64,
     pub ts: i64,
     pub encoded: Box<RawValue>,
+    /// When the accepting replica received it.
+    pub received_at: i64,
+    /// Whether it was accepted on another replica.
+    pub relayed: bool,
+}
+
+impl Outgoing {
+    fn record_lag(&self) {
+        let path = if self.relayed { "relay" } else { "local" };
+        let lag = (crate::ids::now_ms() - self.received_at).max(0) as f64 / 1000.0;
+        metrics::histogram!("fleetgate_delivery_lag_seconds", "path" => path).record(lag);
+    }
 }
 
 /// The `locations` event of a conflation window.
@@ -135,6 +147,7 @@ impl<A: Adapter> Fanout<A> {
             metrics::counter!("fleetgate_emits_dropped_total").increment(1);
             tracing::debug!(error = %e, "some deliveries failed");
         }
+        p.record_lag();
     }
 
     /// Ends a conflation window: one `locations` event per watching socket.
@@ -168,6 +181,7 @@ impl<A: Adapter> Fanout<A> {
                 }
             }
             metrics::counter!("fleetgate_broadcasts_total").increment(vehicles.len() as u64);
+            vehicles.values().for_each(Outgoing::record_lag);
         }
     }
 

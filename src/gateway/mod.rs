@@ -16,7 +16,9 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
-use socketioxide::{SocketIo, adapter::Adapter, extract::SocketRef, handler::ConnectHandler};
+use socketioxide::{
+    SocketIo, TransportType, adapter::Adapter, extract::SocketRef, handler::ConnectHandler, socket::DisconnectReason,
+};
 
 pub use conn::Conn;
 pub use fanout::Fanout;
@@ -68,11 +70,18 @@ fn count_update(source: Source, result: &Result<Accepted, ApiError>) {
             ErrorCode::InvalidPayload | ErrorCode::PayloadTooLarge => "invalid",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Unavailable => "unavailable",
             _ => "error",
         },
     };
     metrics::counter!("fleetgate_position_updates_total", "source" => source.as_str(), "outcome" => outcome)
         .increment(1);
+}
+
+/// Counts a cross-replica operation of the adapter that failed.
+fn adapter_failed(op: &'static str, e: &dyn std::fmt::Display) {
+    metrics::counter!("fleetgate_adapter_errors_total", "op" => op).increment(1);
+    tracing::warn!(error = %e, op, "adapter operation failed");
 }
 
 /// Everything the handlers share.
@@ -182,6 +191,7 @@ impl<A: Adapter> Gateway<A> {
             .map_err(|_| ApiError::invalid("payload: not representable as JSON"))?;
         match self.store.put_position(&position, encoded.get()).await {
             Ok(PutOutcome::Accepted { back_online }) => {
+                metrics::histogram!("fleetgate_ingest_seconds").record((ids::now_ms() - now).max(0) as f64 / 1000.0);
                 if back_online {
                     self.announce_online(&position.fleet, &position.vehicle_id).await;
                 }
@@ -193,9 +203,10 @@ impl<A: Adapter> Gateway<A> {
                         lat: position.lat,
                         ts: position.ts,
                         encoded,
+                        received_at: now,
+                        relayed: false,
                     })
                     .await;
-                metrics::histogram!("fleetgate_ingest_seconds").record((ids::now_ms() - now).max(0) as f64 / 1000.0);
                 Ok(Accepted { accepted: true, reason: None })
             }
             Ok(PutOutcome::Stale) => Ok(Accepted { accepted: false, reason: Some("stale") }),
@@ -216,6 +227,7 @@ impl<A: Adapter> Gateway<A> {
         if let Some(ns) = self.io.of(fanout::NAMESPACE)
             && let Err(e) = ns.to(session_room(session_id)).disconnect().await
         {
+            adapter_failed("disconnect", &e);
             tracing::warn!(error = %e, "revoked session's sockets not all disconnected");
         }
         metrics::counter!("fleetgate_sessions_revoked_total").increment(1);
@@ -234,6 +246,8 @@ impl<A: Adapter> Gateway<A> {
                 lat: key.lat,
                 ts: key.ts,
                 encoded,
+                received_at: key.received_at,
+                relayed: true,
             })
             .await;
     }
@@ -273,8 +287,8 @@ fn on_connect<A: Adapter>(socket: SocketRef<A>, gateway: Arc<Gateway<A>>) {
         let _ = socket.disconnect();
         return;
     };
-    metrics::counter!("fleetgate_connections_opened_total").increment(1);
-    metrics::gauge!("fleetgate_connections").increment(1.0);
+    metrics::counter!("fleetgate_connections_opened_total", "transport" => transport_name(socket.transport_type()))
+        .increment(1);
     auth::on_connected(&socket, &conn, &gateway);
 }
 
@@ -298,10 +312,10 @@ fn attach_handlers<A: Adapter>(socket: &SocketRef<A>, conn: Arc<Conn>, gateway: 
     route!("leave_room", rooms::on_leave);
     route!("chat", rooms::on_chat);
     route!("history", rooms::on_history);
-    socket.on_disconnect(move |socket: SocketRef<A>| {
+    socket.on_disconnect(move |socket: SocketRef<A>, reason: DisconnectReason| {
         let (gateway, conn) = (gateway.clone(), conn.clone());
         async move {
-            metrics::gauge!("fleetgate_connections").decrement(1.0);
+            metrics::counter!("fleetgate_connections_closed_total", "reason" => reason_name(reason)).increment(1);
             conn.cancel_timer();
             viewer::forget(&socket, &conn, &gateway).await;
             if let Some((fleet, vehicle)) = conn.take_presence() {
@@ -309,4 +323,58 @@ fn attach_handlers<A: Adapter>(socket: &SocketRef<A>, conn: Arc<Conn>, gateway: 
             }
         }
     });
+}
+
+fn transport_name(t: TransportType) -> &'static str {
+    match t {
+        TransportType::Websocket => "websocket",
+        TransportType::Polling => "polling",
+    }
+}
+
+fn reason_name(r: DisconnectReason) -> &'static str {
+    match r {
+        DisconnectReason::TransportClose => "transport_close",
+        DisconnectReason::MultipleHttpPollingError => "multiple_polling",
+        DisconnectReason::PacketParsingError => "packet_parsing",
+        DisconnectReason::TransportError => "transport_error",
+        DisconnectReason::HeartbeatTimeout => "heartbeat_timeout",
+        DisconnectReason::ClientNSDisconnect => "client_disconnect",
+        DisconnectReason::ServerNSDisconnect => "server_disconnect",
+        DisconnectReason::ClosingServer => "server_closing",
+    }
+}
+
+/// Roles as the connections gauge labels them; `pending` has not authenticated yet.
+const CONNECTION_ROLES: [&str; 4] = ["vehicle", "viewer", "dispatcher", "pending"];
+const TRANSPORTS: [&str; 2] = ["websocket", "polling"];
+
+impl<A: Adapter> Gateway<A> {
+    /// Sets the gauges read at scrape time: open connections by role and
+    /// transport (a polling socket that upgrades moves over), and vehicles
+    /// connected here.
+    pub fn sample_gauges(&self) {
+        let mut counts = [[0u32; TRANSPORTS.len()]; CONNECTION_ROLES.len()];
+        if let Some(ns) = self.io.of(fanout::NAMESPACE) {
+            for socket in ns.local().sockets() {
+                let role = match socket.extensions.get::<Arc<Conn>>().and_then(|c| c.session()).map(|s| s.role) {
+                    Some(Role::Vehicle) => 0,
+                    Some(Role::Viewer) => 1,
+                    Some(Role::Dispatcher) => 2,
+                    None => 3,
+                };
+                let transport = match socket.transport_type() {
+                    TransportType::Websocket => 0,
+                    TransportType::Polling => 1,
+                };
+                counts[role][transport] += 1;
+            }
+        }
+        for (role, row) in CONNECTION_ROLES.iter().zip(counts) {
+            for (transport, n) in TRANSPORTS.iter().zip(row) {
+                metrics::gauge!("fleetgate_connections", "role" => *role, "transport" => *transport).set(f64::from(n));
+            }
+        }
+        metrics::gauge!("fleetgate_vehicles_online").set(self.local_vehicles.count() as f64);
+    }
 }

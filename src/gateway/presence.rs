@@ -57,6 +57,11 @@ impl LocalVehicles {
         }
     }
 
+    /// How many vehicles have a socket here.
+    pub fn count(&self) -> usize {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     fn snapshot(&self) -> Vec<(String, String)> {
         self.counts.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
     }
@@ -123,7 +128,7 @@ impl<A: Adapter> Gateway<A> {
     async fn emit_presence<T: Serialize>(&self, fleet: &str, vehicle: &str, event: &str, payload: &T) {
         let Some(ns) = self.io.of(NAMESPACE) else { return };
         if let Err(e) = ns.to(vec![fleet_room(fleet), vehicle_room(fleet, vehicle)]).emit(event, payload).await {
-            tracing::warn!(error = %e, event, "presence event not sent");
+            super::adapter_failed("presence", &e);
         }
     }
 }

@@ -72,7 +72,7 @@ fn field<'a>(payload: &'a serde_json::Value, key: &str) -> Option<&'a serde_json
 /// Sends a notice to the room's other members, on every replica.
 async fn notify_others<A: Adapter>(socket: &SocketRef<A>, sio_room: String, notice: Notice<'_>) {
     if let Err(e) = socket.to(sio_room).emit("notice", &notice).await {
-        tracing::warn!(error = %e, kind = notice.kind, "notice not sent");
+        super::adapter_failed("notice", &e);
     }
 }
 
@@ -129,7 +129,7 @@ pub(super) async fn on_chat<A: Adapter>(req: Request<A>, conn: Arc<Conn>, gw: Ar
         // The sender has its copy in the ack.
         let sio_room = chat_room(&session.fleet, &message.room);
         if let Err(e) = req.socket.to(sio_room).emit("chat", &message).await {
-            tracing::warn!(error = %e, "chat not delivered");
+            super::adapter_failed("chat", &e);
         }
         Ok(message)
     }
@@ -197,7 +197,7 @@ impl<A: Adapter> Gateway<A> {
     pub async fn broadcast_message(&self, fleet: &str, message: &ChatMessage) {
         let Some(ns) = self.io.of(NAMESPACE) else { return };
         if let Err(e) = ns.to(chat_room(fleet, &message.room)).emit("chat", message).await {
-            tracing::warn!(error = %e, "chat not delivered");
+            super::adapter_failed("chat", &e);
         }
     }
 }

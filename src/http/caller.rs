@@ -20,24 +20,29 @@ impl FromRequestParts<Arc<HttpState>> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<HttpState>) -> Result<Self, ApiError> {
-        let header =
-            parts.headers.get(axum::http::header::AUTHORIZATION).and_then(|h| h.to_str().ok()).ok_or_else(|| {
-                ApiError::new(crate::error::ErrorCode::Unauthenticated, "Authorization: Bearer <token> required")
-            })?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                ApiError::new(crate::error::ErrorCode::Unauthenticated, "Authorization: Bearer <token> required")
-            })?;
-        let claims = state.backend.authenticator().verify(token).inspect_err(|e| {
-            metrics::counter!("fleetgate_auth_failures_total", "stage" => "http", "code" => e.code.as_str())
-                .increment(1);
-        })?;
-        Ok(Caller(claims))
+        let verified = bearer(parts).and_then(|token| state.backend.authenticator().verify(token));
+        match verified {
+            Ok(claims) => Ok(Caller(claims)),
+            Err(e) => {
+                metrics::counter!("fleetgate_auth_failures_total", "stage" => "http", "code" => e.code.as_str())
+                    .increment(1);
+                Err(e)
+            }
+        }
     }
+}
+
+/// The token of an `Authorization: Bearer …` header.
+fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+    let missing = || ApiError::new(crate::error::ErrorCode::Unauthenticated, "Authorization: Bearer <token> required");
+    let header =
+        parts.headers.get(axum::http::header::AUTHORIZATION).and_then(|h| h.to_str().ok()).ok_or_else(missing)?;
+    header
+        .strip_prefix("Bearer ")
+        .or_else(|| header.strip_prefix("bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(missing)
 }
 
 impl Caller {

@@ -8,6 +8,7 @@ mod caller;
 mod json;
 pub mod openapi;
 mod pages;
+mod telemetry;
 
 use std::sync::{
     Arc,
@@ -72,7 +73,7 @@ pub fn router(state: Arc<HttpState>) -> Router {
     if state.backend.config().demo {
         router = router.route("/api/v1/demo/token", post(demo_token));
     }
-    router.fallback(not_found).with_state(state)
+    router.fallback(not_found).layer(axum::middleware::from_fn(telemetry::track)).with_state(state)
 }
 
 async fn not_found() -> ApiError {

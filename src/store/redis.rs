@@ -162,6 +162,9 @@ pub struct RedisStore {
 
 impl RedisStore {
     pub fn new(url: &str, pool_size: usize, retention: Retention, node_id: String) -> Result<Self, String> {
+        for op in OPS {
+            metrics::counter!("fleetgate_redis_errors_total", "op" => op).increment(0);
+        }
         // redis-rs gives up on a reply after 500 ms by default, which a busy
         // host can exceed; the 2 s bound of every store call governs instead.
         let connection = redis::AsyncConnectionConfig::new()
@@ -195,15 +198,41 @@ impl RedisStore {
     }
 }
 
-/// Bounds a store call so a hung Redis turns into `unavailable`, not a hung client.
-async fn bounded<T>(f: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
-    tokio::time::timeout(CALL_TIMEOUT, f).await.map_err(|_| StoreError::Timeout)?
+/// The operations as the Redis metrics label them (those of [`bounded`]
+/// calls, and the relay's subscriptions).
+const OPS: [&str; 14] = [
+    "put_position",
+    "positions",
+    "create_session",
+    "get_session",
+    "delete_session",
+    "append_message",
+    "history",
+    "vehicle_connected",
+    "vehicle_disconnected",
+    "refresh_presence",
+    "sweep_presence",
+    "ping",
+    "subscribe",
+    "resubscribe",
+];
+
+/// Bounds a store call so a hung Redis turns into `unavailable`, not a
+/// hung client, and measures it under the name of its operation.
+async fn bounded<T>(op: &'static str, f: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+    let started = std::time::Instant::now();
+    let result = tokio::time::timeout(CALL_TIMEOUT, f).await.map_err(|_| StoreError::Timeout).and_then(|r| r);
+    metrics::histogram!("fleetgate_redis_command_seconds", "op" => op).record(started.elapsed().as_secs_f64());
+    if result.is_err() {
+        metrics::counter!("fleetgate_redis_errors_total", "op" => op).increment(1);
+    }
+    result
 }
 
 #[async_trait]
 impl Store for RedisStore {
     async fn put_position(&self, p: &Position, encoded: &str) -> Result<PutOutcome, StoreError> {
-        bounded(async {
+        bounded("put_position", async {
             let mut conn = self.conn().await?;
             let stored: i64 = self
                 .put_position
@@ -231,7 +260,7 @@ impl Store for RedisStore {
     }
 
     async fn positions(&self, fleet: &str, scope: Scope<'_>) -> Result<Vec<String>, StoreError> {
-        bounded(async {
+        bounded("positions", async {
             let mut conn = self.conn().await?;
             let mut call = self.positions.key(index_key(fleet));
             call.arg(now_ms()).arg(position_key(fleet, ""));
@@ -249,7 +278,7 @@ impl Store for RedisStore {
     async fn create_session(&self, session: &Session) -> Result<(), StoreError> {
         let json = serde_json::to_string(session).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let ttl_ms = u64::try_from(session.remaining_ms(now_ms())).unwrap_or(0).max(1);
-        bounded(async {
+        bounded("create_session", async {
             let mut conn = self.conn().await?;
             redis::cmd("SET")
                 .arg(session_key(&session.session_id))
@@ -264,7 +293,7 @@ impl Store for RedisStore {
     }
 
     async fn session(&self, id: &str) -> Result<Option<Session>, StoreError> {
-        let raw: Option<String> = bounded(async {
+        let raw: Option<String> = bounded("get_session", async {
             let mut conn = self.conn().await?;
             Ok(redis::cmd("GET").arg(session_key(id)).query_async(&mut conn).await?)
         })
@@ -273,7 +302,7 @@ impl Store for RedisStore {
     }
 
     async fn delete_session(&self, id: &str) -> Result<bool, StoreError> {
-        bounded(async {
+        bounded("delete_session", async {
             let mut conn = self.conn().await?;
             let n: i64 = redis::cmd("DEL").arg(session_key(id)).query_async(&mut conn).await?;
             Ok(n > 0)
@@ -283,7 +312,7 @@ impl Store for RedisStore {
 
     async fn append_message(&self, fleet: &str, mut message: ChatMessage) -> Result<ChatMessage, StoreError> {
         let key = room_key(fleet, &message.room);
-        let id: String = bounded(async {
+        let id: String = bounded("append_message", async {
             let mut conn = self.conn().await?;
             let (id,): (String,) = redis::pipe()
                 .atomic()
@@ -320,7 +349,7 @@ impl Store for RedisStore {
     ) -> Result<Vec<ChatMessage>, StoreError> {
         // Exclusive range start; ids were checked by the caller.
         let end = before.map_or_else(|| "+".to_owned(), |b| format!("({b}"));
-        let entries: Vec<(String, Vec<String>)> = bounded(async {
+        let entries: Vec<(String, Vec<String>)> = bounded("history", async {
             let mut conn = self.conn().await?;
             Ok(redis::cmd("XREVRANGE")
                 .arg(room_key(fleet, room))
@@ -354,7 +383,7 @@ impl Store for RedisStore {
     }
 
     async fn vehicle_connected(&self, fleet: &str, vehicle: &str, node: &str) -> Result<bool, StoreError> {
-        bounded(async {
+        bounded("vehicle_connected", async {
             let mut conn = self.conn().await?;
             redis::cmd("SADD").arg(PRESENCE_FLEETS).arg(fleet).query_async::<()>(&mut conn).await?;
             let became: i64 = self
@@ -374,7 +403,7 @@ impl Store for RedisStore {
     }
 
     async fn vehicle_disconnected(&self, fleet: &str, vehicle: &str, node: &str) -> Result<Option<i64>, StoreError> {
-        bounded(async {
+        bounded("vehicle_disconnected", async {
             let mut conn = self.conn().await?;
             let last_seen: i64 = self
                 .vehicle_disconnected
@@ -397,7 +426,7 @@ impl Store for RedisStore {
         }
         let ttl = self.retention.presence_ttl_ms;
         let until = now_ms() + ttl;
-        bounded(async {
+        bounded("refresh_presence", async {
             let mut conn = self.conn().await?;
             let mut pipe = redis::pipe();
             for (fleet, vehicle) in vehicles {
@@ -415,7 +444,7 @@ impl Store for RedisStore {
         // Dead replicas are looked for every 5th sweep; staleness every sweep.
         let n = self.sweeps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let check_conns = if n.is_multiple_of(5) { "1" } else { "0" };
-        bounded(async {
+        bounded("sweep_presence", async {
             let mut conn = self.conn().await?;
             let fleets: Vec<String> = redis::cmd("SMEMBERS").arg(PRESENCE_FLEETS).query_async(&mut conn).await?;
             let mut out = Vec::new();
@@ -445,11 +474,29 @@ impl Store for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        bounded(async {
+        bounded("ping", async {
             let mut conn = self.conn().await?;
             redis::cmd("PING").query_async::<()>(&mut conn).await?;
             Ok(())
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OPS;
+
+    /// Every measured call is pre-registered, so its error series exists
+    /// from the first scrape.
+    #[test]
+    fn every_measured_operation_is_listed() {
+        let source = include_str!("redis.rs");
+        let measured: Vec<&str> =
+            source.split("bounded(\"").skip(1).filter_map(|rest| rest.split('"').next()).collect();
+        assert!(measured.len() >= 12, "{measured:?}");
+        for op in measured {
+            assert!(OPS.contains(&op), "{op} is measured but not in OPS");
+        }
     }
 }

@@ -303,3 +303,83 @@ def clients():
     yield make
     for c in made:
         c.close()
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def scrape(fg: Fleetgate) -> str:
+    r = requests.get(f"http://127.0.0.1:{fg.metrics_port}/metrics", timeout=TIMEOUT)
+    r.raise_for_status()
+    return r.text
+
+
+@pytest.fixture(scope="session")
+def metrics_scrape(fleetgate_bin, redis_server) -> str:
+    """The /metrics text of a Redis-backed replica after the traffic a real
+    deployment sees: the demo fleet, vehicles and viewers on both transports,
+    positions relayed from a second replica, refusals of every kind, HTTP
+    calls, chat and a revocation."""
+    env = {"FLEETGATE_REDIS_URL": redis_server.url}
+    a = Fleetgate(fleetgate_bin, "metrics-a", {**env, "FLEETGATE_DEMO": "true", "FLEETGATE_DEMO_VEHICLES": "3"})
+    b = Fleetgate(fleetgate_bin, "metrics-b", env)
+    made: list[FleetClient] = []
+
+    def client(fg: Fleetgate, token: str | None, transports=("websocket",)) -> FleetClient:
+        c = FleetClient(fg.url, token, transports)
+        made.append(c)
+        return c.connect()
+
+    try:
+        fleet = "m-" + uuid.uuid4().hex[:8]
+        now = lambda: int(time.time() * 1000)  # noqa: E731
+        viewer = client(a, mint("viewer", "viewer-1", fleet))
+        viewer.wait_for("session")
+        viewer.call("subscribe", {})
+        client(a, mint("viewer", "viewer-2", fleet), ("polling",)).call("subscribe", {"vehicles": ["bus-a"]})
+        local = client(a, mint("vehicle", "bus-a", fleet))
+        local.wait_for("session")
+        remote = client(b, mint("vehicle", "bus-b", fleet))
+        remote.wait_for("session")
+        for i in range(3):
+            local.call("locationupdate", {"lat": 37.5 + i / 1000, "lon": 127.0, "ts": now()})
+            remote.call("locationupdate", {"lat": 37.6 + i / 1000, "lon": 127.0, "ts": now()})
+            time.sleep(0.05)
+        viewer.wait_for("locationupdate", lambda d: d.get("vehicleId") == "bus-b")
+        local.call("locationupdate", {"lat": 37.5, "lon": 127.0, "ts": now() - 600_000})  # stale
+        local.call("locationupdate", {"lat": 137.5, "lon": 127.0})  # invalid
+        viewer.call("locationupdate", {"lat": 37.5, "lon": 127.0})  # forbidden
+        # Chat between two members, so the adapter carries a room message.
+        dispatcher = client(b, mint("dispatcher", "ops-1", fleet))
+        dispatcher.wait_for("session")
+        viewer.call("join_room", {"room": "ops"})
+        dispatcher.call("join_room", {"room": "ops"})
+        dispatcher.call("chat", {"room": "ops", "text": "hello"})
+        viewer.wait_for("chat")
+        # Refused handshakes.
+        refused = FleetClient(a.url, "not-a-token")
+        try:
+            refused.connect()
+        except Exception:
+            pass
+        # HTTP: ingest, reads, a miss, a revocation.
+        token = mint("dispatcher", "ops-2", fleet)
+        headers = {"Authorization": f"Bearer {token}"}
+        requests.put(
+            f"{a.url}/api/v1/fleets/{fleet}/vehicles/van-1/location",
+            json={"lat": 37.55, "lon": 126.99, "ts": now()},
+            headers=headers,
+            timeout=TIMEOUT,
+        )
+        requests.get(f"{a.url}/api/v1/fleets/{fleet}/vehicles", headers=headers, timeout=TIMEOUT)
+        requests.get(f"{a.url}/api/v1/fleets/{fleet}/vehicles", timeout=TIMEOUT)
+        requests.get(f"{a.url}/no-such-route", timeout=TIMEOUT)
+        victim = client(a, mint("viewer", "viewer-3", fleet))
+        session_id = victim.wait_for("session")["sessionId"]
+        requests.delete(f"{a.url}/api/v1/sessions/{session_id}", headers=headers, timeout=TIMEOUT)
+        time.sleep(0.5)  # the demo fleet moves at least once more
+        return scrape(a)
+    finally:
+        for c in made:
+            c.close()
+        stop_cleanly(b, a)

@@ -1,0 +1,39 @@
+//! Counts and times every HTTP request by method, matched route and status.
+//! The route is the router's pattern (`/api/v1/fleets/{fleet}/vehicles`),
+//! never the raw path, so ids never become labels.
+
+use std::time::Instant;
+
+use axum::{
+    extract::{MatchedPath, Request},
+    http::Method,
+    middleware::Next,
+    response::Response,
+};
+
+pub async fn track(route: Option<MatchedPath>, req: Request, next: Next) -> Response {
+    let method = method_label(req.method());
+    let route = route.map_or_else(|| "unmatched".to_owned(), |r| r.as_str().to_owned());
+    let started = Instant::now();
+    let response = next.run(req).await;
+    let status = response.status().as_u16().to_string();
+    metrics::histogram!("fleetgate_http_request_duration_seconds", "method" => method, "route" => route.clone())
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!("fleetgate_http_requests_total", "method" => method, "route" => route, "status" => status)
+        .increment(1);
+    response
+}
+
+/// Extension methods are free text: they all count as `other`.
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
