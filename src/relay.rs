@@ -125,6 +125,7 @@ impl Relay {
                 }
                 let Some(space) = bytes.iter().position(|b| *b == b' ') else { continue };
                 let encoded = Bytes::from(bytes).slice(space + 1..);
+                metrics::counter!("fleetgate_relay_received_total").increment(1);
                 if tx.try_send(Announcement { encoded }).is_err() {
                     metrics::counter!("fleetgate_relay_dropped_total").increment(1);
                 }

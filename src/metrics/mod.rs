@@ -93,6 +93,7 @@ fn describe() {
         "fleetgate_emits_dropped_total",
         "Local broadcasts in which at least one socket could not be sent to (its buffer was full)."
     );
+    describe_counter!("fleetgate_relay_received_total", "Positions received from other replicas.");
     describe_counter!("fleetgate_relay_dropped_total", "Positions from other replicas dropped before local fan-out.");
     describe_histogram!(
         "fleetgate_ingest_seconds",
@@ -165,6 +166,7 @@ fn preregister() {
         "fleetgate_broadcasts_total",
         "fleetgate_deliveries_total",
         "fleetgate_emits_dropped_total",
+        "fleetgate_relay_received_total",
         "fleetgate_relay_dropped_total",
         "fleetgate_chat_messages_total",
     ] {

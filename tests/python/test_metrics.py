@@ -138,6 +138,7 @@ def test_numbers_follow_the_traffic(metrics_scrape):
     assert value(t, "fleetgate_deliveries_total") >= 1
     assert value(t, "fleetgate_delivery_lag_seconds_count", path="local") >= 1
     assert value(t, "fleetgate_delivery_lag_seconds_count", path="relay") >= 1
+    assert value(t, "fleetgate_relay_received_total") >= 1
     assert value(t, "fleetgate_ingest_seconds_count") >= 1
     # Connections: a websocket and a long-polling viewer are still open.
     assert value(t, "fleetgate_connections", role="viewer", transport="websocket") >= 1
