@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use axum::{Router, extract::DefaultBodyLimit};
+use axum::{Router, extract::DefaultBodyLimit, serve::ListenerExt};
 use socketioxide::{SocketIo, SocketIoBuilder, adapter::Adapter};
 use socketioxide_redis::{FredAdapter, RedisAdapterConfig, RedisAdapterCtr};
 use tokio::sync::{mpsc, watch};
@@ -169,6 +169,14 @@ async fn run<A: Adapter>(
             }
         }
     };
+    // Positions are small frames that must leave at once: without
+    // TCP_NODELAY, Nagle holds a frame sent right after another until the
+    // peer's delayed ACK (about 40 ms).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+    });
     let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
     tokio::select! {
         r = server => r?,
