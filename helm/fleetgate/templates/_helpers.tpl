@@ -1,0 +1,189 @@
+{{/*
+Names, labels and the checks that refuse a configuration fleetgate cannot run
+with. Kept in one place so every template fails the same way.
+*/}}
+
+{{- define "fleetgate.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "fleetgate.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "fleetgate.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "fleetgate.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "fleetgate.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "fleetgate.labels" -}}
+helm.sh/chart: {{ include "fleetgate.chart" . }}
+{{ include "fleetgate.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: fleetgate
+{{- end }}
+
+{{- define "fleetgate.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "fleetgate.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "fleetgate.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag | toString) }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret this chart creates (holds whatever is set from values). */}}
+{{- define "fleetgate.secretName" -}}
+{{- include "fleetgate.fullname" . }}
+{{- end }}
+
+{{- define "fleetgate.redisEnabled" -}}
+{{- if or .Values.redis.existingSecret .Values.redis.url }}true{{ end }}
+{{- end }}
+
+{{- define "fleetgate.jwtUsesKey" -}}
+{{- if ne .Values.jwt.algorithm "HS256" }}true{{ end }}
+{{- end }}
+
+{{/* Whether the chart's own Secret has anything to hold. */}}
+{{- define "fleetgate.createSecret" -}}
+{{- $redis := and .Values.redis.url (not .Values.redis.existingSecret) }}
+{{- $jwt := and (not .Values.jwt.existingSecret) (or .Values.jwt.secret .Values.jwt.publicKey .Values.jwt.privateKey) }}
+{{- if or $redis $jwt }}true{{ end }}
+{{- end }}
+
+{{/*
+FLEETGATE_* variables set from `config`: value key -> variable. Also the list
+of names extraEnv may not repeat.
+*/}}
+{{- define "fleetgate.configEnvNames" -}}
+log: FLEETGATE_LOG
+logFormat: FLEETGATE_LOG_FORMAT
+shutdownGraceSecs: FLEETGATE_SHUTDOWN_GRACE_SECS
+socketioPath: FLEETGATE_SOCKETIO_PATH
+batchMs: FLEETGATE_BATCH_MS
+redisPoolSize: FLEETGATE_REDIS_POOL_SIZE
+jwtLeewaySecs: FLEETGATE_JWT_LEEWAY_SECS
+authTimeoutSecs: FLEETGATE_AUTH_TIMEOUT_SECS
+sessionTtlSecs: FLEETGATE_SESSION_TTL_SECS
+maxFutureMs: FLEETGATE_MAX_FUTURE_MS
+maxAgeMs: FLEETGATE_MAX_AGE_MS
+locationTtlSecs: FLEETGATE_LOCATION_TTL_SECS
+staleAfterSecs: FLEETGATE_STALE_AFTER_SECS
+presenceTtlSecs: FLEETGATE_PRESENCE_TTL_SECS
+historyMax: FLEETGATE_HISTORY_MAX
+historyTtlSecs: FLEETGATE_HISTORY_TTL_SECS
+maxRooms: FLEETGATE_MAX_ROOMS
+maxSubscriptions: FLEETGATE_MAX_SUBSCRIPTIONS
+maxMessageBytes: FLEETGATE_MAX_MESSAGE_BYTES
+socketBuffer: FLEETGATE_SOCKET_BUFFER
+{{- end }}
+
+{{- define "fleetgate.managedEnvNames" -}}
+{{- $names := values (include "fleetgate.configEnvNames" . | fromYaml) }}
+{{- $names = concat $names (list "FLEETGATE_ADDR" "FLEETGATE_METRICS_ADDR" "FLEETGATE_CORS_ORIGINS" "FLEETGATE_REDIS_URL" "FLEETGATE_JWT_SECRET" "FLEETGATE_JWT_PUBLIC_KEY_FILE" "FLEETGATE_JWT_PRIVATE_KEY_FILE" "FLEETGATE_JWT_ISSUER" "FLEETGATE_JWT_AUDIENCE" "FLEETGATE_DEMO" "FLEETGATE_DEMO_VEHICLES") }}
+{{- toJson $names }}
+{{- end }}
+
+{{/*
+A number as the binary expects it. Values arrive as float64 when they come from
+YAML or JSON, and large ones would otherwise print as 6.048e+08.
+*/}}
+{{- define "fleetgate.scalar" -}}
+{{- if or (kindIs "float64" .) (kindIs "int64" .) (kindIs "int" .) }}
+{{- int64 . | toString }}
+{{- else }}
+{{- toString . }}
+{{- end }}
+{{- end }}
+
+{{- define "fleetgate.terminationGracePeriodSeconds" -}}
+{{- $floor := add (int64 .Values.lifecycle.preStopSleepSeconds) (int64 .Values.config.shutdownGraceSecs) }}
+{{- if kindIs "invalid" .Values.lifecycle.terminationGracePeriodSeconds }}
+{{- add $floor (int64 .Values.lifecycle.terminationGraceMarginSeconds) }}
+{{- else }}
+{{- $set := int64 .Values.lifecycle.terminationGracePeriodSeconds }}
+{{- if le $set $floor }}
+{{- fail (printf "lifecycle.terminationGracePeriodSeconds (%d) must exceed lifecycle.preStopSleepSeconds + config.shutdownGraceSecs (%d), or pods are killed mid-drain" $set $floor) }}
+{{- end }}
+{{- $set }}
+{{- end }}
+{{- end }}
+
+{{/* Every refusal, evaluated once from the Deployment. */}}
+{{- define "fleetgate.validate" -}}
+{{- $redis := include "fleetgate.redisEnabled" . }}
+{{- if and (not $redis) (or (gt (int64 .Values.replicaCount) 1) .Values.autoscaling.enabled) }}
+{{- fail "replicaCount > 1 or autoscaling.enabled needs Redis (redis.url or redis.existingSecret): replicas without Redis do not share sessions, positions or rooms" }}
+{{- end }}
+{{- if .Values.demo.enabled }}
+{{- if or (gt (int64 .Values.replicaCount) 1) .Values.autoscaling.enabled }}
+{{- fail "demo.enabled generates a signing key per process: run it with replicaCount 1 and without autoscaling" }}
+{{- end }}
+{{- else if .Values.jwt.existingSecret }}
+{{- if and (include "fleetgate.jwtUsesKey" .) (not .Values.jwt.existingSecretKeys.publicKey) }}
+{{- fail (printf "jwt.algorithm %s with jwt.existingSecret needs jwt.existingSecretKeys.publicKey" .Values.jwt.algorithm) }}
+{{- end }}
+{{- if and (not (include "fleetgate.jwtUsesKey" .)) (not .Values.jwt.existingSecretKeys.secret) }}
+{{- fail "jwt.algorithm HS256 with jwt.existingSecret needs jwt.existingSecretKeys.secret" }}
+{{- end }}
+{{- else if include "fleetgate.jwtUsesKey" . }}
+{{- if not .Values.jwt.publicKey }}
+{{- fail (printf "jwt.algorithm %s needs jwt.publicKey (PEM) or jwt.existingSecret" .Values.jwt.algorithm) }}
+{{- end }}
+{{- if .Values.jwt.secret }}
+{{- fail (printf "jwt.secret is an HS256 secret but jwt.algorithm is %s: set one or the other" .Values.jwt.algorithm) }}
+{{- end }}
+{{- else }}
+{{- if not .Values.jwt.secret }}
+{{- fail "fleetgate refuses to start without a token key: set jwt.secret (HS256), jwt.algorithm=RS256|ES256 with jwt.publicKey, jwt.existingSecret, or demo.enabled=true" }}
+{{- end }}
+{{- if or .Values.jwt.publicKey .Values.jwt.privateKey }}
+{{- fail "jwt.publicKey/jwt.privateKey are PEM keys for RS256/ES256: set jwt.algorithm accordingly" }}
+{{- end }}
+{{- end }}
+{{- $managed := include "fleetgate.managedEnvNames" . | fromJsonArray }}
+{{- range .Values.extraEnv }}
+{{- if has .name $managed }}
+{{- fail (printf "extraEnv sets %s, which the chart sets from its values: use the matching value (see values.yaml) instead" .name) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* topologySpreadConstraints with this release's pods selected by default. */}}
+{{- define "fleetgate.topologySpreadConstraints" -}}
+{{- $selector := include "fleetgate.selectorLabels" . | fromYaml }}
+{{- $out := list }}
+{{- range .Values.topologySpreadConstraints }}
+{{- $c := deepCopy . }}
+{{- if not (hasKey $c "labelSelector") }}
+{{- $_ := set $c "labelSelector" (dict "matchLabels" $selector) }}
+{{- end }}
+{{- if not (hasKey $c "matchLabelKeys") }}
+{{- $_ := set $c "matchLabelKeys" (list "pod-template-hash") }}
+{{- end }}
+{{- $out = append $out $c }}
+{{- end }}
+{{- toYaml $out }}
+{{- end }}
