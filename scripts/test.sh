@@ -46,7 +46,7 @@ export FLEETGATE_BIN="$PWD/target/debug/fleetgate"
 step "end-to-end tests (socket.io-client)"
 (cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error && npm test)
 
-step "python-socketio smoke tests"
+step "python tests: python-socketio, HTTP API, operations artefacts"
 if [[ ! -x .venv-test/bin/python ]]; then python3 -m venv .venv-test; fi
 .venv-test/bin/pip install -q --disable-pip-version-check -r tests/python/requirements.txt
 (cd tests/python && ../../.venv-test/bin/python -m pytest -q)
