@@ -269,7 +269,9 @@ async fn metrics_count_connections_updates_and_deliveries() {
     assert_eq!(value(r#"fleetgate_position_updates_total{source="socket",outcome="stale"}"#), 1.0);
     assert_eq!(value(r#"fleetgate_position_updates_total{source="socket",outcome="invalid"}"#), 1.0);
     assert_eq!(value("fleetgate_deliveries_total"), 1.0);
-    assert_eq!(value("fleetgate_connections "), 2.0);
+    assert_eq!(value(r#"fleetgate_connections{role="viewer",transport="websocket"}"#), 1.0);
+    assert_eq!(value(r#"fleetgate_connections{role="vehicle",transport="websocket"}"#), 1.0);
+    assert_eq!(value(r#"fleetgate_connections{role="pending",transport="websocket"}"#), 0.0);
     assert!(body.contains("# HELP fleetgate_deliveries_total"));
 }
 
