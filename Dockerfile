@@ -20,6 +20,8 @@ WORKDIR /build
 FROM chef AS planner
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY bench/Cargo.toml ./bench/Cargo.toml
+COPY bench/src ./bench/src
 RUN cargo chef prepare --bin fleetgate --recipe-path recipe.json
 
 FROM chef AS builder
@@ -27,6 +29,8 @@ COPY --from=planner /build/recipe.json recipe.json
 RUN cargo chef cook --release --locked --bin fleetgate --recipe-path recipe.json
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY bench/Cargo.toml ./bench/Cargo.toml
+COPY bench/src ./bench/src
 # The map page and the Socket.IO client are compiled in with include_str!.
 COPY static ./static
 RUN cargo build --release --locked --bin fleetgate

@@ -34,12 +34,12 @@ cargo fmt --all -- --check
 # (LINT=1), and before every commit by habit.
 if [[ ${LINT:-0} == 1 ]]; then
   step "lint"
-  cargo clippy --locked --all-targets -- -D warnings
+  cargo clippy --locked --workspace --all-targets -- -D warnings
 fi
 
 step "rust unit and integration tests"
-cargo build --locked
-cargo test --locked
+cargo build --locked --workspace
+cargo test --locked --workspace
 
 export FLEETGATE_BIN="$PWD/target/debug/fleetgate"
 

@@ -35,8 +35,11 @@ pub fn subscriber_client(url: &str) -> Result<SubscriberClient, fred::error::Err
     config.version = fred::types::RespVersion::RESP3;
     let client = fred::types::Builder::from_config(config)
         .with_performance_config(|p| {
-            // fred's default of 32 drops messages under any real load.
-            p.broadcast_channel_capacity = 65_536;
+            // fred's default of 32 drops messages under any real load. Each
+            // client pre-allocates about ten channels of this size (65 536
+            // cost 78 MiB at idle); the reader hands messages on at once,
+            // so a lag of thousands means the process is starved anyway.
+            p.broadcast_channel_capacity = 8_192;
             // Without a timeout, commands wait for Redis forever while it is
             // down: emits across replicas and shutdown would hang with it.
             p.default_command_timeout = COMMAND_TIMEOUT;

@@ -102,6 +102,9 @@ fn socketio_builder(config: &Config) -> SocketIoBuilder {
     SocketIo::builder()
         .req_path(config.socketio_req_path())
         .max_buffer_size(config.socket_buffer)
+        // Frames are small (positions, acks): 1 KiB reads keep an idle
+        // socket's buffer small; larger frames take a few more reads.
+        .ws_read_buffer_size(1024)
         .max_payload(max as u64)
         .ws_max_message_size(max)
         .ws_max_frame_size(max)
@@ -133,8 +136,10 @@ async fn run<A: Adapter>(
 
     let accepting = Arc::new(AtomicBool::new(true));
     exporter.sample_with(Arc::new(Sampler { gateway: gateway.clone(), accepting: accepting.clone() }));
+    let socketio_path = config.socketio_req_path();
     let app: Router = http::router(Arc::new(HttpState { backend: gateway.clone(), accepting: accepting.clone() }))
         .layer(layer)
+        .layer(tower::util::MapRequestLayer::new(move |req| http::detach::detach(req, &socketio_path)))
         .layer(cors(&config))
         .layer(DefaultBodyLimit::max(config.max_message_bytes));
 

@@ -5,6 +5,7 @@
 pub mod api;
 mod backend;
 mod caller;
+pub mod detach;
 mod json;
 pub mod openapi;
 mod pages;

@@ -1,0 +1,240 @@
+#!/usr/bin/env python3
+"""Turns the JSON lines of one bench/run.sh run into the Markdown side-by-side
+table, and judges single fan-out results for the W sweep.
+
+    report.py table RESULTS_DIR STAMP          # Markdown on stdout
+    report.py verdict FILE P99_MAX_MS RATIO_MIN  # pass | p99 | ratio | failures | tool
+    report.py get FILE dotted.path              # one value of the last line
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+SERVERS = [("node", "node peer"), ("fleetgate", "fleetgate")]
+
+
+def lines(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    out = []
+    for raw in path.read_text().splitlines():
+        raw = raw.strip()
+        if raw:
+            try:
+                out.append(json.loads(raw))
+            except json.JSONDecodeError:
+                pass
+    return out
+
+
+def get(d, path: str, default=None):
+    for key in path.split("."):
+        if not isinstance(d, dict) or key not in d:
+            return default
+        d = d[key]
+    return d
+
+
+def fmt(v, digits=1, unit=""):
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        if abs(v) >= 1000:
+            return f"{v:,.0f}{unit}"
+        return f"{v:.{digits}f}{unit}"
+    return f"{v}{unit}"
+
+
+def tool_note(d: dict) -> str:
+    notes = []
+    if get(d, "tool.saturated"):
+        notes.append("tool saturated")
+    if get(d, "tool.fell_behind"):
+        notes.append("tool behind schedule")
+    if get(d, "tool.machine.contended"):
+        notes.append(f"machine busy: +{get(d, 'tool.machine.other_cores', 0):.2f} cores from other processes")
+    if get(d, "results.rate_met") is False:
+        notes.append("offered rate not met")
+    fails = get(d, "failures.total", 0)
+    if fails:
+        notes.append(f"{fails} failures")
+    return f" ({', '.join(notes)})" if notes else ""
+
+
+def verdict(d: dict, p99_max: float, ratio_min: float) -> str:
+    """Why a sweep stops: the server missed a target, or the tool could not keep up."""
+    if get(d, "failures.total", 0):
+        return "failures"
+    ratio = get(d, "results.delivery_ratio")
+    if ratio is None or ratio < ratio_min:
+        return "ratio"
+    p99 = get(d, "results.latency.p99_ms")
+    if p99 is None or p99 > p99_max:
+        return "p99"
+    if get(d, "tool.saturated") or get(d, "tool.fell_behind"):
+        return "tool"
+    return "pass"
+
+
+def by_label(rows: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for r in rows:
+        out.setdefault(r.get("label") or "?", []).append(r)
+    return out
+
+
+def table(results: Path, stamp: str, p99_max: float, ratio_min: float) -> str:
+    load = lambda name: by_label(lines(results / f"{stamp}-{name}.jsonl"))  # noqa: E731
+    rows: list[tuple[str, dict[str, str], str]] = []
+
+    def row(measure: str, cells: dict[str, str], target: str = "") -> None:
+        rows.append((measure, cells, target))
+
+    # Fan-out sweep.
+    fan = load("fanout")
+    if fan:
+        any_run = next(iter(fan.values()))[0]
+        v, h = get(any_run, "params.vehicles"), get(any_run, "params.hz")
+        best: dict[str, str] = {}
+        for label, _ in SERVERS:
+            runs = sorted(fan.get(label, []), key=lambda d: get(d, "params.viewers", 0))
+            passed = [d for d in runs if verdict(d, p99_max, ratio_min) == "pass"]
+            last = runs[-1] if runs else None
+            if not runs:
+                continue
+            stop = verdict(last, p99_max, ratio_min)
+            top = get(passed[-1], "params.viewers") if passed else None
+            if stop == "pass":
+                best[label] = f"≥ {top} (sweep ended)"
+            elif stop == "tool":
+                best[label] = f"≥ {top or get(last, 'params.viewers')} (load tool limit)"
+            else:
+                best[label] = f"{top if top is not None else '< ' + str(get(runs[0], 'params.viewers'))} (next step failed on {stop})"
+        row(f"fan-out V={v} H={h}: most viewers meeting the target", best, f"p99 ≤ {p99_max:g} ms, ratio ≥ {ratio_min:g}")
+        ws = sorted({get(d, "params.viewers") for rs in fan.values() for d in rs})
+        for w in ws:
+            cells = {}
+            for label, _ in SERVERS:
+                d = next((d for d in fan.get(label, []) if get(d, "params.viewers") == w), None)
+                if d:
+                    cells[label] = (
+                        f"{fmt(get(d, 'results.deliveries_per_s'), 0)}/s · p50 {fmt(get(d, 'results.latency.p50_ms'), 1)}"
+                        f" / p99 {fmt(get(d, 'results.latency.p99_ms'), 1)} ms · ratio {fmt(get(d, 'results.delivery_ratio'), 4)}"
+                        f"{tool_note(d)}"
+                    )
+            row(f"fan-out W={w}: deliveries/s · latency · ratio", cells, f"p99 ≤ {p99_max:g} ms, ratio ≥ {ratio_min:g}")
+
+    # CPU per delivery.
+    cpu = load("cpu")
+    if cpu:
+        d0 = next(iter(cpu.values()))[0]
+        tag = f"{fmt(get(d0, 'results.target_updates_per_s'), 0)} upd/s × {get(d0, 'params.viewers')} viewers"
+        pick = lambda label: (cpu.get(label) or [None])[-1]  # noqa: E731
+        row(f"{tag}: server CPU per delivery", {l: fmt(get(pick(l), "results.server.cpu_us_per_delivery"), 2, " µs") + tool_note(pick(l)) for l, _ in SERVERS if pick(l)}, "lower")
+        row(f"{tag}: server CPU (cores)", {l: fmt(get(pick(l), "results.server.cpu_util"), 2) for l, _ in SERVERS if pick(l)}, "lower")
+        row(f"{tag}: deliveries/s · ratio", {l: f"{fmt(get(pick(l), 'results.deliveries_per_s'), 0)} · {fmt(get(pick(l), 'results.delivery_ratio'), 4)}" for l, _ in SERVERS if pick(l)}, f"ratio ≥ {ratio_min:g}")
+        row(f"{tag}: latency p50 / p99 / max", {l: f"{fmt(get(pick(l), 'results.latency.p50_ms'), 1)} / {fmt(get(pick(l), 'results.latency.p99_ms'), 1)} / {fmt(get(pick(l), 'results.latency.max_ms'), 1)} ms" for l, _ in SERVERS if pick(l)}, f"p99 ≤ {p99_max:g} ms")
+        row(f"{tag}: server RSS", {l: fmt(get(pick(l), "results.server.rss_bytes", 0) / 1048576, 1, " MiB") for l, _ in SERVERS if pick(l)}, "lower")
+        row(f"{tag}: Redis commands/s (publishes/s)", {l: f"{fmt(get(pick(l), 'results.redis.info.commands_per_s'), 0)} ({fmt(get(pick(l), 'results.redis.info.publish_per_s'), 0)})" for l, _ in SERVERS if pick(l)}, "lower")
+
+    # Idle sockets.
+    idle = load("idle")
+    if idle:
+        counts = sorted({get(d, "params.count") for rs in idle.values() for d in rs})
+        for n in counts:
+            cells = {}
+            for label, _ in SERVERS:
+                d = next((d for d in idle.get(label, []) if get(d, "params.count") == n), None)
+                if d:
+                    per = get(d, "results.server.rss_per_conn_bytes")
+                    redis_per = get(d, "results.redis.rss_per_conn_bytes")
+                    extra = f" + Redis {fmt(redis_per / 1024, 1)} KiB" if redis_per else ""
+                    cells[label] = (
+                        f"{fmt(per / 1024 if per is not None else None, 1)} KiB/conn{extra} · "
+                        f"{get(d, 'results.open')} open at {fmt(get(d, 'results.opened_per_s'), 0)}/s · "
+                        f"fds {get(d, 'results.server.fds_after')}{tool_note(d)}"
+                    )
+            sub = "subscribed" if any(get(d, "params.subscribe") for rs in idle.values() for d in rs) else "not subscribed"
+            row(f"idle {n} sockets ({sub}): server RSS per connection", cells, "lower")
+
+    # Storm.
+    storm = load("storm")
+    if storm:
+        pick = lambda label: (storm.get(label) or [None])[-1]  # noqa: E731
+        d0 = next(iter(storm.values()))[0]
+        how = f"{get(d0, 'params.count')} conns, {'rate ' + fmt(get(d0, 'params.rate'), 0) if get(d0, 'params.rate') else str(get(d0, 'params.concurrency')) + ' in flight'}"
+        row(f"storm ({how}): handshakes/s", {l: fmt(get(pick(l), "results.handshakes_per_s"), 0) + tool_note(pick(l)) for l, _ in SERVERS if pick(l)}, "higher")
+        row("storm: handshake p50 / p99", {l: f"{fmt(get(pick(l), 'results.handshake.p50_ms'), 1)} / {fmt(get(pick(l), 'results.handshake.p99_ms'), 1)} ms" for l, _ in SERVERS if pick(l)}, "lower")
+        row("storm: server CPU per handshake", {l: fmt(get(pick(l), "results.server.cpu_us_per_handshake"), 0, " µs") for l, _ in SERVERS if pick(l)}, "lower")
+
+    # Replicas.
+    rep = load("replicas")
+    if rep:
+        pick = lambda label: (rep.get(label) or [None])[-1]  # noqa: E731
+        d0 = next(iter(rep.values()))[0]
+        tag = f"2 replicas, A→B, {fmt(get(d0, 'results.target_updates_per_s'), 0)} upd/s × {get(d0, 'params.viewers')}"
+        row(f"{tag}: latency p50 / p99", {l: f"{fmt(get(pick(l), 'results.latency.p50_ms'), 1)} / {fmt(get(pick(l), 'results.latency.p99_ms'), 1)} ms{tool_note(pick(l))}" for l, _ in SERVERS if pick(l)}, f"p99 ≤ {p99_max:g} ms")
+        row(f"{tag}: ratio · CPU per delivery (both replicas)", {l: f"{fmt(get(pick(l), 'results.delivery_ratio'), 4)} · {fmt(get(pick(l), 'results.server.cpu_us_per_delivery'), 2)} µs" for l, _ in SERVERS if pick(l)}, f"ratio ≥ {ratio_min:g}")
+
+    # HTTP ingest.
+    ing = load("ingest")
+    if ing:
+        pick = lambda label: (ing.get(label) or [None])[-1]  # noqa: E731
+        d0 = next(iter(ing.values()))[0]
+        tag = f"HTTP ingest (target {fmt(get(d0, 'params.rate'), 0)} req/s, {get(d0, 'params.connections')} conns)"
+        row(f"{tag}: req/s", {l: fmt(get(pick(l), "results.requests_per_s"), 0) + tool_note(pick(l)) for l, _ in SERVERS if pick(l)}, "= target")
+        row(f"{tag}: p50 / p99 · non-200", {l: f"{fmt(get(pick(l), 'results.latency.p50_ms'), 1)} / {fmt(get(pick(l), 'results.latency.p99_ms'), 1)} ms · {get(pick(l), 'results.non_200')}" for l, _ in SERVERS if pick(l)}, "non-200 = 0")
+        row(f"{tag}: server CPU per request", {l: fmt(get(pick(l), "results.server.cpu_us_per_request"), 0, " µs") for l, _ in SERVERS if pick(l)}, "lower")
+
+    # Conflation (fleetgate only; the node column is the same load without conflation).
+    con = load("conflation")
+    if con:
+        node = (cpu.get("node") or [None])[-1] if cpu else None
+        for batch in ("0", "100"):
+            d = (con.get(f"fleetgate:batch{batch}") or [None])[-1]
+            if not d:
+                continue
+            cells = {"fleetgate": fmt(get(d, "results.server.deliveries_per_cpu_ms"), 1) + tool_note(d)}
+            if batch == "0" and node:
+                cells["node"] = fmt(get(node, "results.server.deliveries_per_cpu_ms"), 1)
+            row(f"FLEETGATE_BATCH_MS={batch}: positions delivered per server CPU-ms", cells, "higher")
+            cells = {"fleetgate": f"{fmt(get(d, 'results.redis.info.publish_per_s'), 0)} / {fmt(get(d, 'results.redis.info.commands_per_s'), 0)}"}
+            if batch == "0" and node:
+                cells["node"] = f"{fmt(get(node, 'results.redis.info.publish_per_s'), 0)} / {fmt(get(node, 'results.redis.info.commands_per_s'), 0)}"
+            row(f"FLEETGATE_BATCH_MS={batch}: Redis publishes/s / commands/s", cells, "lower")
+            cells = {"fleetgate": f"{fmt(get(d, 'results.latency.p50_ms'), 1)} / {fmt(get(d, 'results.latency.p99_ms'), 1)} ms · ratio {fmt(get(d, 'results.delivery_ratio'), 4)}"}
+            row(f"FLEETGATE_BATCH_MS={batch}: latency p50 / p99 · ratio", cells, "")
+
+    out = ["| measure | node peer | fleetgate | target |", "|---|---|---|---|"]
+    for measure, cells, target in rows:
+        out.append(f"| {measure} | {cells.get('node', '–')} | {cells.get('fleetgate', '–')} | {target} |")
+    return "\n".join(out)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    cmd = argv[1]
+    if cmd == "table" and len(argv) >= 4:
+        p99 = float(argv[4]) if len(argv) > 4 else 50.0
+        ratio = float(argv[5]) if len(argv) > 5 else 0.999
+        print(table(Path(argv[2]), argv[3], p99, ratio))
+        return 0
+    if cmd == "verdict" and len(argv) == 5:
+        rows = lines(Path(argv[2]))
+        print(verdict(rows[-1], float(argv[3]), float(argv[4])) if rows else "failures")
+        return 0
+    if cmd == "get" and len(argv) == 4:
+        rows = lines(Path(argv[2]))
+        print(get(rows[-1], argv[3], "") if rows else "")
+        return 0
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

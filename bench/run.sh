@@ -1,0 +1,316 @@
+#!/usr/bin/env bash
+# fleetgate and the Node.js comparison peer, side by side, with one command.
+#
+#   bench/run.sh            # the full set (about half an hour)
+#   bench/run.sh --quick    # fewer fan-out steps, short windows (a few minutes)
+#
+# Each server runs pinned to one core (SERVER_CORE), the load tool and Redis
+# to the other (LOAD_CORE), so on a 2-core machine the server gets a whole
+# core and the tool never competes with it. Results: one JSON line per run in
+# bench/results/<stamp>-<scenario>.jsonl, and the Markdown table in
+# bench/results/<stamp>-summary.md (also printed at the end).
+#
+# Knobs (environment): see bench/README.md.
+set -euo pipefail
+
+usage() {
+  sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+}
+
+QUICK=${QUICK:-0}
+for arg in "$@"; do
+  case $arg in
+    --quick) QUICK=1 ;;
+    -h | --help) usage; exit 0 ;;
+    *) echo "unknown argument: $arg" >&2; usage >&2; exit 2 ;;
+  esac
+done
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+
+# Settings of the servers come from this script only, never from the caller's shell.
+while IFS= read -r name; do unset "$name"; done < <(compgen -e | grep '^FLEETGATE_' || true)
+
+SERVERS=${SERVERS:-"node fleetgate"}
+SCENARIOS=${SCENARIOS:-"fanout cpu idle storm replicas ingest conflation"}
+SERVER_CORE=${SERVER_CORE:-0}
+LOAD_CORE=${LOAD_CORE:-1}
+REDIS_CORE=${REDIS_CORE:-$LOAD_CORE}
+# fleetgate single-server runs use Redis, as the peer does (FG_STORE=memory: the embedded mode).
+FG_STORE=${FG_STORE:-redis}
+P99_MAX_MS=${P99_MAX_MS:-50}
+RATIO_MIN=${RATIO_MIN:-0.999}
+FANOUT_VEHICLES=${FANOUT_VEHICLES:-200}
+FANOUT_HZ=${FANOUT_HZ:-2}
+CPU_VEHICLES=${CPU_VEHICLES:-200}
+CPU_HZ=${CPU_HZ:-2}
+CPU_VIEWERS=${CPU_VIEWERS:-300}
+REPLICA_VEHICLES=${REPLICA_VEHICLES:-200}
+REPLICA_HZ=${REPLICA_HZ:-2}
+REPLICA_VIEWERS=${REPLICA_VIEWERS:-300}
+IDLE_COUNTS=${IDLE_COUNTS:-"1000 5000 15000"}
+IDLE_SUBSCRIBE=${IDLE_SUBSCRIBE:-1}
+IDLE_RATE=${IDLE_RATE:-1000}
+CONNECT_RATE=${CONNECT_RATE:-1000}
+STORM_CONCURRENCY=${STORM_CONCURRENCY:-64}
+STORM_RATE=${STORM_RATE:-0}
+INGEST_RATE=${INGEST_RATE:-2000}
+INGEST_CONNECTIONS=${INGEST_CONNECTIONS:-16}
+BATCH_MS=${BATCH_MS:-100}
+# After each window: how long in-flight positions may still arrive and count.
+DRAIN=${DRAIN:-5s}
+if ((QUICK)); then
+  WARMUP=${WARMUP:-2s}
+  DURATION=${DURATION:-5s}
+  FANOUT_W_LIST=${FANOUT_W_LIST:-"100 200 300 500 800 1200"}
+  IDLE_SETTLE=${IDLE_SETTLE:-2s}
+  STORM_COUNT=${STORM_COUNT:-2000}
+else
+  WARMUP=${WARMUP:-5s}
+  DURATION=${DURATION:-20s}
+  FANOUT_W_LIST=${FANOUT_W_LIST:-"100 200 300 400 500 600 800 1000 1200 1500 2000 2500 3000 4000 5000"}
+  IDLE_SETTLE=${IDLE_SETTLE:-5s}
+  STORM_COUNT=${STORM_COUNT:-10000}
+fi
+
+RESULTS=${RESULTS:-$ROOT/bench/results}
+STAMP=$(date -u +%Y%m%d-%H%M%S)
+LOGS=$RESULTS/$STAMP-logs
+mkdir -p "$RESULTS" "$LOGS"
+LAST=$LOGS/last.json
+# A fresh secret per run: long enough that fleetgate does not warn about it.
+SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
+
+say() { printf '\n==> %s  [%s]\n' "$*" "$(date -u +%H:%M:%S)" >&2; }
+warn() { printf 'warning: %s\n' "$*" >&2; }
+
+for tool in taskset python3 curl redis-server redis-cli node npm; do
+  command -v "$tool" >/dev/null || { echo "bench/run.sh needs $tool" >&2; exit 1; }
+done
+if (($(nproc) < 2)); then
+  warn "only $(nproc) core: server and load tool will share it"
+  LOAD_CORE=$SERVER_CORE REDIS_CORE=$SERVER_CORE
+fi
+
+# 15k idle sockets need 15k descriptors in the tool and in the server.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+FD_LIMIT=$(ulimit -n)
+idle_counts=()
+for n in $IDLE_COUNTS; do
+  if [[ $FD_LIMIT != unlimited ]] && ((n + 200 > FD_LIMIT)); then
+    warn "idle $n skipped: the descriptor limit is $FD_LIMIT (raise the hard limit: ulimit -Hn)"
+  else
+    idle_counts+=("$n")
+  fi
+done
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+STARTED=()
+cleanup() {
+  local pid
+  for pid in "${STARTED[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${STARTED[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+stop() {
+  local pid=$1 i
+  kill "$pid" 2>/dev/null || return 0
+  for ((i = 0; i < 100; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -9 "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+wait_ready() { # url pid
+  local i
+  for ((i = 0; i < 300; i++)); do
+    curl -fsS -o /dev/null --max-time 1 "$1" 2>/dev/null && return 0
+    kill -0 "$2" 2>/dev/null || { echo "server (pid $2) exited before it was ready; see $LOGS" >&2; return 1; }
+    sleep 0.1
+  done
+  echo "server (pid $2) not ready at $1 after 30 s" >&2
+  return 1
+}
+
+# ---------------------------------------------------------------- build
+
+say "build (release): fleetgate, fleetgate-bench"
+cargo build --release --locked -p fleetgate -p fleetgate-bench
+FG_BIN=$ROOT/target/release/fleetgate
+BENCH_BIN=$ROOT/target/release/fleetgate-bench
+if [[ " $SERVERS " == *" node "* ]]; then
+  say "npm ci (bench/peer-node)"
+  (cd bench/peer-node && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+# ---------------------------------------------------------------- redis
+
+REDIS_PORT=$(free_port)
+while [[ $REDIS_PORT == 6379 ]]; do REDIS_PORT=$(free_port); done
+taskset -c "$REDIS_CORE" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+  --logfile "$LOGS/redis.log" &
+REDIS_PID=$!
+STARTED+=("$REDIS_PID")
+REDIS_URL=redis://127.0.0.1:$REDIS_PORT
+for ((i = 0; i < 100; i++)); do
+  [[ $(redis-cli -p "$REDIS_PORT" ping 2>/dev/null || true) == PONG ]] && break
+  sleep 0.1
+done
+flush_redis() { redis-cli -p "$REDIS_PORT" flushall >/dev/null 2>&1 || true; }
+
+# ---------------------------------------------------------------- servers
+
+# start_server KIND [NAME=VALUE…] — sets SRV_PID and SRV_URL.
+start_server() {
+  local kind=$1 port
+  shift
+  port=$(free_port)
+  if [[ $kind == fleetgate ]]; then
+    local store=()
+    [[ $FG_STORE == redis ]] && store=(FLEETGATE_REDIS_URL="$REDIS_URL")
+    env FLEETGATE_ADDR="127.0.0.1:$port" FLEETGATE_METRICS_ADDR="127.0.0.1:$(free_port)" \
+      FLEETGATE_JWT_SECRET="$SECRET" FLEETGATE_LOG=warn FLEETGATE_SHUTDOWN_GRACE_SECS=2 "${store[@]}" "$@" \
+      taskset -c "$SERVER_CORE" "$FG_BIN" >>"$LOGS/fleetgate-$port.log" 2>&1 &
+    SRV_PID=$!
+    STARTED+=("$SRV_PID")
+    SRV_URL=http://127.0.0.1:$port
+    wait_ready "$SRV_URL/readyz" "$SRV_PID"
+  else
+    env PORT="$port" REDIS_URL="$REDIS_URL" JWT_SECRET="$SECRET" NODE_ENV=production "$@" \
+      taskset -c "$SERVER_CORE" node "$ROOT/bench/peer-node/server.js" >>"$LOGS/node-$port.log" 2>&1 &
+    SRV_PID=$!
+    STARTED+=("$SRV_PID")
+    SRV_URL=http://127.0.0.1:$port
+    wait_ready "$SRV_URL/healthz" "$SRV_PID"
+  fi
+}
+
+# bench FILE LABEL ARGS… — one run of the tool on the load core; its JSON
+# line is appended to the scenario's file and kept in $LAST.
+bench() {
+  local file=$1 label=$2
+  shift 2
+  : >"$LAST"
+  if taskset -c "$LOAD_CORE" env FLEETGATE_JWT_SECRET="$SECRET" "$BENCH_BIN" --label "$label" \
+    --redis-pid "$REDIS_PID" --redis-addr "127.0.0.1:$REDIS_PORT" "$@" >"$LAST" 2> >(tee -a "$LOGS/bench.log" >&2); then
+    cat "$LAST" >>"$RESULTS/$STAMP-$file.jsonl"
+  else
+    warn "fleetgate-bench failed ($file, $label)"
+    return 1
+  fi
+}
+
+verdict() { python3 "$ROOT/bench/report.py" verdict "$LAST" "$P99_MAX_MS" "$RATIO_MIN"; }
+
+has() { [[ " $SCENARIOS " == *" $1 "* ]]; }
+
+for kind in $SERVERS; do
+  if has fanout; then
+    say "$kind: fan-out sweep, V=$FANOUT_VEHICLES H=$FANOUT_HZ, W in $FANOUT_W_LIST"
+    flush_redis
+    start_server "$kind"
+    for w in $FANOUT_W_LIST; do
+      bench fanout "$kind" --server-pid "$SRV_PID" --fleet "sweep-$w" fanout --url "$SRV_URL" \
+        -V "$FANOUT_VEHICLES" -H "$FANOUT_HZ" -W "$w" --warmup "$WARMUP" --duration "$DURATION" \
+        --drain "$DRAIN" --connect-rate "$CONNECT_RATE" || break
+      v=$(verdict)
+      if [[ $v != pass ]]; then
+        say "$kind: sweep stops at W=$w ($v)"
+        break
+      fi
+    done
+    stop "$SRV_PID"
+  fi
+
+  if has cpu; then
+    say "$kind: CPU per delivery, V=$CPU_VEHICLES H=$CPU_HZ W=$CPU_VIEWERS"
+    flush_redis
+    start_server "$kind"
+    bench cpu "$kind" --server-pid "$SRV_PID" --fleet cpu fanout --url "$SRV_URL" \
+      -V "$CPU_VEHICLES" -H "$CPU_HZ" -W "$CPU_VIEWERS" --warmup "$WARMUP" --duration "$DURATION" \
+      --drain "$DRAIN" --connect-rate "$CONNECT_RATE" || true
+    stop "$SRV_PID"
+  fi
+
+  if has idle; then
+    for n in "${idle_counts[@]}"; do
+      say "$kind: $n idle sockets"
+      flush_redis
+      start_server "$kind"
+      sub=()
+      ((IDLE_SUBSCRIBE)) && sub=(--subscribe)
+      bench idle "$kind" --server-pid "$SRV_PID" --fleet idle idle --url "$SRV_URL" -n "$n" "${sub[@]}" \
+        --connect-rate "$IDLE_RATE" --settle "$IDLE_SETTLE" || true
+      stop "$SRV_PID"
+    done
+  fi
+
+  if has storm; then
+    say "$kind: connection storm, $STORM_COUNT handshakes"
+    flush_redis
+    start_server "$kind"
+    bench storm "$kind" --server-pid "$SRV_PID" --fleet storm storm --url "$SRV_URL" -n "$STORM_COUNT" \
+      --rate "$STORM_RATE" --concurrency "$STORM_CONCURRENCY" || true
+    stop "$SRV_PID"
+  fi
+
+  if has replicas; then
+    say "$kind: two replicas + Redis, vehicles on A, viewers on B"
+    flush_redis
+    FG_STORE=redis start_server "$kind"
+    a_pid=$SRV_PID a_url=$SRV_URL
+    FG_STORE=redis start_server "$kind"
+    b_pid=$SRV_PID b_url=$SRV_URL
+    bench replicas "$kind" --server-pid "$a_pid" --server-pid "$b_pid" --fleet replicas fanout \
+      --vehicle-url "$a_url" --viewer-url "$b_url" -V "$REPLICA_VEHICLES" -H "$REPLICA_HZ" -W "$REPLICA_VIEWERS" \
+      --warmup "$WARMUP" --duration "$DURATION" --drain "$DRAIN" --connect-rate "$CONNECT_RATE" || true
+    stop "$b_pid"
+    stop "$a_pid"
+  fi
+
+  if has ingest; then
+    say "$kind: HTTP ingest at $INGEST_RATE req/s"
+    flush_redis
+    start_server "$kind"
+    bench ingest "$kind" --server-pid "$SRV_PID" --fleet ingest ingest --url "$SRV_URL" --rate "$INGEST_RATE" \
+      -c "$INGEST_CONNECTIONS" --warmup "$WARMUP" --duration "$DURATION" || true
+    stop "$SRV_PID"
+  fi
+
+  if has conflation && [[ $kind == fleetgate ]]; then
+    for batch in 0 "$BATCH_MS"; do
+      say "fleetgate: conflation FLEETGATE_BATCH_MS=$batch, V=$CPU_VEHICLES H=$CPU_HZ W=$CPU_VIEWERS"
+      flush_redis
+      FG_STORE=redis start_server fleetgate FLEETGATE_BATCH_MS="$batch"
+      bench conflation "fleetgate:batch$batch" --server-pid "$SRV_PID" --fleet conflation fanout --url "$SRV_URL" \
+        -V "$CPU_VEHICLES" -H "$CPU_HZ" -W "$CPU_VIEWERS" --warmup "$WARMUP" --duration "$DURATION" \
+        --drain "$DRAIN" --connect-rate "$CONNECT_RATE" || true
+      stop "$SRV_PID"
+    done
+  fi
+done
+
+SUMMARY=$RESULTS/$STAMP-summary.md
+{
+  echo "# fleetgate-bench $STAMP$( ((QUICK)) && echo ' (quick)')"
+  echo
+  echo "$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')); server on core $SERVER_CORE," \
+    "load tool on core $LOAD_CORE, redis on core $REDIS_CORE; window $DURATION after $WARMUP warm-up;" \
+    "fleetgate single-server runs: store=$FG_STORE."
+  echo
+  python3 "$ROOT/bench/report.py" table "$RESULTS" "$STAMP" "$P99_MAX_MS" "$RATIO_MIN"
+} >"$SUMMARY"
+say "summary ($SUMMARY)"
+cat "$SUMMARY"
