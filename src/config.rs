@@ -68,8 +68,8 @@ pub struct Config {
     #[arg(long, env = "FLEETGATE_REDIS_CLUSTER_NODES", value_delimiter = ',', global = true)]
     pub redis_cluster_nodes: Vec<String>,
 
-    /// Connections in the Redis command pool.
-    #[arg(long, env = "FLEETGATE_REDIS_POOL_SIZE", default_value_t = 16, global = true)]
+    /// Redis command connections; each is multiplexed, and they are used in turn.
+    #[arg(long, env = "FLEETGATE_REDIS_POOL_SIZE", default_value_t = 4, global = true)]
     pub redis_pool_size: usize,
 
     /// HS256 shared secret.

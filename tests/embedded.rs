@@ -107,7 +107,9 @@ async fn validation_errors_name_the_field() {
     }
     let ok = [
         json!({"vehicleId": "b", "location": {"type": "Point", "coordinates": [127.0, 37.5]}}),
-        json!({"busId": "b", "location": {"latitude": "37.6", "longitude": "127.1"}}),
+        // Another vehicle: without `ts` both take the receipt time, and two
+        // in the same millisecond would make the second stale.
+        json!({"busId": "c", "location": {"latitude": "37.6", "longitude": "127.1"}}),
     ];
     for payload in ok {
         let r = v.call("locationupdate", payload.clone()).await;

@@ -15,8 +15,6 @@ use crate::{position::Position, session::Session};
 pub enum StoreError {
     #[error("redis: {0}")]
     Redis(#[from] ::redis::RedisError),
-    #[error("redis pool: {0}")]
-    Pool(#[from] deadpool_redis::PoolError),
     #[error("storage timed out")]
     Timeout,
     #[error("corrupt record: {0}")]

@@ -18,9 +18,13 @@
 
 use std::{future::Future, time::Duration};
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use async_trait::async_trait;
-use deadpool_redis::{Pool, Runtime};
-use redis::Script;
+use redis::{
+    Script,
+    aio::{ConnectionManager, ConnectionManagerConfig},
+};
 
 use super::{ChatMessage, Offline, PutOutcome, Retention, Scope, Store, StoreError};
 use crate::{ids::now_ms, position::Position, session::Session};
@@ -145,7 +149,8 @@ fn session_key(id: &str) -> String {
 }
 
 pub struct RedisStore {
-    pool: Pool,
+    connections: Vec<ConnectionManager>,
+    next: AtomicUsize,
     put_position: Script,
     positions: Script,
     vehicle_connected: Script,
@@ -165,22 +170,25 @@ impl RedisStore {
         for op in OPS {
             metrics::counter!("fleetgate_redis_errors_total", "op" => op).increment(0);
         }
+        let client = redis::Client::open(url).map_err(|e| e.to_string())?;
         // redis-rs gives up on a reply after 500 ms by default, which a busy
         // host can exceed; the 2 s bound of every store call governs instead.
-        let connection = redis::AsyncConnectionConfig::new()
+        // Reconnection backs off briefly and gives up early: a call made
+        // while Redis is down must fail within that bound, and the next call
+        // starts a new attempt, so recovery follows Redis within a second.
+        let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(CALL_TIMEOUT))
-            .set_connection_timeout(Some(CALL_TIMEOUT));
-        let manager = deadpool_redis::Manager::new_with_config(url, connection).map_err(|e| e.to_string())?;
-        let pool = Pool::builder(manager)
-            .max_size(pool_size.max(1))
-            .wait_timeout(Some(CALL_TIMEOUT))
-            .create_timeout(Some(CALL_TIMEOUT))
-            .recycle_timeout(Some(CALL_TIMEOUT))
-            .runtime(Runtime::Tokio1)
-            .build()
+            .set_connection_timeout(Some(CALL_TIMEOUT))
+            .set_number_of_retries(2)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500));
+        let connections = (0..pool_size.max(1))
+            .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), config.clone()))
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|e| e.to_string())?;
         Ok(Self {
-            pool,
+            connections,
+            next: AtomicUsize::new(0),
             put_position: Script::new(PUT_POSITION),
             positions: Script::new(POSITIONS),
             vehicle_connected: Script::new(VEHICLE_CONNECTED),
@@ -193,8 +201,13 @@ impl RedisStore {
         })
     }
 
-    async fn conn(&self) -> Result<deadpool_redis::Connection, StoreError> {
-        Ok(self.pool.get().await?)
+    /// The next connection in turn. Each is multiplexed (any number of
+    /// calls in flight, pipelined) and reconnects by itself, so taking one
+    /// costs nothing: a checked-out pool connection cost a PING round trip
+    /// per call.
+    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.connections.len();
+        Ok(self.connections[i].clone())
     }
 }
 
