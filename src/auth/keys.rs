@@ -1,108 +1,111 @@
-//! Loading the verification (and, for `fleetgate token`, signing) keys.
+//! The key set tokens are verified with: every key under its key id (`kid`)
+//! and bound to the one algorithm it verifies, and the one key
+//! `fleetgate token` signs with. Which key may verify a given token is
+//! decided here; reading the keys from configuration is `load.rs`.
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
 
-use crate::config::Config;
-
-#[derive(Debug, thiserror::Error)]
-pub enum KeyError {
-    #[error(
-        "no token key configured: set FLEETGATE_JWT_SECRET (HS256) or FLEETGATE_JWT_PUBLIC_KEY_FILE (RS256/ES256 PEM), or run with --demo"
-    )]
-    Missing,
-    #[error("FLEETGATE_JWT_SECRET is set but empty")]
-    EmptySecret,
-    #[error("set only one of FLEETGATE_JWT_SECRET and FLEETGATE_JWT_PUBLIC_KEY_FILE")]
-    Both,
-    #[error("cannot read {path}: {err}")]
-    Read { path: String, err: std::io::Error },
-    #[error("{path} is neither an RSA nor an EC (P-256) public key in PEM form")]
-    BadPublicKey { path: String },
-    #[error("{path} is not a private key matching the public key's algorithm")]
-    BadPrivateKey { path: String },
-    #[error("minting needs a signing key: FLEETGATE_JWT_SECRET or FLEETGATE_JWT_PRIVATE_KEY_FILE")]
-    NoSigningKey,
-    #[error("signing failed: {0}")]
-    Sign(String),
+/// One key that verifies tokens.
+pub struct VerifyingKey {
+    /// `None` only for the plain `FLEETGATE_JWT_SECRET`, which predates key ids.
+    pub(super) kid: Option<String>,
+    /// The only algorithm this key verifies. The key fixes it, so a token's
+    /// `alg` header can never make a public key act as an HMAC secret.
+    pub(super) algorithm: Algorithm,
+    pub(super) decoding: DecodingKey,
 }
 
-/// HS256 secrets shorter than this are weak (RFC 7518 §3.2 asks for at
-/// least the hash size); they are accepted with a warning.
-const MIN_SECRET_BYTES: usize = 32;
+/// The key new tokens are signed with.
+pub struct SigningKey {
+    /// Written into the header, so verifiers holding several keys find this one.
+    pub(super) kid: Option<String>,
+    pub(super) algorithm: Algorithm,
+    pub(super) encoding: EncodingKey,
+}
 
 /// The key material of one deployment.
 pub struct Keys {
-    algorithm: Algorithm,
-    decoding: DecodingKey,
-    encoding: Option<EncodingKey>,
+    pub(super) verifying: Vec<VerifyingKey>,
+    pub(super) signing: Option<SigningKey>,
 }
 
+/// The token names a key id that is not configured.
+#[derive(Debug)]
+pub(super) struct UnknownKid;
+
 impl Keys {
+    /// One HS256 secret without a key id that both signs and verifies.
     pub fn hs256(secret: Vec<u8>) -> Self {
         Self {
+            verifying: vec![VerifyingKey {
+                kid: None,
+                algorithm: Algorithm::HS256,
+                decoding: DecodingKey::from_secret(&secret),
+            }],
+            signing: Some(SigningKey {
+                kid: None,
+                algorithm: Algorithm::HS256,
+                encoding: EncodingKey::from_secret(&secret),
+            }),
+        }
+    }
+
+    /// `kid (alg)` of every verification key, for the startup log.
+    pub(super) fn describe(&self) -> Vec<String> {
+        self.verifying
+            .iter()
+            .map(|k| format!("{} ({:?})", k.kid.as_deref().unwrap_or("<no kid>"), k.algorithm))
+            .collect()
+    }
+
+    /// The keys that may verify a token whose header carries `kid`:
+    ///
+    /// - a single configured key verifies every token, whatever `kid` an
+    ///   issuer writes (deployments from before key rotation keep working);
+    /// - otherwise a token with a `kid` is verified by that key alone, and
+    ///   an unknown `kid` by none;
+    /// - a token without `kid` may be verified by any key (tokens minted
+    ///   before rotation have none, and must stay valid while it runs).
+    ///
+    /// The caller still skips keys whose algorithm differs from the token's.
+    pub(super) fn candidates(&self, kid: Option<&str>) -> Result<&[VerifyingKey], UnknownKid> {
+        match (kid, self.verifying.as_slice()) {
+            (_, [_]) | (None, _) => Ok(&self.verifying),
+            (Some(kid), all) => {
+                all.iter().position(|k| k.kid.as_deref() == Some(kid)).map(|i| &all[i..=i]).ok_or(UnknownKid)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(kid: Option<&str>) -> VerifyingKey {
+        VerifyingKey {
+            kid: kid.map(str::to_owned),
             algorithm: Algorithm::HS256,
-            decoding: DecodingKey::from_secret(&secret),
-            encoding: Some(EncodingKey::from_secret(&secret)),
+            decoding: DecodingKey::from_secret(b"x"),
         }
     }
 
-    /// Keys from configuration. In demo mode without configured keys a
-    /// random secret is generated (tokens then come from the demo endpoint).
-    pub fn from_config(config: &Config) -> Result<Self, KeyError> {
-        match (&config.jwt_secret, &config.jwt_public_key_file) {
-            (Some(_), Some(_)) => Err(KeyError::Both),
-            (Some(secret), None) if secret.is_empty() => Err(KeyError::EmptySecret),
-            (Some(secret), None) => {
-                if secret.len() < MIN_SECRET_BYTES {
-                    tracing::warn!(
-                        "FLEETGATE_JWT_SECRET is shorter than {MIN_SECRET_BYTES} bytes: tokens are easy to forge"
-                    );
-                }
-                Ok(Self::hs256(secret.as_bytes().to_vec()))
-            }
-            (None, Some(path)) => Self::from_pem(path, config.jwt_private_key_file.as_deref()),
-            (None, None) if config.demo => {
-                let secret: [u8; 32] = rand::random();
-                Ok(Self::hs256(secret.to_vec()))
-            }
-            (None, None) => Err(KeyError::Missing),
-        }
+    fn kids(keys: &[VerifyingKey]) -> Vec<Option<&str>> {
+        keys.iter().map(|k| k.kid.as_deref()).collect()
     }
 
-    fn from_pem(public: &std::path::Path, private: Option<&std::path::Path>) -> Result<Self, KeyError> {
-        let read =
-            |p: &std::path::Path| std::fs::read(p).map_err(|err| KeyError::Read { path: p.display().to_string(), err });
-        let pem = read(public)?;
-        let (algorithm, decoding) = if let Ok(k) = DecodingKey::from_rsa_pem(&pem) {
-            (Algorithm::RS256, k)
-        } else if let Ok(k) = DecodingKey::from_ec_pem(&pem) {
-            (Algorithm::ES256, k)
-        } else {
-            return Err(KeyError::BadPublicKey { path: public.display().to_string() });
-        };
-        let encoding = match private {
-            None => None,
-            Some(p) => {
-                let pem = read(p)?;
-                let key = match algorithm {
-                    Algorithm::RS256 => EncodingKey::from_rsa_pem(&pem),
-                    _ => EncodingKey::from_ec_pem(&pem),
-                };
-                Some(key.map_err(|_| KeyError::BadPrivateKey { path: p.display().to_string() })?)
-            }
-        };
-        Ok(Self { algorithm, decoding, encoding })
+    #[test]
+    fn one_key_verifies_whatever_the_kid() {
+        let keys = Keys { verifying: vec![key(Some("a"))], signing: None };
+        assert_eq!(kids(keys.candidates(Some("other")).unwrap()), [Some("a")]);
+        assert_eq!(kids(keys.candidates(None).unwrap()), [Some("a")]);
     }
 
-    pub fn algorithm(&self) -> Algorithm {
-        self.algorithm
-    }
-
-    pub(super) fn decoding(&self) -> &DecodingKey {
-        &self.decoding
-    }
-
-    pub(super) fn encoding(&self) -> Option<&EncodingKey> {
-        self.encoding.as_ref()
+    #[test]
+    fn several_keys_bind_the_kid() {
+        let keys = Keys { verifying: vec![key(None), key(Some("a")), key(Some("b"))], signing: None };
+        assert_eq!(kids(keys.candidates(Some("b")).unwrap()), [Some("b")]);
+        assert!(matches!(keys.candidates(Some("c")), Err(UnknownKid)));
+        assert_eq!(kids(keys.candidates(None).unwrap()), [None, Some("a"), Some("b")]);
     }
 }
