@@ -58,6 +58,7 @@ STORM_RATE=${STORM_RATE:-0}
 INGEST_RATE=${INGEST_RATE:-2000}
 INGEST_CONNECTIONS=${INGEST_CONNECTIONS:-16}
 BATCH_MS=${BATCH_MS:-100}
+WRITE_DELAY_MS=${WRITE_DELAY_MS:-20}
 # After each window: how long in-flight positions may still arrive and count.
 DRAIN=${DRAIN:-5s}
 if ((QUICK)); then
@@ -299,6 +300,13 @@ for kind in $SERVERS; do
         --drain "$DRAIN" --connect-rate "$CONNECT_RATE" || true
       stop "$SRV_PID"
     done
+    say "fleetgate: write coalescing FLEETGATE_WRITE_DELAY_MS=$WRITE_DELAY_MS, V=$CPU_VEHICLES H=$CPU_HZ W=$CPU_VIEWERS"
+    flush_redis
+    FG_STORE=redis start_server fleetgate FLEETGATE_WRITE_DELAY_MS="$WRITE_DELAY_MS"
+    bench conflation "fleetgate:delay$WRITE_DELAY_MS" --server-pid "$SRV_PID" --fleet conflation fanout --url "$SRV_URL" \
+      -V "$CPU_VEHICLES" -H "$CPU_HZ" -W "$CPU_VIEWERS" --warmup "$WARMUP" --duration "$DURATION" \
+      --drain "$DRAIN" --connect-rate "$CONNECT_RATE" || true
+    stop "$SRV_PID"
   fi
 done
 

@@ -72,15 +72,26 @@ pub struct Config {
     #[arg(long, env = "FLEETGATE_REDIS_POOL_SIZE", default_value_t = 4, global = true)]
     pub redis_pool_size: usize,
 
-    /// HS256 shared secret.
+    /// HS256 shared secret, without a key id (taken whole, commas included).
     #[arg(long, env = "FLEETGATE_JWT_SECRET", hide_env_values = true, global = true)]
     pub jwt_secret: Option<String>,
 
-    /// PEM public key (RS256 or ES256) used to verify tokens.
+    /// HS256 secrets with key ids, `kid:secret,kid:secret`, newest first (the first signs).
+    #[arg(long, env = "FLEETGATE_JWT_SECRETS", hide_env_values = true, global = true)]
+    pub jwt_secrets: Option<String>,
+
+    /// PEM public keys (RS256 or ES256) that verify tokens, comma separated;
+    /// each file's stem is its key id (`2026-11.pem` is kid `2026-11`).
     #[arg(long, env = "FLEETGATE_JWT_PUBLIC_KEY_FILE", global = true)]
     pub jwt_public_key_file: Option<PathBuf>,
 
-    /// PEM private key matching the public key, used only by `fleetgate token`.
+    /// Directory whose `*.pem` public keys all verify tokens, kid = file stem
+    /// (a mounted Kubernetes Secret).
+    #[arg(long, env = "FLEETGATE_JWT_KEYS_DIR", global = true)]
+    pub jwt_keys_dir: Option<PathBuf>,
+
+    /// PEM private key of one of the public keys (whose kid it signs under),
+    /// used only by `fleetgate token`.
     #[arg(long, env = "FLEETGATE_JWT_PRIVATE_KEY_FILE", global = true)]
     pub jwt_private_key_file: Option<PathBuf>,
 
@@ -92,7 +103,7 @@ pub struct Config {
     #[arg(long, env = "FLEETGATE_JWT_AUDIENCE", global = true)]
     pub jwt_audience: Option<String>,
 
-    /// Clock leeway in seconds for `exp` and `nbf`.
+    /// Clock leeway in seconds for `exp` and `nbf` (at most 86400).
     #[arg(long, env = "FLEETGATE_JWT_LEEWAY_SECS", default_value_t = 0, global = true)]
     pub jwt_leeway_secs: u64,
 
@@ -149,9 +160,56 @@ pub struct Config {
     #[arg(long, env = "FLEETGATE_MAX_MESSAGE_BYTES", default_value_t = 65_536, global = true)]
     pub max_message_bytes: usize,
 
-    /// Packets buffered per socket before emits to it are dropped.
-    #[arg(long, env = "FLEETGATE_SOCKET_BUFFER", default_value_t = 256, global = true)]
+    /// Packets buffered per socket; past that a viewer is lagging and gets
+    /// only the newest position of each vehicle once it catches up.
+    #[arg(long, env = "FLEETGATE_SOCKET_BUFFER", default_value_t = 1024, global = true)]
     pub socket_buffer: usize,
+
+    /// Seconds a viewer may stay lagging (its buffer full) before it is disconnected.
+    #[arg(long, env = "FLEETGATE_SLOW_VIEWER_SECS", default_value_t = 10, global = true)]
+    pub slow_viewer_secs: u64,
+
+    /// Seconds between Engine.IO pings (a client that does not answer, or
+    /// whose buffer is too full to take the ping, is disconnected).
+    #[arg(long, env = "FLEETGATE_PING_INTERVAL_SECS", default_value_t = 25, global = true)]
+    pub ping_interval_secs: u64,
+
+    /// Seconds a write to a client may make no progress before its
+    /// connection is closed (a peer that stopped reading).
+    #[arg(long, env = "FLEETGATE_WRITE_TIMEOUT_SECS", default_value_t = 30, global = true)]
+    pub write_timeout_secs: u64,
+
+    /// Seconds a client has to answer a ping.
+    #[arg(long, env = "FLEETGATE_PING_TIMEOUT_SECS", default_value_t = 20, global = true)]
+    pub ping_timeout_secs: u64,
+
+    /// Milliseconds fan-out waits after sending, so that what arrives
+    /// meanwhile leaves in one write per socket (0 = send at once).
+    #[arg(long, env = "FLEETGATE_WRITE_DELAY_MS", default_value_t = 0, global = true)]
+    pub write_delay_ms: u64,
+
+    /// Events per second one connection may send (burst: twice that; 0 = no limit).
+    #[arg(long, env = "FLEETGATE_RATE_EVENTS_PER_SEC", default_value_t = 50, global = true)]
+    pub rate_events_per_sec: u32,
+
+    /// Position updates per second one vehicle may send through this
+    /// replica, over sockets and HTTP (burst: ten times that; 0 = no limit).
+    #[arg(long, env = "FLEETGATE_RATE_VEHICLE_PER_SEC", default_value_t = 10, global = true)]
+    pub rate_vehicle_per_sec: u32,
+
+    /// Socket.IO connections this process accepts (0 = no limit).
+    #[arg(long, env = "FLEETGATE_MAX_CONNECTIONS", default_value_t = 100_000, global = true)]
+    pub max_connections: usize,
+
+    /// Socket.IO connections from one client address (0 = no limit; behind
+    /// a proxy, set FLEETGATE_CLIENT_IP_HEADER).
+    #[arg(long, env = "FLEETGATE_MAX_CONNECTIONS_PER_IP", default_value_t = 0, global = true)]
+    pub max_connections_per_ip: usize,
+
+    /// Header a trusted proxy sets to the client's address (e.g.
+    /// `x-forwarded-for`, whose last entry is used); unset: the peer address.
+    #[arg(long, env = "FLEETGATE_CLIENT_IP_HEADER", global = true)]
+    pub client_ip_header: Option<String>,
 
     /// Seconds given to connections to drain on SIGTERM.
     #[arg(long, env = "FLEETGATE_SHUTDOWN_GRACE_SECS", default_value_t = 20, global = true)]

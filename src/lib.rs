@@ -15,6 +15,7 @@ pub mod healthcheck;
 pub mod http;
 pub mod ids;
 pub mod metrics;
+pub mod net;
 pub mod position;
 pub mod relay;
 pub mod server;

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use axum::{Router, extract::DefaultBodyLimit, serve::ListenerExt};
+use axum::{Router, extract::DefaultBodyLimit};
 use socketioxide::{SocketIo, SocketIoBuilder, adapter::Adapter};
 use socketioxide_redis::{FredAdapter, RedisAdapterConfig, RedisAdapterCtr};
 use tokio::sync::{mpsc, watch};
@@ -47,7 +47,11 @@ pub enum ServeError {
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     let metrics = crate::metrics::install().map_err(ServeError::Metrics)?;
     let keys = Keys::from_config(&config)?;
-    if config.demo && config.jwt_secret.is_none() && config.jwt_public_key_file.is_none() {
+    let keys_configured = config.jwt_secret.is_some()
+        || config.jwt_secrets.is_some()
+        || config.jwt_public_key_file.is_some()
+        || config.jwt_keys_dir.is_some();
+    if config.demo && !keys_configured {
         tracing::warn!("demo mode: tokens are signed with a generated key; mint them at POST /api/v1/demo/token");
     }
     if !config.redis_cluster_nodes.is_empty() {
@@ -109,6 +113,8 @@ fn socketio_builder(config: &Config) -> SocketIoBuilder {
         .ws_max_message_size(max)
         .ws_max_frame_size(max)
         .ack_timeout(Duration::from_secs(5))
+        .ping_interval(Duration::from_secs(config.ping_interval_secs.max(1)))
+        .ping_timeout(Duration::from_secs(config.ping_timeout_secs.max(1)))
 }
 
 async fn run<A: Adapter>(
@@ -130,6 +136,17 @@ async fn run<A: Adapter>(
     }
     let demo_task = config.demo.then(|| tokio::spawn(demo::run(gateway.clone(), config.demo_vehicles)));
     let presence_task = tokio::spawn(gateway::presence::run(gateway.clone()));
+    let fanout_tasks = gateway::fanout::spawn(&gateway, Duration::from_millis(config.write_delay_ms));
+    let limits_task = {
+        let limits = gateway.limits.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                limits.sweep();
+            }
+        })
+    };
     let conflation_task = (config.batch_ms > 0).then(|| {
         tokio::spawn(gateway::fanout::run_conflation(gateway.clone(), Duration::from_millis(config.batch_ms)))
     });
@@ -163,6 +180,7 @@ async fn run<A: Adapter>(
                 t.abort();
             }
             presence_task.abort();
+            limits_task.abort();
             if let Some(t) = conflation_task {
                 t.abort();
             }
@@ -174,15 +192,9 @@ async fn run<A: Adapter>(
             }
         }
     };
-    // Positions are small frames that must leave at once: without
-    // TCP_NODELAY, Nagle holds a frame sent right after another until the
-    // peer's delayed ACK (about 40 ms).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY not set");
-        }
-    });
-    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
+    let listener = crate::net::Listener::new(listener, Duration::from_secs(config.write_timeout_secs.max(1)));
+    let server = axum::serve(listener, app.into_make_service_with_connect_info::<crate::net::PeerAddr>())
+        .with_graceful_shutdown(shutdown);
     tokio::select! {
         r = server => r?,
         _ = async {
@@ -192,6 +204,7 @@ async fn run<A: Adapter>(
             }
         } => tracing::warn!("grace period over; closing remaining connections"),
     }
+    fanout_tasks.iter().for_each(tokio::task::JoinHandle::abort);
     if let Some(relay) = gateway.fanout.relay() {
         relay.close().await;
     }

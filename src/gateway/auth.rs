@@ -85,6 +85,11 @@ pub(super) async fn handshake<A: Adapter>(
     gw: &Gateway<A>,
 ) -> Result<Arc<Conn>, &'static str> {
     let result = async {
+        let ip = gw.limits.client_ip(socket.req_parts());
+        let slot = gw.limits.admit(ip).inspect_err(|e| {
+            let limit = if e.code == ErrorCode::RateLimited { "connections_per_ip" } else { "connections" };
+            metrics::counter!("fleetgate_rate_limited_total", "limit" => limit).increment(1);
+        })?;
         let creds = Credentials::from_json(auth).map_err(|e| ApiError::new(ErrorCode::InvalidToken, e.message))?;
         let fleet = creds.fleet()?;
         let session = match (&creds.token, &creds.session) {
@@ -98,13 +103,13 @@ pub(super) async fn handshake<A: Adapter>(
             }
             (None, None) => None,
         };
-        Ok::<_, ApiError>(session)
+        Ok::<_, ApiError>((session, slot))
     }
     .await;
     match result {
-        Ok(session) => {
+        Ok((session, slot)) => {
             metrics::counter!("fleetgate_handshakes_total", "outcome" => "ok").increment(1);
-            let conn = Arc::new(Conn::default());
+            let conn = Arc::new(Conn::new(gw.limits.event_limiter(), slot));
             if let Some(s) = session {
                 // Joined before the connect packet, so a revocation can never miss it.
                 socket.join(super::session_room(&s.session_id));

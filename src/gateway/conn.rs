@@ -7,12 +7,17 @@ use std::{
     sync::{Arc, Mutex, MutexGuard},
 };
 
-use tokio::task::AbortHandle;
+use tokio::{sync::oneshot, task::AbortHandle};
 
+use super::limits::{EventLimiter, Slot};
 use crate::{geo::BBox, session::Session};
 
 #[derive(Default)]
 pub struct Conn {
+    /// Its event budget, when events are limited.
+    events: Option<EventLimiter>,
+    /// Its place under the connection caps, given back at disconnect.
+    slot: Mutex<Option<Slot>>,
     session: Mutex<Option<Arc<Session>>>,
     subscriptions: Mutex<Subscriptions>,
     /// The auth-timeout or session-expiry timer, whichever applies now.
@@ -21,7 +26,16 @@ pub struct Conn {
     rooms: Mutex<HashSet<String>>,
     /// The (fleet, vehicle) this socket keeps online, once it has a vehicle session.
     presence: Mutex<Option<(String, String)>>,
+    /// Ends when this socket's latest `locationupdate` is done: each update
+    /// waits for the one before, so a socket's updates reach the store in
+    /// the order they arrived (handlers otherwise run concurrently, and the
+    /// store's compare-and-set would refuse the older of two as stale).
+    last_update: Mutex<Option<oneshot::Receiver<()>>>,
 }
+
+/// A place in a socket's queue: the end of the one before to wait for,
+/// and the sender whose drop ends this one.
+pub type Turn = (Option<oneshot::Receiver<()>>, oneshot::Sender<()>);
 
 /// What one socket watches inside its fleet.
 #[derive(Debug, Default)]
@@ -45,6 +59,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Conn {
+    pub fn new(events: Option<EventLimiter>, slot: Slot) -> Self {
+        Self { events, slot: Mutex::new(Some(slot)), ..Self::default() }
+    }
+
+    /// Takes one event from the budget; false when it is spent.
+    pub fn allow_event(&self) -> bool {
+        self.events.as_ref().is_none_or(|l| l.check().is_ok())
+    }
+
+    pub fn release_slot(&self) {
+        lock(&self.slot).take();
+    }
+
     pub fn session(&self) -> Option<Arc<Session>> {
         lock(&self.session).clone()
     }
@@ -69,6 +96,14 @@ impl Conn {
         }
         *p = Some((fleet.to_owned(), vehicle.to_owned()));
         true
+    }
+
+    /// Takes the next place in this socket's queue of position updates:
+    /// what to wait for first (the previous update's end), and the sender
+    /// whose drop ends this one. Call it in arrival order.
+    pub fn queue_update(&self) -> Turn {
+        let (done, end) = oneshot::channel();
+        (lock(&self.last_update).replace(end), done)
     }
 
     pub fn take_presence(&self) -> Option<(String, String)> {

@@ -6,11 +6,12 @@
 mod auth;
 mod conn;
 pub mod fanout;
+pub mod limits;
 mod location;
 pub mod presence;
 mod request;
 pub mod rooms;
-mod viewer;
+pub mod viewer;
 
 use std::sync::Arc;
 
@@ -94,6 +95,7 @@ pub struct Gateway<A: Adapter> {
     /// This replica's id (its announcements and presence claims carry it).
     pub node_id: String,
     pub local_vehicles: presence::LocalVehicles,
+    pub limits: Arc<limits::Limits>,
 }
 
 impl<A: Adapter> Gateway<A> {
@@ -105,12 +107,17 @@ impl<A: Adapter> Gateway<A> {
         relay: Option<crate::relay::Relay>,
         node_id: String,
     ) -> Self {
-        let conflate = config.batch_ms > 0;
+        let settings = fanout::Settings {
+            conflate: config.batch_ms > 0,
+            shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            slow_viewer_timeout: std::time::Duration::from_secs(config.slow_viewer_secs),
+        };
         Self {
+            limits: limits::Limits::new(&config),
             config,
             auth,
             store,
-            fanout: Fanout::new(io.clone(), relay, conflate),
+            fanout: Fanout::new(io.clone(), relay, settings),
             io,
             node_id,
             local_vehicles: presence::LocalVehicles::default(),
@@ -174,6 +181,9 @@ impl<A: Adapter> Gateway<A> {
         };
         let now = ids::now_ms();
         let ts = update.fix_time(now, self.window())?;
+        self.limits.check_vehicle(&session.fleet, &vehicle_id).inspect_err(|_| {
+            metrics::counter!("fleetgate_rate_limited_total", "limit" => "vehicle").increment(1);
+        })?;
         let position = Position {
             fleet: session.fleet.clone(),
             vehicle_id,
@@ -295,16 +305,39 @@ fn on_connect<A: Adapter>(socket: SocketRef<A>, gateway: Arc<Gateway<A>>) {
 fn attach_handlers<A: Adapter>(socket: &SocketRef<A>, conn: Arc<Conn>, gateway: Arc<Gateway<A>>) {
     socket.extensions.insert(conn.clone());
     macro_rules! route {
-        ($event:literal, $handler:path) => {{
+        ($event:literal, $handler:path) => {
+            route!($event, $handler, |_conn: &Conn| None::<conn::Turn>)
+        };
+        ($event:literal, $handler:path, $queue:expr) => {{
             let (gateway, conn) = (gateway.clone(), conn.clone());
             socket.on($event, move |req: Request<A>| {
+                // socketioxide calls this synchronously for each packet, in
+                // arrival order, and spawns the future it returns: a place
+                // in a queue is taken here, in order.
+                let turn = ($queue)(&conn);
                 let (gateway, conn) = (gateway.clone(), conn.clone());
-                async move { $handler(req, conn, gateway).await }
+                async move {
+                    let _done = match turn {
+                        Some((before, done)) => {
+                            if let Some(before) = before {
+                                let _ = before.await;
+                            }
+                            Some(done)
+                        }
+                        None => None,
+                    };
+                    if conn.allow_event() {
+                        $handler(req, conn, gateway).await
+                    } else {
+                        metrics::counter!("fleetgate_rate_limited_total", "limit" => "events").increment(1);
+                        req.reply::<()>(Err(ApiError::new(ErrorCode::RateLimited, "too many events on this connection")));
+                    }
+                }
             });
         }};
     }
     route!("authenticate", auth::on_authenticate);
-    route!("locationupdate", location::on_location_update);
+    route!("locationupdate", location::on_location_update, |conn: &Conn| Some(conn.queue_update()));
     route!("subscribe", viewer::on_subscribe);
     route!("unsubscribe", viewer::on_unsubscribe);
     route!("providerjoin", viewer::on_provider_join);
@@ -317,6 +350,8 @@ fn attach_handlers<A: Adapter>(socket: &SocketRef<A>, conn: Arc<Conn>, gateway: 
         async move {
             metrics::counter!("fleetgate_connections_closed_total", "reason" => reason_name(reason)).increment(1);
             conn.cancel_timer();
+            conn.release_slot();
+            gateway.fanout.forget_socket(socket.id);
             viewer::forget(&socket, &conn, &gateway).await;
             if let Some((fleet, vehicle)) = conn.take_presence() {
                 gateway.vehicle_socket_closed(&fleet, &vehicle).await;
@@ -376,5 +411,6 @@ impl<A: Adapter> Gateway<A> {
             }
         }
         metrics::gauge!("fleetgate_vehicles_online").set(self.local_vehicles.count() as f64);
+        metrics::gauge!("fleetgate_lagging_sockets").set(self.fanout.lagging() as f64);
     }
 }

@@ -24,10 +24,10 @@ use crate::{
 
 /// What a `subscribe` or `unsubscribe` names.
 #[derive(Debug)]
-struct Selection {
-    fleet: String,
-    vehicles: Vec<String>,
-    bbox: Option<BBox>,
+pub struct Selection {
+    pub fleet: String,
+    pub vehicles: Vec<String>,
+    pub bbox: Option<BBox>,
 }
 
 impl Selection {
@@ -35,7 +35,9 @@ impl Selection {
         self.vehicles.is_empty() && self.bbox.is_none()
     }
 
-    fn parse(payload: &Value, session: &Session, max: usize) -> Result<Self, ApiError> {
+    /// Reads the payload of `session`'s `subscribe` or `unsubscribe` (at most
+    /// `max` vehicle ids); public for the property tests of `tests/fuzz_parsing.rs`.
+    pub fn parse(payload: &Value, session: &Session, max: usize) -> Result<Self, ApiError> {
         let obj = match payload {
             Value::Null => None,
             Value::Object(o) => Some(o),

@@ -91,8 +91,26 @@ fn describe() {
     describe_counter!("fleetgate_deliveries_total", "Position events handed to local sockets.");
     describe_counter!(
         "fleetgate_emits_dropped_total",
-        "Local broadcasts in which at least one socket could not be sent to (its buffer was full)."
+        "Positions a lagging viewer did not get: superseded by a newer one of the same vehicle, or pending when it was disconnected."
     );
+    describe_counter!("fleetgate_slow_viewers_total", "Sockets that started lagging (their send buffer was full).");
+    describe_counter!(
+        "fleetgate_slow_viewers_expelled_total",
+        "Lagging sockets given up on after FLEETGATE_SLOW_VIEWER_SECS (sent nothing more, then disconnected)."
+    );
+    describe_counter!(
+        "fleetgate_slow_viewers_disconnected_total",
+        "Expelled sockets disconnected by fleetgate (those reading nothing at all end at the next heartbeat instead)."
+    );
+    describe_gauge!(
+        "fleetgate_lagging_sockets",
+        "Sockets lagging now, receiving only the newest position per vehicle."
+    );
+    describe_counter!(
+        "fleetgate_write_timeouts_total",
+        "Connections closed because writes to them made no progress for FLEETGATE_WRITE_TIMEOUT_SECS."
+    );
+    describe_counter!("fleetgate_rate_limited_total", "Events and connections refused by a limit, by limit.");
     describe_counter!("fleetgate_relay_received_total", "Positions received from other replicas.");
     describe_counter!("fleetgate_relay_dropped_total", "Positions from other replicas dropped before local fan-out.");
     describe_histogram!(
@@ -137,6 +155,9 @@ pub const UPDATE_SOURCES: [&str; 3] = ["socket", "http", "demo"];
 pub const UPDATE_OUTCOMES: [&str; 7] =
     ["accepted", "stale", "invalid", "forbidden", "rate_limited", "unavailable", "error"];
 /// Cross-replica operations of the adapter, as labelled.
+/// The `limit` label of `fleetgate_rate_limited_total`.
+pub const RATE_LIMITS: [&str; 4] = ["events", "vehicle", "connections", "connections_per_ip"];
+
 pub const ADAPTER_OPS: [&str; 4] = ["chat", "notice", "presence", "disconnect"];
 
 /// Exposes the counters at zero before anything happens, so dashboards and
@@ -154,6 +175,9 @@ fn preregister() {
     for state in ["online", "offline"] {
         metrics::counter!("fleetgate_presence_changes_total", "state" => state).increment(0);
     }
+    for limit in RATE_LIMITS {
+        metrics::counter!("fleetgate_rate_limited_total", "limit" => limit).increment(0);
+    }
     for op in ADAPTER_OPS {
         metrics::counter!("fleetgate_adapter_errors_total", "op" => op).increment(0);
     }
@@ -166,6 +190,10 @@ fn preregister() {
         "fleetgate_broadcasts_total",
         "fleetgate_deliveries_total",
         "fleetgate_emits_dropped_total",
+        "fleetgate_slow_viewers_total",
+        "fleetgate_slow_viewers_expelled_total",
+        "fleetgate_slow_viewers_disconnected_total",
+        "fleetgate_write_timeouts_total",
         "fleetgate_relay_received_total",
         "fleetgate_relay_dropped_total",
         "fleetgate_chat_messages_total",

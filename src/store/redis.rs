@@ -18,11 +18,11 @@
 
 use std::{future::Future, time::Duration};
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use redis::{
-    Script,
+    IntoConnectionInfo, Script,
     aio::{ConnectionManager, ConnectionManagerConfig},
 };
 
@@ -32,10 +32,32 @@ use crate::{ids::now_ms, position::Position, session::Session};
 /// Longest a store call may take before the client is told `unavailable`.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long before the caller gives up a position write stops being
+/// applied (see [`PUT_POSITION`]): room for the reply to travel back and
+/// for the error of the clock offset estimate.
+const FENCE_MARGIN: Duration = Duration::from_millis(500);
+
+/// Replies slower than this round trip do not recalibrate the clock offset.
+const CALIBRATION_MAX_RTT: Duration = Duration::from_millis(250);
+
+/// The position compare-and-set. It is fenced: a call that reaches Redis
+/// after `ARGV[10]` (a deadline on Redis's clock, set just before the
+/// caller gives up and answers `unavailable`) changes nothing. Without the
+/// fence, a write that waited out a stalled Redis (paused, swapping, a
+/// partition that heals) would still be applied and announced when Redis
+/// resumed: a position stored and shown to watchers after its sender was
+/// told it was not. Returns `{outcome, redis_now_ms}` (outcome -1: past
+/// the deadline, 0: stale, 1: stored, 2: stored and back online); Redis's
+/// time calibrates the deadline of later calls.
 const PUT_POSITION: &str = r#"
+local t = redis.call('TIME')
+local rnow = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if rnow > tonumber(ARGV[10]) then
+  return {-1, rnow}
+end
 local cur = redis.call('HGET', KEYS[1], 't')
 if cur and tonumber(cur) >= tonumber(ARGV[1]) then
-  return 0
+  return {0, rnow}
 end
 local ttl = tonumber(ARGV[3])
 local now = tonumber(ARGV[4])
@@ -50,7 +72,7 @@ if redis.call('ZCOUNT', KEYS[4], now, '+inf') > 0 then
   if not redis.call('ZSCORE', KEYS[3], ARGV[5]) then back = 1 end
   redis.call('ZADD', KEYS[3], now + tonumber(ARGV[9]), ARGV[5])
 end
-return 1 + back
+return {1 + back, rnow}
 "#;
 
 const VEHICLE_CONNECTED: &str = r#"
@@ -163,6 +185,9 @@ pub struct RedisStore {
     node_id: String,
     /// `PUBLISH`, or `SPUBLISH` on a cluster.
     publish_command: &'static str,
+    /// Redis's clock minus ours, in ms, as last measured by a quick reply:
+    /// the fence of a position write is a time on Redis's clock.
+    clock_offset_ms: AtomicI64,
 }
 
 impl RedisStore {
@@ -170,7 +195,13 @@ impl RedisStore {
         for op in OPS {
             metrics::counter!("fleetgate_redis_errors_total", "op" => op).increment(0);
         }
-        let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+        // RESP3, so that each connection hears of its own loss (a push from
+        // the driver) and reconnects at once, rather than failing the next
+        // call made on it after Redis is back. (The relay's pub/sub already
+        // needs RESP3, so this asks nothing more of Redis.)
+        let info = url.into_connection_info().map_err(|e| e.to_string())?;
+        let settings = info.redis_settings().clone().set_protocol(redis::ProtocolVersion::RESP3);
+        let client = redis::Client::open(info.set_redis_settings(settings)).map_err(|e| e.to_string())?;
         // redis-rs gives up on a reply after 500 ms by default, which a busy
         // host can exceed; the 2 s bound of every store call governs instead.
         // Reconnection backs off briefly and gives up early: a call made
@@ -198,7 +229,17 @@ impl RedisStore {
             sweeps: std::sync::atomic::AtomicU64::new(0),
             node_id,
             publish_command: "PUBLISH",
+            clock_offset_ms: AtomicI64::new(0),
         })
+    }
+
+    /// Learns the clock offset from a reply stamped with Redis's time
+    /// `redis_now`, to a call sent at `sent_ms` that took `rtt`.
+    fn calibrate(&self, redis_now: i64, sent_ms: i64, rtt: Duration) {
+        if rtt <= CALIBRATION_MAX_RTT {
+            let half = i64::try_from(rtt.as_millis() / 2).unwrap_or(0);
+            self.clock_offset_ms.store(redis_now - (sent_ms + half), Ordering::Relaxed);
+        }
     }
 
     /// The next connection in turn. Each is multiplexed (any number of
@@ -211,7 +252,7 @@ impl RedisStore {
     }
 }
 
-/// The operations as the Redis metrics label them (those of [`bounded`]
+/// The operations as the Redis metrics label them (those of [`RedisStore::bounded`]
 /// calls, and the relay's subscriptions).
 const OPS: [&str; 14] = [
     "put_position",
@@ -230,50 +271,98 @@ const OPS: [&str; 14] = [
     "resubscribe",
 ];
 
-/// Bounds a store call so a hung Redis turns into `unavailable`, not a
-/// hung client, and measures it under the name of its operation.
-async fn bounded<T>(op: &'static str, f: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
-    let started = std::time::Instant::now();
-    let result = tokio::time::timeout(CALL_TIMEOUT, f).await.map_err(|_| StoreError::Timeout).and_then(|r| r);
-    metrics::histogram!("fleetgate_redis_command_seconds", "op" => op).record(started.elapsed().as_secs_f64());
-    if result.is_err() {
-        metrics::counter!("fleetgate_redis_errors_total", "op" => op).increment(1);
+impl RedisStore {
+    /// Bounds a store call so a hung Redis turns into `unavailable`, not a
+    /// hung client, and measures it under the name of its operation.
+    ///
+    /// A call refused for want of a connection is made again (on the next
+    /// pooled connection, up to once per connection): a `ConnectionManager`
+    /// whose reconnection failed while Redis was down reports that stale
+    /// failure to its next call, starting a new attempt only then, even when
+    /// Redis has long been back; without the retries the first call on each
+    /// pooled connection after an outage would be answered `unavailable`. A
+    /// refused connection means the command was never sent, so retrying is
+    /// safe for writes too. While Redis is down every try is refused at once
+    /// (or after the manager's short reconnection backoff), so calls still
+    /// fail fast.
+    async fn bounded<T, F, Fut>(&self, op: &'static str, call: F) -> Result<T, StoreError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let started = std::time::Instant::now();
+        let tries = self.connections.len() + 1;
+        let attempts = async {
+            let mut tried = 1;
+            loop {
+                match call().await {
+                    Err(StoreError::Redis(e)) if e.is_connection_refusal() && tried < tries => tried += 1,
+                    other => return other,
+                }
+            }
+        };
+        let result =
+            tokio::time::timeout(CALL_TIMEOUT, attempts).await.map_err(|_| StoreError::Timeout).and_then(|r| r);
+        metrics::histogram!("fleetgate_redis_command_seconds", "op" => op).record(started.elapsed().as_secs_f64());
+        if result.is_err() {
+            metrics::counter!("fleetgate_redis_errors_total", "op" => op).increment(1);
+        }
+        result
     }
-    result
 }
 
 #[async_trait]
 impl Store for RedisStore {
     async fn put_position(&self, p: &Position, encoded: &str) -> Result<PutOutcome, StoreError> {
-        bounded("put_position", async {
+        // The caller gives up CALL_TIMEOUT after this; the write must not
+        // land later than shortly before that.
+        let started = std::time::Instant::now();
+        let fence_ms = i64::try_from((CALL_TIMEOUT - FENCE_MARGIN).as_millis()).unwrap_or(0);
+        self.bounded("put_position", || async {
             let mut conn = self.conn().await?;
-            let stored: i64 = self
-                .put_position
-                .key(position_key(&p.fleet, &p.vehicle_id))
-                .key(index_key(&p.fleet))
-                .key(presence_key(&p.fleet))
-                .key(conns_key(&p.fleet, &p.vehicle_id))
-                .arg(p.ts)
-                .arg(encoded)
-                .arg(self.retention.location_ttl_ms)
-                .arg(now_ms())
-                .arg(&p.vehicle_id)
-                .arg(self.publish_command)
-                .arg(position_channel(&p.fleet))
-                .arg(&self.node_id)
-                .arg(self.retention.stale_after_ms)
-                .invoke_async(&mut conn)
-                .await?;
-            Ok(match stored {
-                0 => PutOutcome::Stale,
-                n => PutOutcome::Accepted { back_online: n == 2 },
-            })
+            let mut retried = false;
+            loop {
+                let sent = std::time::Instant::now();
+                let sent_ms = now_ms();
+                let left_ms = fence_ms - i64::try_from(started.elapsed().as_millis()).unwrap_or(fence_ms);
+                let deadline = sent_ms + self.clock_offset_ms.load(Ordering::Relaxed) + left_ms;
+                let (stored, redis_now): (i64, i64) = self
+                    .put_position
+                    .key(position_key(&p.fleet, &p.vehicle_id))
+                    .key(index_key(&p.fleet))
+                    .key(presence_key(&p.fleet))
+                    .key(conns_key(&p.fleet, &p.vehicle_id))
+                    .arg(p.ts)
+                    .arg(encoded)
+                    .arg(self.retention.location_ttl_ms)
+                    .arg(sent_ms)
+                    .arg(&p.vehicle_id)
+                    .arg(self.publish_command)
+                    .arg(position_channel(&p.fleet))
+                    .arg(&self.node_id)
+                    .arg(self.retention.stale_after_ms)
+                    .arg(deadline)
+                    .invoke_async(&mut conn)
+                    .await?;
+                let rtt = sent.elapsed();
+                self.calibrate(redis_now, sent_ms, rtt);
+                match stored {
+                    // A refusal that is back quickly says the offset was off
+                    // (clocks apart), not that the call was late: nothing
+                    // was written, so try once more with the offset just
+                    // learnt.
+                    -1 if !retried && rtt <= CALIBRATION_MAX_RTT => retried = true,
+                    -1 => return Err(StoreError::Timeout),
+                    0 => return Ok(PutOutcome::Stale),
+                    n => return Ok(PutOutcome::Accepted { back_online: n == 2 }),
+                }
+            }
         })
         .await
     }
 
     async fn positions(&self, fleet: &str, scope: Scope<'_>) -> Result<Vec<String>, StoreError> {
-        bounded("positions", async {
+        self.bounded("positions", || async {
             let mut conn = self.conn().await?;
             let mut call = self.positions.key(index_key(fleet));
             call.arg(now_ms()).arg(position_key(fleet, ""));
@@ -291,11 +380,11 @@ impl Store for RedisStore {
     async fn create_session(&self, session: &Session) -> Result<(), StoreError> {
         let json = serde_json::to_string(session).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let ttl_ms = u64::try_from(session.remaining_ms(now_ms())).unwrap_or(0).max(1);
-        bounded("create_session", async {
+        self.bounded("create_session", || async {
             let mut conn = self.conn().await?;
             redis::cmd("SET")
                 .arg(session_key(&session.session_id))
-                .arg(json)
+                .arg(&json)
                 .arg("PX")
                 .arg(ttl_ms)
                 .query_async::<()>(&mut conn)
@@ -306,16 +395,17 @@ impl Store for RedisStore {
     }
 
     async fn session(&self, id: &str) -> Result<Option<Session>, StoreError> {
-        let raw: Option<String> = bounded("get_session", async {
-            let mut conn = self.conn().await?;
-            Ok(redis::cmd("GET").arg(session_key(id)).query_async(&mut conn).await?)
-        })
-        .await?;
+        let raw: Option<String> = self
+            .bounded("get_session", || async {
+                let mut conn = self.conn().await?;
+                Ok(redis::cmd("GET").arg(session_key(id)).query_async(&mut conn).await?)
+            })
+            .await?;
         raw.map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(e.to_string()))).transpose()
     }
 
     async fn delete_session(&self, id: &str) -> Result<bool, StoreError> {
-        bounded("delete_session", async {
+        self.bounded("delete_session", || async {
             let mut conn = self.conn().await?;
             let n: i64 = redis::cmd("DEL").arg(session_key(id)).query_async(&mut conn).await?;
             Ok(n > 0)
@@ -325,30 +415,31 @@ impl Store for RedisStore {
 
     async fn append_message(&self, fleet: &str, mut message: ChatMessage) -> Result<ChatMessage, StoreError> {
         let key = room_key(fleet, &message.room);
-        let id: String = bounded("append_message", async {
-            let mut conn = self.conn().await?;
-            let (id,): (String,) = redis::pipe()
-                .atomic()
-                .cmd("XADD")
-                .arg(&key)
-                .arg("MAXLEN")
-                .arg(self.retention.history_max.max(1))
-                .arg("*")
-                .arg("from")
-                .arg(&message.from)
-                .arg("text")
-                .arg(&message.text)
-                .arg("ts")
-                .arg(message.ts)
-                .cmd("PEXPIRE")
-                .arg(&key)
-                .arg(self.retention.history_ttl_ms)
-                .ignore()
-                .query_async(&mut conn)
-                .await?;
-            Ok(id)
-        })
-        .await?;
+        let id: String = self
+            .bounded("append_message", || async {
+                let mut conn = self.conn().await?;
+                let (id,): (String,) = redis::pipe()
+                    .atomic()
+                    .cmd("XADD")
+                    .arg(&key)
+                    .arg("MAXLEN")
+                    .arg(self.retention.history_max.max(1))
+                    .arg("*")
+                    .arg("from")
+                    .arg(&message.from)
+                    .arg("text")
+                    .arg(&message.text)
+                    .arg("ts")
+                    .arg(message.ts)
+                    .cmd("PEXPIRE")
+                    .arg(&key)
+                    .arg(self.retention.history_ttl_ms)
+                    .ignore()
+                    .query_async(&mut conn)
+                    .await?;
+                Ok(id)
+            })
+            .await?;
         message.id = id;
         Ok(message)
     }
@@ -362,18 +453,19 @@ impl Store for RedisStore {
     ) -> Result<Vec<ChatMessage>, StoreError> {
         // Exclusive range start; ids were checked by the caller.
         let end = before.map_or_else(|| "+".to_owned(), |b| format!("({b}"));
-        let entries: Vec<(String, Vec<String>)> = bounded("history", async {
-            let mut conn = self.conn().await?;
-            Ok(redis::cmd("XREVRANGE")
-                .arg(room_key(fleet, room))
-                .arg(end)
-                .arg("-")
-                .arg("COUNT")
-                .arg(limit)
-                .query_async(&mut conn)
-                .await?)
-        })
-        .await?;
+        let entries: Vec<(String, Vec<String>)> = self
+            .bounded("history", || async {
+                let mut conn = self.conn().await?;
+                Ok(redis::cmd("XREVRANGE")
+                    .arg(room_key(fleet, room))
+                    .arg(&end)
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(limit)
+                    .query_async(&mut conn)
+                    .await?)
+            })
+            .await?;
         let mut out: Vec<ChatMessage> = entries
             .into_iter()
             .map(|(id, fields)| {
@@ -396,7 +488,7 @@ impl Store for RedisStore {
     }
 
     async fn vehicle_connected(&self, fleet: &str, vehicle: &str, node: &str) -> Result<bool, StoreError> {
-        bounded("vehicle_connected", async {
+        self.bounded("vehicle_connected", || async {
             let mut conn = self.conn().await?;
             redis::cmd("SADD").arg(PRESENCE_FLEETS).arg(fleet).query_async::<()>(&mut conn).await?;
             let became: i64 = self
@@ -416,7 +508,7 @@ impl Store for RedisStore {
     }
 
     async fn vehicle_disconnected(&self, fleet: &str, vehicle: &str, node: &str) -> Result<Option<i64>, StoreError> {
-        bounded("vehicle_disconnected", async {
+        self.bounded("vehicle_disconnected", || async {
             let mut conn = self.conn().await?;
             let last_seen: i64 = self
                 .vehicle_disconnected
@@ -439,7 +531,7 @@ impl Store for RedisStore {
         }
         let ttl = self.retention.presence_ttl_ms;
         let until = now_ms() + ttl;
-        bounded("refresh_presence", async {
+        self.bounded("refresh_presence", || async {
             let mut conn = self.conn().await?;
             let mut pipe = redis::pipe();
             for (fleet, vehicle) in vehicles {
@@ -457,7 +549,7 @@ impl Store for RedisStore {
         // Dead replicas are looked for every 5th sweep; staleness every sweep.
         let n = self.sweeps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let check_conns = if n.is_multiple_of(5) { "1" } else { "0" };
-        bounded("sweep_presence", async {
+        self.bounded("sweep_presence", || async {
             let mut conn = self.conn().await?;
             let fleets: Vec<String> = redis::cmd("SMEMBERS").arg(PRESENCE_FLEETS).query_async(&mut conn).await?;
             let mut out = Vec::new();
@@ -487,7 +579,7 @@ impl Store for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        bounded("ping", async {
+        self.bounded("ping", || async {
             let mut conn = self.conn().await?;
             redis::cmd("PING").query_async::<()>(&mut conn).await?;
             Ok(())

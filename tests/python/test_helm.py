@@ -358,7 +358,7 @@ def test_every_config_value_reaches_a_real_setting(chart):
     keys = yaml.safe_load((CHART / "values.yaml").read_text())["config"]
     # Defaults render logFormat, log and shutdownGraceSecs; the rest are unset.
     always = {"logFormat", "log", "shutdownGraceSecs"}
-    special = {"logFormat": "json", "log": "info", "socketioPath": "/socket.io/", "corsOrigins": ["https://x.example"]}
+    special = {"logFormat": "json", "log": "info", "socketioPath": "/socket.io/", "corsOrigins": ["https://x.example"], "clientIpHeader": "x-forwarded-for"}
     values = {k: special.get(k, 7) for k in keys}
     before = env_of(container(documents(render(chart, {"jwt": {"secret": SECRET}}))))
     after = env_of(container(documents(render(chart, {"jwt": {"secret": SECRET}, "config": values}))))

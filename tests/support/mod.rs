@@ -116,6 +116,27 @@ impl Server {
         format!("ws://{}/socket.io/?EIO=4&transport=websocket", self.addr)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Resident memory of the process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .ok()
+            .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The value of one series in the `/metrics` exposition (0 when absent).
+    pub fn metric(&self, series: &str) -> f64 {
+        http_get(self.metrics_addr, "/metrics")
+            .map(|(_, body)| {
+                body.lines().filter_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse::<f64>().ok()).sum()
+            })
+            .unwrap_or(0.0)
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");

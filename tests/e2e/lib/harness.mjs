@@ -5,8 +5,9 @@
 
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { existsSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import net from "node:net";
+import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { test as nodeTest } from "node:test";
@@ -177,38 +178,102 @@ function redisPing(port) {
   });
 }
 
-/** Starts a private, non-persistent redis-server on a free port. */
-export async function startRedis() {
+/**
+ * Starts a private redis-server on a free port (non-persistent by default).
+ *
+ * Options (all optional):
+ * - `persist: true`: an append-only file fsynced on every write
+ *   (`appendfsync always`) in a temporary directory, so a reply Redis sent
+ *   survives even a SIGKILL of Redis and `restart()` brings the data back.
+ *
+ * Besides `stop()`, the returned handle can fake outages:
+ * - `pause()` / `resume()`: SIGSTOP / SIGCONT (connections stay open and
+ *   commands hang, as with a stalled or partitioned Redis);
+ * - `kill(signal = "SIGKILL")`: ends the process and resolves once it exited;
+ * - `restart()`: starts redis-server again on the same port (and directory),
+ *   after killing the running one if there is one, and waits for PING.
+ */
+export async function startRedis({ persist = false } = {}) {
   const port = await freePort();
   const logs = tailBuffer();
-  const child = spawn(
-    "redis-server",
-    ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-    { stdio: ["ignore", "pipe", "pipe"] },
-  );
-  children.add(child);
-  child.stdout.on("data", (d) => logs.push(d));
-  child.stderr.on("data", (d) => logs.push(d));
-  let spawnError = null;
-  child.on("error", (e) => {
-    spawnError = e;
-  });
+  const dir = persist ? mkdtempSync(path.join(os.tmpdir(), "fleetgate-e2e-redis-")) : null;
+  const args = ["--port", String(port), "--bind", "127.0.0.1", "--save", ""];
+  if (persist) args.push("--appendonly", "yes", "--appendfsync", "always", "--dir", dir);
+  else args.push("--appendonly", "no");
 
-  const deadline = Date.now() + 10_000;
-  while (!(await redisPing(port))) {
-    if (spawnError) throw new Error(`cannot start redis-server: ${spawnError.message}`);
-    if (child.exitCode !== null) throw new Error(`redis-server exited (${child.exitCode}):\n${logs.text}`);
-    if (Date.now() > deadline) {
-      await stopChild(child);
-      throw new Error(`redis-server on port ${port} did not answer PING:\n${logs.text}`);
+  let child = null;
+  let paused = false;
+
+  async function launch() {
+    child = spawn("redis-server", args, { stdio: ["ignore", "pipe", "pipe"] });
+    paused = false;
+    const current = child;
+    children.add(current);
+    current.stdout.on("data", (d) => logs.push(d));
+    current.stderr.on("data", (d) => logs.push(d));
+    current.on("exit", () => children.delete(current));
+    let spawnError = null;
+    current.on("error", (e) => {
+      spawnError = e;
+    });
+    const deadline = Date.now() + 10_000;
+    while (!(await redisPing(port))) {
+      if (spawnError) throw new Error(`cannot start redis-server: ${spawnError.message}`);
+      if (current.exitCode !== null) throw new Error(`redis-server exited (${current.exitCode}):\n${logs.text}`);
+      if (Date.now() > deadline) {
+        await stopChild(current);
+        throw new Error(`redis-server on port ${port} did not answer PING:\n${logs.text}`);
+      }
+      await sleep(50);
     }
-    await sleep(50);
   }
+
+  const running = () => child && child.exitCode === null && child.signalCode === null;
+
+  await launch();
   return {
     port,
     url: `redis://127.0.0.1:${port}`,
     logs,
-    stop: () => stopChild(child),
+    dir,
+    get child() {
+      return child;
+    },
+    /** SIGSTOP: Redis stops answering but keeps its connections and port. */
+    pause() {
+      if (running() && !paused) {
+        child.kill("SIGSTOP");
+        paused = true;
+      }
+    },
+    /** SIGCONT after `pause()`. */
+    resume() {
+      if (running() && paused) {
+        child.kill("SIGCONT");
+        paused = false;
+      }
+    },
+    /** Sends `signal` (SIGKILL by default) and resolves once Redis exited. */
+    async kill(signal = "SIGKILL") {
+      if (!running()) return;
+      const current = child;
+      if (paused && signal !== "SIGKILL") current.kill("SIGCONT");
+      current.kill(signal);
+      if (!(await waitForExit(current, 10_000))) throw new Error(`redis-server ignored ${signal} for 10 s`);
+      children.delete(current);
+    },
+    /** Starts Redis again on the same port (killing a running one first). */
+    async restart() {
+      if (running()) await this.kill("SIGKILL");
+      await launch();
+    },
+    async stop() {
+      if (child && paused) child.kill("SIGCONT");
+      paused = false;
+      const result = child ? await stopChild(child) : { graceful: true };
+      if (dir) rmSync(dir, { recursive: true, force: true });
+      return result;
+    },
   };
 }
 
@@ -272,6 +337,19 @@ export async function startServer({ name = "fleetgate", env = {}, args = [] } = 
     child,
     /** SIGTERM (SIGKILL after `graceMs`); resolves with `{ graceful }`. */
     stop: (graceMs) => stopChild(child, graceMs),
+    /** How it ended, once it has: `{ code, signal }` as Node reports them. */
+    exitStatus: null,
+    /**
+     * Sends `signal` (default SIGKILL) and waits up to `ms` for the exit;
+     * resolves with `{ exited, code, signal }` (not killed further if it
+     * has not exited by then: `stop()` or the exit hooks do that).
+     */
+    async kill(signal = "SIGKILL", ms = 10_000) {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+      const exited = await waitForExit(child, ms);
+      if (exited) children.delete(child);
+      return { exited, code: child.exitCode, signal: child.signalCode };
+    },
   };
   servers.push(server);
   let spawnError = null;
@@ -280,6 +358,7 @@ export async function startServer({ name = "fleetgate", env = {}, args = [] } = 
   });
   child.on("exit", (code, signal) => {
     server.exited = signal ? `signal ${signal}` : `code ${code}`;
+    server.exitStatus = { code, signal };
   });
 
   const deadline = Date.now() + READY_TIMEOUT_MS;
@@ -304,7 +383,8 @@ export async function startServer({ name = "fleetgate", env = {}, args = [] } = 
 
 /**
  * A test deployment: `replicas` fleetgate processes, sharing one private
- * Redis when `redis` is true (the default), or a single in-memory node.
+ * Redis when `redis` is true (the default) or an object of `startRedis`
+ * options (e.g. `{ persist: true }`), or a single in-memory node.
  * `jwt` settings are what tokens minted through `cluster.token` carry.
  */
 export async function startCluster({
@@ -333,7 +413,7 @@ export async function startCluster({
     },
   };
   try {
-    if (redis) cluster.redis = await startRedis();
+    if (redis) cluster.redis = await startRedis(typeof redis === "object" ? redis : {});
     const fullEnv = {
       FLEETGATE_JWT_SECRET: secret,
       ...(issuer ? { FLEETGATE_JWT_ISSUER: issuer } : {}),
@@ -352,6 +432,91 @@ export async function startCluster({
     throw err;
   }
   return cluster;
+}
+
+// ---------------------------------------------------------------------------
+// Failover TCP proxy
+// ---------------------------------------------------------------------------
+
+/**
+ * A tiny TCP load balancer in front of `targets` (servers, or anything with
+ * `name` and `port`): each new connection goes to the first target, in
+ * order, that accepts it, so while the first is up every client lands there
+ * and once it is gone (refused) clients reconnecting through the proxy land
+ * on the next. Bytes are relayed untouched (websocket and polling alike);
+ * when either side closes, so does the other, which is what a client sees
+ * of its replica dying. It looks like a server to `openSocket` and
+ * `connect` (`name`, `url`); `targets` may be reassigned; `routed` lists the
+ * target name of every connection made so far. `stop()` closes everything.
+ */
+export async function startProxy(targets, { name = "proxy" } = {}) {
+  const open = new Set();
+  const proxy = {
+    name,
+    targets: [...targets],
+    routed: [],
+    port: 0,
+    url: "",
+    async stop() {
+      for (const s of open) s.destroy();
+      open.clear();
+      await new Promise((resolve) => srv.close(() => resolve()));
+    },
+  };
+  const track = (s) => {
+    open.add(s);
+    s.on("close", () => open.delete(s));
+    s.on("error", () => {});
+  };
+  const srv = net.createServer((client) => {
+    client.pause();
+    track(client);
+    let upstream = null;
+    client.on("close", () => upstream?.destroy());
+    const attempt = (i) => {
+      if (client.destroyed) return;
+      const target = proxy.targets[i];
+      if (!target) {
+        client.destroy();
+        return;
+      }
+      const conn = net.connect({ host: "127.0.0.1", port: target.port });
+      track(conn);
+      let connected = false;
+      conn.once("connect", () => {
+        if (client.destroyed) {
+          conn.destroy();
+          return;
+        }
+        connected = true;
+        upstream = conn;
+        proxy.routed.push(target.name);
+        conn.setNoDelay(true);
+        client.setNoDelay(true);
+        client.pipe(conn);
+        conn.pipe(client);
+        client.resume();
+      });
+      conn.on("error", () => {
+        if (!connected) attempt(i + 1);
+      });
+      conn.on("close", () => {
+        if (connected) client.destroy();
+      });
+    };
+    attempt(0);
+  });
+  srv.on("error", () => {});
+  await new Promise((resolve, reject) => {
+    srv.once("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      srv.off("error", reject);
+      resolve();
+    });
+  });
+  proxy.port = srv.address().port;
+  proxy.url = `http://127.0.0.1:${proxy.port}`;
+  return proxy;
 }
 
 // ---------------------------------------------------------------------------

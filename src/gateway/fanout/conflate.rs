@@ -1,0 +1,82 @@
+//! Conflation (`FLEETGATE_BATCH_MS` > 0): positions wait in a per-fleet map
+//! that keeps the newest per vehicle, and each window ends with one
+//! `locations` event per subscriber: one shared batch, encoded once, for the
+//! fleet's whole-fleet watchers, and a tailored one for each socket that
+//! watches only some vehicles or boxes.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use serde_json::value::RawValue;
+use socketioxide::{adapter::Adapter, extract::SocketRef, socket::Sid};
+
+use super::{Fanout, Mode, NAMESPACE, Outgoing, fleet_room, slow::Batch};
+
+/// Positions waiting for the end of the window: fleet → vehicle → newest.
+pub(super) type Pending = HashMap<String, HashMap<String, Arc<Outgoing>>>;
+
+pub(super) fn add(pending: &Mutex<Pending>, p: Outgoing) {
+    let mut pending = pending.lock().unwrap_or_else(|e| e.into_inner());
+    let fleet = pending.entry(p.fleet.clone()).or_default();
+    match fleet.get(&p.vehicle) {
+        Some(current) if current.ts >= p.ts => {}
+        _ => {
+            fleet.insert(p.vehicle.clone(), Arc::new(p));
+        }
+    }
+}
+
+fn encode(fleet: &str, items: &[&Arc<Outgoing>]) -> Option<Box<RawValue>> {
+    serde_json::value::to_raw_value(&Batch { fleet, items: items.iter().map(|p| &*p.encoded).collect() }).ok()
+}
+
+impl<A: Adapter> Fanout<A> {
+    /// Ends a conflation window: one `locations` event per watching socket.
+    fn flush(&self) {
+        let Mode::Conflate(pending) = &self.mode else { return };
+        let fleets = std::mem::take(&mut *pending.lock().unwrap_or_else(|e| e.into_inner()));
+        let Some(ns) = self.io.of(NAMESPACE) else { return };
+        let mut delivered = 0usize;
+        for (fleet, vehicles) in fleets {
+            let all: Vec<&Arc<Outgoing>> = vehicles.values().collect();
+            let froom = fleet_room(&fleet);
+            let whole = ns.clone().local().to(froom.clone()).sockets();
+            if !whole.is_empty()
+                && let Some(encoded) = encode(&fleet, &all)
+            {
+                for socket in &whole {
+                    delivered += self.slow.offer_batch(socket, &all, &encoded);
+                }
+            }
+            // Sockets that watch only some vehicles or boxes get their own share.
+            let mut partial: HashMap<Sid, (SocketRef<A>, Vec<&Arc<Outgoing>>)> = HashMap::new();
+            for p in &all {
+                let rooms = self.rooms_for(&fleet, &p.vehicle, p.lon, p.lat);
+                for socket in ns.clone().local().to(rooms).except(froom.clone()).sockets() {
+                    partial.entry(socket.id).or_insert_with(|| (socket, Vec::new())).1.push(p);
+                }
+            }
+            for (socket, items) in partial.into_values() {
+                if let Some(encoded) = encode(&fleet, &items) {
+                    delivered += self.slow.offer_batch(&socket, &items, &encoded);
+                }
+            }
+            metrics::counter!("fleetgate_broadcasts_total").increment(all.len() as u64);
+            all.iter().for_each(|p| p.record_lag());
+        }
+        metrics::counter!("fleetgate_deliveries_total").increment(delivered as u64);
+    }
+}
+
+/// Ends a conflation window every `every` until the process stops.
+pub async fn run_conflation<A: Adapter>(gw: Arc<crate::gateway::Gateway<A>>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        gw.fanout.flush();
+    }
+}

@@ -1,0 +1,287 @@
+//! Local delivery of accepted positions to the sockets of this replica
+//! that watch them: the fleet room, the vehicle's room and the boxes that
+//! contain the position, each socket once, with the event encoded once.
+//!
+//! Box subscriptions live in a per-fleet grid (see [`crate::geo`]); a socket
+//! that holds boxes also sits in a room named by its id, so the matching
+//! sockets of all three kinds come out of one deduplicated room lookup.
+//!
+//! Positions reach sockets through a few fan-out tasks (one per worker
+//! thread, a fleet always on the same one) fed by bounded queues. A task
+//! takes everything queued at once, hands it to the sockets, then lets the
+//! sockets' writers run: under load several positions wait in each
+//! socket's buffer by then and leave in one write, so the cost of a
+//! delivery falls as load rises instead of the server falling behind.
+//! `FLEETGATE_WRITE_DELAY_MS` adds a pause after each round for the same
+//! effect at any load, at the price of that much latency.
+//!
+//! With conflation on (`FLEETGATE_BATCH_MS` > 0) positions wait in a
+//! per-fleet map that keeps the newest per vehicle (see [`conflate`]).
+
+mod conflate;
+mod slow;
+
+use std::{
+    borrow::Cow,
+    collections::HashMap,
+    hash::BuildHasher,
+    sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard},
+    time::Duration,
+};
+
+use serde_json::value::RawValue;
+use socketioxide::{SocketIo, adapter::Adapter, extract::SocketRef, socket::Sid};
+use tokio::sync::mpsc;
+
+pub use conflate::run_conflation;
+use slow::SlowViewers;
+
+use crate::{
+    error::ApiError,
+    geo::{self, BBox, Cell},
+    relay::Relay,
+};
+
+pub const NAMESPACE: &str = "/fleet";
+
+/// Positions waiting for a fan-out task before publishers wait too: the
+/// queue is bounded so a stalled fan-out slows intake instead of growing
+/// memory, and nothing accepted is dropped on the way.
+const QUEUE: usize = 16_384;
+
+/// The most positions one fan-out round takes from its queue.
+const ROUND: usize = 4_096;
+
+/// Room of a fleet's whole-fleet watchers. `/` is outside the id grammar,
+/// so no fleet/vehicle pair can spell another pair's room.
+pub fn fleet_room(fleet: &str) -> String {
+    format!("f/{fleet}")
+}
+
+pub fn vehicle_room(fleet: &str, vehicle: &str) -> String {
+    format!("v/{fleet}/{vehicle}")
+}
+
+/// The room every socket with a box subscription joins: its own id.
+pub fn socket_room(sid: Sid) -> String {
+    sid.to_string()
+}
+
+type Grid = HashMap<Cell, Vec<(Sid, BBox)>>;
+
+/// An accepted position on its way to local sockets, encoded once.
+pub struct Outgoing {
+    pub fleet: String,
+    pub vehicle: String,
+    pub lon: f64,
+    pub lat: f64,
+    pub ts: i64,
+    pub encoded: Box<RawValue>,
+    /// When the accepting replica received it.
+    pub received_at: i64,
+    /// Whether it was accepted on another replica.
+    pub relayed: bool,
+}
+
+impl Outgoing {
+    fn record_lag(&self) {
+        let path = if self.relayed { "relay" } else { "local" };
+        let lag = (crate::ids::now_ms() - self.received_at).max(0) as f64 / 1000.0;
+        metrics::histogram!("fleetgate_delivery_lag_seconds", "path" => path).record(lag);
+    }
+}
+
+/// How accepted positions travel from `deliver` to the sockets.
+enum Mode {
+    /// One `locationupdate` per position, through the fan-out tasks' queues.
+    Immediate {
+        queues: Vec<mpsc::Sender<Arc<Outgoing>>>,
+        /// Taken by [`run`] when the tasks start.
+        receivers: Mutex<Vec<mpsc::Receiver<Arc<Outgoing>>>>,
+    },
+    /// One `locations` batch per window and socket.
+    Conflate(Mutex<conflate::Pending>),
+}
+
+pub struct Fanout<A: Adapter> {
+    io: SocketIo<A>,
+    boxes: RwLock<HashMap<String, Grid>>,
+    relay: Option<Relay>,
+    mode: Mode,
+    slow: SlowViewers<A>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+/// How fan-out behaves, from configuration.
+pub struct Settings {
+    pub conflate: bool,
+    /// Fan-out tasks (and queues).
+    pub shards: usize,
+    /// How long a viewer may lag before it is disconnected.
+    pub slow_viewer_timeout: Duration,
+}
+
+impl<A: Adapter> Fanout<A> {
+    pub fn new(io: SocketIo<A>, relay: Option<Relay>, settings: Settings) -> Self {
+        let mode = if settings.conflate {
+            Mode::Conflate(Mutex::new(HashMap::new()))
+        } else {
+            let (queues, receivers) = (0..settings.shards.max(1)).map(|_| mpsc::channel(QUEUE)).unzip();
+            Mode::Immediate { queues, receivers: Mutex::new(receivers) }
+        };
+        Self {
+            io,
+            boxes: RwLock::new(HashMap::new()),
+            relay,
+            mode,
+            slow: SlowViewers::new(settings.slow_viewer_timeout, settings.conflate),
+            hasher: Default::default(),
+        }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, HashMap<String, Grid>> {
+        self.boxes.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, HashMap<String, Grid>> {
+        self.boxes.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The rooms of every local socket that watches this position: the
+    /// fleet's, the vehicle's, and the own rooms of sockets whose box holds it.
+    fn rooms_for(&self, fleet: &str, vehicle: &str, lon: f64, lat: f64) -> Vec<Cow<'static, str>> {
+        let mut rooms: Vec<Cow<'static, str>> = vec![fleet_room(fleet).into(), vehicle_room(fleet, vehicle).into()];
+        if let Some(grid) = self.read().get(fleet) {
+            for cell in geo::point_cells(lon, lat) {
+                if let Some(entries) = grid.get(&cell) {
+                    rooms.extend(
+                        entries.iter().filter(|(_, b)| b.contains(lon, lat)).map(|(sid, _)| socket_room(*sid).into()),
+                    );
+                }
+            }
+        }
+        rooms
+    }
+
+    /// The local sockets that watch this position.
+    fn watchers(&self, p: &Outgoing) -> Vec<SocketRef<A>> {
+        let Some(ns) = self.io.of(NAMESPACE) else { return Vec::new() };
+        ns.local().to(self.rooms_for(&p.fleet, &p.vehicle, p.lon, p.lat)).sockets()
+    }
+
+    /// Sends an accepted position to every local socket that watches it:
+    /// through the fan-out queue of its fleet, or at the end of the window
+    /// when conflating. Waits only when that queue is full.
+    pub async fn deliver(&self, p: Outgoing) {
+        match &self.mode {
+            Mode::Conflate(pending) => conflate::add(pending, p),
+            Mode::Immediate { queues, .. } => {
+                let queue = &queues[(self.hasher.hash_one(&p.fleet) % queues.len() as u64) as usize];
+                if let Err(mpsc::error::SendError(p)) = queue.send(Arc::new(p)).await {
+                    // No fan-out task (it has not started, or the process is stopping).
+                    self.send_now(&p);
+                }
+            }
+        }
+    }
+
+    /// Writes one position to its watchers now.
+    fn send_now(&self, p: &Arc<Outgoing>) {
+        let sockets = self.watchers(p);
+        metrics::counter!("fleetgate_broadcasts_total").increment(1);
+        if sockets.is_empty() {
+            return;
+        }
+        let mut delivered = 0u64;
+        for socket in &sockets {
+            if self.slow.offer(socket, p) {
+                delivered += 1;
+            }
+        }
+        metrics::counter!("fleetgate_deliveries_total").increment(delivered);
+        p.record_lag();
+    }
+
+    /// Forgets what fan-out keeps for a socket that is gone.
+    pub fn forget_socket(&self, sid: Sid) {
+        self.slow.forget(sid);
+    }
+
+    pub fn add_box(&self, fleet: &str, sid: Sid, bbox: BBox) {
+        let mut fleets = self.write();
+        let grid = fleets.entry(fleet.to_owned()).or_default();
+        for cell in bbox.cells() {
+            grid.entry(cell).or_default().push((sid, bbox));
+        }
+    }
+
+    pub fn remove_box(&self, fleet: &str, sid: Sid, bbox: BBox) {
+        let mut fleets = self.write();
+        let Some(grid) = fleets.get_mut(fleet) else { return };
+        for cell in bbox.cells() {
+            if let Some(entries) = grid.get_mut(&cell) {
+                if let Some(i) = entries.iter().position(|(s, b)| *s == sid && *b == bbox) {
+                    entries.swap_remove(i);
+                }
+                if entries.is_empty() {
+                    grid.remove(&cell);
+                }
+            }
+        }
+        if grid.is_empty() {
+            fleets.remove(fleet);
+        }
+    }
+
+    /// Starts receiving the fleet's positions from other replicas.
+    pub async fn watch(&self, fleet: &str) -> Result<(), ApiError> {
+        let Some(relay) = &self.relay else { return Ok(()) };
+        relay.watch(fleet).await.map_err(|e| {
+            tracing::warn!(error = %e, "cannot subscribe to the fleet's positions");
+            ApiError::unavailable()
+        })
+    }
+
+    pub async fn unwatch(&self, fleet: &str) {
+        if let Some(relay) = &self.relay {
+            relay.unwatch(fleet).await;
+        }
+    }
+
+    pub fn relay(&self) -> Option<&Relay> {
+        self.relay.as_ref()
+    }
+
+    /// Sockets lagging now, for the gauge.
+    pub fn lagging(&self) -> usize {
+        self.slow.count()
+    }
+}
+
+/// Starts the fan-out tasks and the slow-viewer sweep; abort the handles to stop them.
+pub fn spawn<A: Adapter>(gw: &Arc<super::Gateway<A>>, write_delay: Duration) -> Vec<tokio::task::JoinHandle<()>> {
+    let receivers = match &gw.fanout.mode {
+        Mode::Immediate { receivers, .. } => std::mem::take(&mut *receivers.lock().unwrap_or_else(|p| p.into_inner())),
+        Mode::Conflate(_) => Vec::new(),
+    };
+    let mut tasks: Vec<_> =
+        receivers.into_iter().map(|rx| tokio::spawn(run_queue(gw.clone(), rx, write_delay))).collect();
+    tasks.push(tokio::spawn(slow::run_sweep(gw.clone())));
+    tasks
+}
+
+async fn run_queue<A: Adapter>(gw: Arc<super::Gateway<A>>, mut rx: mpsc::Receiver<Arc<Outgoing>>, delay: Duration) {
+    let mut round = Vec::with_capacity(ROUND);
+    while rx.recv_many(&mut round, ROUND).await > 0 {
+        for p in round.drain(..) {
+            gw.fanout.send_now(&p);
+        }
+        // Let the sockets' writers run before the next round, so what
+        // queues meanwhile leaves together.
+        if delay.is_zero() {
+            tokio::task::yield_now().await;
+        } else {
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
