@@ -233,3 +233,29 @@ async fn connection_caps_are_answered_at_the_handshake() {
     assert_eq!(Client::connect(&per_ip, auth()).await.err().as_deref(), Some("rate_limited"));
     assert_eq!(per_ip.metric("fleetgate_rate_limited_total{limit=\"connections_per_ip\"}"), 2.0);
 }
+
+/// The response head to a GET carrying `Origin: origin`.
+fn head_with_origin(server: &Server, path: &str, origin: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {}\r\nOrigin: {origin}\r\nConnection: close\r\n\r\n", server.addr).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.split("\r\n\r\n").next().unwrap_or_default().to_ascii_lowercase()
+}
+
+#[tokio::test]
+async fn cors_allows_only_the_configured_origins() {
+    let server = Server::start(&[("FLEETGATE_CORS_ORIGINS", "https://dispatch.example".into())]);
+    for path in ["/healthz", "/socket.io/?EIO=4&transport=polling"] {
+        let allowed = head_with_origin(&server, path, "https://dispatch.example");
+        assert!(allowed.contains("access-control-allow-origin: https://dispatch.example"), "{path}: {allowed}");
+        let refused = head_with_origin(&server, path, "https://evil.example");
+        assert!(!refused.contains("access-control-allow-origin"), "{path}: {refused}");
+    }
+    // Nothing configured outside demo mode: no origin is allowed.
+    let closed = Server::start(&[]);
+    let head = head_with_origin(&closed, "/healthz", "https://dispatch.example");
+    assert!(!head.contains("access-control-allow-origin"), "{head}");
+}
