@@ -189,12 +189,12 @@ pub struct Config {
     pub write_delay_ms: u64,
 
     /// Events per second one connection may send (burst: twice that; 0 = no limit).
-    #[arg(long, env = "FLEETGATE_RATE_EVENTS_PER_SEC", default_value_t = 50, global = true)]
+    #[arg(long, env = "FLEETGATE_RATE_EVENTS_PER_SEC", default_value_t = 100, global = true)]
     pub rate_events_per_sec: u32,
 
     /// Position updates per second one vehicle may send through this
     /// replica, over sockets and HTTP (burst: ten times that; 0 = no limit).
-    #[arg(long, env = "FLEETGATE_RATE_VEHICLE_PER_SEC", default_value_t = 10, global = true)]
+    #[arg(long, env = "FLEETGATE_RATE_VEHICLE_PER_SEC", default_value_t = 20, global = true)]
     pub rate_vehicle_per_sec: u32,
 
     /// Socket.IO connections this process accepts (0 = no limit).

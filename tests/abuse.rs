@@ -259,3 +259,26 @@ async fn cors_allows_only_the_configured_origins() {
     let head = head_with_origin(&closed, "/healthz", "https://dispatch.example");
     assert!(!head.contains("access-control-allow-origin"), "{head}");
 }
+
+#[tokio::test]
+async fn an_oversized_websocket_message_closes_only_that_connection() {
+    let server = Server::start(&[("FLEETGATE_MAX_MESSAGE_BYTES", "4096".into())]);
+    let mut bystander = Client::connect(&server, json!({ "token": token_for("big", "viewer", "b") })).await.unwrap();
+    let mut ws = raw_viewer(&server, "big").await;
+    let huge = format!(r#"42/fleet,["subscribe",{{"vehicles":["{}"]}}]"#, "x".repeat(64 * 1024));
+    let _ = ws.send(Message::text(huge)).await;
+    // The server ends the connection instead of reading 64 KiB into memory.
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return true,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert_eq!(closed, Ok(true), "an oversized message must end its connection");
+    // Nobody else is affected.
+    assert_eq!(bystander.call("subscribe", json!({})).await["ok"], true);
+    assert!(Client::connect(&server, json!({ "token": token_for("big", "viewer", "c") })).await.is_ok());
+}
