@@ -85,5 +85,6 @@ async fn run() -> std::process::ExitCode {
 /// mimalloc: the per-connection and per-frame allocations of a socket
 /// server are small and short-lived, where glibc's malloc spent a sixth of
 /// a handshake's CPU time.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

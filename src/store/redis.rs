@@ -75,6 +75,21 @@ end
 return {1 + back, rnow}
 "#;
 
+/// Appends a chat message to its room's capped stream, fenced like
+/// [`PUT_POSITION`] (`ARGV[5]`: the deadline on Redis's clock), so a message
+/// answered `unavailable` never lands in the history later. Returns
+/// `{id, redis_now_ms}`, or `{false, redis_now_ms}` past the deadline.
+const APPEND_MESSAGE: &str = r#"
+local t = redis.call('TIME')
+local rnow = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if rnow > tonumber(ARGV[5]) then
+  return {false, rnow}
+end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], '*', 'from', ARGV[2], 'text', ARGV[3], 'ts', ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+return {id, rnow}
+"#;
+
 const VEHICLE_CONNECTED: &str = r#"
 local now = tonumber(ARGV[2])
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
@@ -174,6 +189,7 @@ pub struct RedisStore {
     connections: Vec<ConnectionManager>,
     next: AtomicUsize,
     put_position: Script,
+    append_message: Script,
     positions: Script,
     vehicle_connected: Script,
     vehicle_disconnected: Script,
@@ -221,6 +237,7 @@ impl RedisStore {
             connections,
             next: AtomicUsize::new(0),
             put_position: Script::new(PUT_POSITION),
+            append_message: Script::new(APPEND_MESSAGE),
             positions: Script::new(POSITIONS),
             vehicle_connected: Script::new(VEHICLE_CONNECTED),
             vehicle_disconnected: Script::new(VEHICLE_DISCONNECTED),
@@ -415,29 +432,37 @@ impl Store for RedisStore {
 
     async fn append_message(&self, fleet: &str, mut message: ChatMessage) -> Result<ChatMessage, StoreError> {
         let key = room_key(fleet, &message.room);
+        let started = std::time::Instant::now();
+        let fence_ms = i64::try_from((CALL_TIMEOUT - FENCE_MARGIN).as_millis()).unwrap_or(0);
         let id: String = self
             .bounded("append_message", || async {
                 let mut conn = self.conn().await?;
-                let (id,): (String,) = redis::pipe()
-                    .atomic()
-                    .cmd("XADD")
-                    .arg(&key)
-                    .arg("MAXLEN")
-                    .arg(self.retention.history_max.max(1))
-                    .arg("*")
-                    .arg("from")
-                    .arg(&message.from)
-                    .arg("text")
-                    .arg(&message.text)
-                    .arg("ts")
-                    .arg(message.ts)
-                    .cmd("PEXPIRE")
-                    .arg(&key)
-                    .arg(self.retention.history_ttl_ms)
-                    .ignore()
-                    .query_async(&mut conn)
-                    .await?;
-                Ok(id)
+                let mut retried = false;
+                loop {
+                    let sent = std::time::Instant::now();
+                    let sent_ms = now_ms();
+                    let left_ms = fence_ms - i64::try_from(started.elapsed().as_millis()).unwrap_or(fence_ms);
+                    let deadline = sent_ms + self.clock_offset_ms.load(Ordering::Relaxed) + left_ms;
+                    let (id, redis_now): (Option<String>, i64) = self
+                        .append_message
+                        .key(&key)
+                        .arg(self.retention.history_max.max(1))
+                        .arg(&message.from)
+                        .arg(&message.text)
+                        .arg(message.ts)
+                        .arg(deadline)
+                        .arg(self.retention.history_ttl_ms)
+                        .invoke_async(&mut conn)
+                        .await?;
+                    let rtt = sent.elapsed();
+                    self.calibrate(redis_now, sent_ms, rtt);
+                    match id {
+                        Some(id) => return Ok(id),
+                        // Back quickly: the clock offset was off, nothing was written.
+                        None if !retried && rtt <= CALIBRATION_MAX_RTT => retried = true,
+                        None => return Err(StoreError::Timeout),
+                    }
+                }
             })
             .await?;
         message.id = id;

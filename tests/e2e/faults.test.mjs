@@ -26,6 +26,7 @@ import assert from "node:assert/strict";
 import {
   byVehicle,
   connectWithSession,
+  emitWithAck,
   near,
   openSocket,
   record,
@@ -333,6 +334,9 @@ describe("Redis outage under two replicas (persistent Redis: appendfsync always)
       for (const w of [onA, onB]) await assertReceived(w, book.lastAccepted(v.id));
     }
     const deliveredBefore = [onA, onB].map((w) => w.updates.items.length);
+    const room = uid("room");
+    assert.equal((await emitWithAck(onA.socket, "join_room", { room })).ok, true);
+    assert.equal((await emitWithAck(onA.socket, "chat", { room, text: "before the outage" })).ok, true);
 
     // Outage.
     await down();
@@ -352,6 +356,11 @@ describe("Redis outage under two replicas (persistent Redis: appendfsync always)
         }
       }),
     );
+    // A chat message is refused the same way, and (checked below) never
+    // lands in the history once Redis resumes.
+    const lost = await emitWithAck(onA.socket, "chat", { room, text: "during the outage" }, 10_000);
+    assert.equal(lost.ok, false, `chat during the outage: ${JSON.stringify(lost)}`);
+    assert.equal(lost.error.code, "unavailable", JSON.stringify(lost));
     const get = await httpGet(`${B.url}/api/v1/fleets/${fleet}/vehicles`, dispatcher);
     assert.equal(get.status, 503, `GET vehicles during the outage: ${get.status} ${get.text}`);
     assert.equal(get.json?.error?.code, "unavailable", get.text);
@@ -431,6 +440,13 @@ describe("Redis outage under two replicas (persistent Redis: appendfsync always)
 
     assertOnlyAcceptedDelivered([onA, onB], book);
     assertSnapshotHolds(ids, book, await subscribe(fresh.socket, {}), "final snapshot");
+    const history = await emitWithAck(onA.socket, "history", { room });
+    assert.equal(history.ok, true, JSON.stringify(history));
+    assert.deepEqual(
+      history.data.messages.map((m) => m.text),
+      ["before the outage"],
+      "a chat message answered unavailable must not be stored",
+    );
     for (const sock of [onA.socket, onB.socket, fresh.socket, ...vehicles.map((v) => v.socket)]) sock.disconnect();
   }
 
