@@ -291,22 +291,20 @@ for kind in $SERVERS; do
   fi
 
   if has conflation && [[ $kind == fleetgate ]]; then
-    for batch in 0 "$BATCH_MS"; do
-      say "fleetgate: conflation FLEETGATE_BATCH_MS=$batch, V=$CPU_VEHICLES H=$CPU_HZ W=$CPU_VIEWERS"
+    # LABEL SETTING=VALUE: the CPU-point load on a fleetgate started with SETTING.
+    conflation_run() {
+      say "fleetgate: $2, V=$CPU_VEHICLES H=$CPU_HZ W=$CPU_VIEWERS"
       flush_redis
-      FG_STORE=redis start_server fleetgate FLEETGATE_BATCH_MS="$batch"
-      bench conflation "fleetgate:batch$batch" --server-pid "$SRV_PID" --fleet conflation fanout --url "$SRV_URL" \
+      FG_STORE=redis start_server fleetgate "$2"
+      bench conflation "fleetgate:$1" --server-pid "$SRV_PID" --fleet conflation fanout --url "$SRV_URL" \
         -V "$CPU_VEHICLES" -H "$CPU_HZ" -W "$CPU_VIEWERS" --warmup "$WARMUP" --duration "$DURATION" \
         --drain "$DRAIN" --connect-rate "$CONNECT_RATE" || true
       stop "$SRV_PID"
+    }
+    for batch in 0 "$BATCH_MS"; do
+      conflation_run "batch$batch" FLEETGATE_BATCH_MS="$batch"
     done
-    say "fleetgate: write coalescing FLEETGATE_WRITE_DELAY_MS=$WRITE_DELAY_MS, V=$CPU_VEHICLES H=$CPU_HZ W=$CPU_VIEWERS"
-    flush_redis
-    FG_STORE=redis start_server fleetgate FLEETGATE_WRITE_DELAY_MS="$WRITE_DELAY_MS"
-    bench conflation "fleetgate:delay$WRITE_DELAY_MS" --server-pid "$SRV_PID" --fleet conflation fanout --url "$SRV_URL" \
-      -V "$CPU_VEHICLES" -H "$CPU_HZ" -W "$CPU_VIEWERS" --warmup "$WARMUP" --duration "$DURATION" \
-      --drain "$DRAIN" --connect-rate "$CONNECT_RATE" || true
-    stop "$SRV_PID"
+    conflation_run "delay$WRITE_DELAY_MS" FLEETGATE_WRITE_DELAY_MS="$WRITE_DELAY_MS"
   fi
 done
 

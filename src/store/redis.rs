@@ -328,21 +328,51 @@ impl RedisStore {
     }
 }
 
-#[async_trait]
-impl Store for RedisStore {
-    async fn put_position(&self, p: &Position, encoded: &str) -> Result<PutOutcome, StoreError> {
+impl RedisStore {
+    /// A fenced script call (see [`PUT_POSITION`]) under [`RedisStore::bounded`]:
+    /// `invoke` gets a connection, the send time and the deadline on
+    /// Redis's clock, and returns the script's outcome (`None`: refused past
+    /// the deadline) with Redis's time, which recalibrates the clock offset.
+    async fn fenced<T, F, Fut>(&self, op: &'static str, invoke: F) -> Result<T, StoreError>
+    where
+        F: Fn(ConnectionManager, i64, i64) -> Fut,
+        Fut: Future<Output = Result<(Option<T>, i64), StoreError>>,
+    {
         // The caller gives up CALL_TIMEOUT after this; the write must not
         // land later than shortly before that.
         let started = std::time::Instant::now();
         let fence_ms = i64::try_from((CALL_TIMEOUT - FENCE_MARGIN).as_millis()).unwrap_or(0);
-        self.bounded("put_position", || async {
-            let mut conn = self.conn().await?;
+        self.bounded(op, || async {
+            let conn = self.conn().await?;
             let mut retried = false;
             loop {
                 let sent = std::time::Instant::now();
                 let sent_ms = now_ms();
                 let left_ms = fence_ms - i64::try_from(started.elapsed().as_millis()).unwrap_or(fence_ms);
                 let deadline = sent_ms + self.clock_offset_ms.load(Ordering::Relaxed) + left_ms;
+                let (outcome, redis_now) = invoke(conn.clone(), sent_ms, deadline).await?;
+                let rtt = sent.elapsed();
+                self.calibrate(redis_now, sent_ms, rtt);
+                match outcome {
+                    Some(v) => return Ok(v),
+                    // A refusal that is back quickly says the offset was off
+                    // (clocks apart), not that the call was late: nothing
+                    // was written, so try once more with the offset just
+                    // learnt.
+                    None if !retried && rtt <= CALIBRATION_MAX_RTT => retried = true,
+                    None => return Err(StoreError::Timeout),
+                }
+            }
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn put_position(&self, p: &Position, encoded: &str) -> Result<PutOutcome, StoreError> {
+        let stored = self
+            .fenced("put_position", |mut conn, sent_ms, deadline| async move {
                 let (stored, redis_now): (i64, i64) = self
                     .put_position
                     .key(position_key(&p.fleet, &p.vehicle_id))
@@ -361,21 +391,14 @@ impl Store for RedisStore {
                     .arg(deadline)
                     .invoke_async(&mut conn)
                     .await?;
-                let rtt = sent.elapsed();
-                self.calibrate(redis_now, sent_ms, rtt);
-                match stored {
-                    // A refusal that is back quickly says the offset was off
-                    // (clocks apart), not that the call was late: nothing
-                    // was written, so try once more with the offset just
-                    // learnt.
-                    -1 if !retried && rtt <= CALIBRATION_MAX_RTT => retried = true,
-                    -1 => return Err(StoreError::Timeout),
-                    0 => return Ok(PutOutcome::Stale),
-                    n => return Ok(PutOutcome::Accepted { back_online: n == 2 }),
-                }
-            }
+                // -1: past the deadline.
+                Ok(((stored >= 0).then_some(stored), redis_now))
+            })
+            .await?;
+        Ok(match stored {
+            0 => PutOutcome::Stale,
+            n => PutOutcome::Accepted { back_online: n == 2 },
         })
-        .await
     }
 
     async fn positions(&self, fleet: &str, scope: Scope<'_>) -> Result<Vec<String>, StoreError> {
@@ -432,36 +455,23 @@ impl Store for RedisStore {
 
     async fn append_message(&self, fleet: &str, mut message: ChatMessage) -> Result<ChatMessage, StoreError> {
         let key = room_key(fleet, &message.room);
-        let started = std::time::Instant::now();
-        let fence_ms = i64::try_from((CALL_TIMEOUT - FENCE_MARGIN).as_millis()).unwrap_or(0);
+        let m = &message;
         let id: String = self
-            .bounded("append_message", || async {
-                let mut conn = self.conn().await?;
-                let mut retried = false;
-                loop {
-                    let sent = std::time::Instant::now();
-                    let sent_ms = now_ms();
-                    let left_ms = fence_ms - i64::try_from(started.elapsed().as_millis()).unwrap_or(fence_ms);
-                    let deadline = sent_ms + self.clock_offset_ms.load(Ordering::Relaxed) + left_ms;
-                    let (id, redis_now): (Option<String>, i64) = self
+            .fenced("append_message", |mut conn, _, deadline| {
+                let key = &key;
+                async move {
+                    let reply: (Option<String>, i64) = self
                         .append_message
-                        .key(&key)
+                        .key(key)
                         .arg(self.retention.history_max.max(1))
-                        .arg(&message.from)
-                        .arg(&message.text)
-                        .arg(message.ts)
+                        .arg(&m.from)
+                        .arg(&m.text)
+                        .arg(m.ts)
                         .arg(deadline)
                         .arg(self.retention.history_ttl_ms)
                         .invoke_async(&mut conn)
                         .await?;
-                    let rtt = sent.elapsed();
-                    self.calibrate(redis_now, sent_ms, rtt);
-                    match id {
-                        Some(id) => return Ok(id),
-                        // Back quickly: the clock offset was off, nothing was written.
-                        None if !retried && rtt <= CALIBRATION_MAX_RTT => retried = true,
-                        None => return Err(StoreError::Timeout),
-                    }
+                    Ok(reply)
                 }
             })
             .await?;
@@ -622,8 +632,11 @@ mod tests {
     #[test]
     fn every_measured_operation_is_listed() {
         let source = include_str!("redis.rs");
-        let measured: Vec<&str> =
-            source.split("bounded(\"").skip(1).filter_map(|rest| rest.split('"').next()).collect();
+        // Calls measured by `bounded`, directly or through `fenced`.
+        let measured: Vec<&str> = ["bounded(\"", "fenced(\""]
+            .iter()
+            .flat_map(|call| source.split(call).skip(1).filter_map(|rest| rest.split('"').next()))
+            .collect();
         assert!(measured.len() >= 12, "{measured:?}");
         for op in measured {
             assert!(OPS.contains(&op), "{op} is measured but not in OPS");

@@ -36,6 +36,7 @@ import {
   subscribe,
   test,
   uid,
+  readResponse,
 } from "./lib/harness.mjs";
 
 /** Bound for an ack: the server's own bound on a Redis call is 2 s. */
@@ -57,14 +58,7 @@ async function httpGet(url, token) {
       headers: token ? { authorization: `Bearer ${token}` } : {},
       signal: AbortSignal.timeout(ACK_MS),
     });
-    const text = await res.text();
-    let json;
-    try {
-      json = JSON.parse(text);
-    } catch {
-      json = undefined;
-    }
-    return { status: res.status, text, json };
+    return await readResponse(res);
   } catch (err) {
     return { status: 0, text: String(err?.message ?? err), json: undefined };
   }

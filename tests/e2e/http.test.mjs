@@ -19,6 +19,7 @@ import {
   test,
   tsAt,
   publishAccepted,
+  readResponse,
 } from "./lib/harness.mjs";
 
 async function get(url) {
@@ -34,14 +35,7 @@ async function postJson(url, body) {
     body: JSON.stringify(body),
     signal: AbortSignal.timeout(5_000),
   });
-  const text = await res.text();
-  let json;
-  try {
-    json = JSON.parse(text);
-  } catch {
-    json = undefined;
-  }
-  return { status: res.status, text, json };
+  return readResponse(res);
 }
 
 describe("health, readiness and metrics (two replicas with Redis)", () => {

@@ -24,6 +24,7 @@ import {
   uid,
   waitForDisconnect,
   wrongSecretToken,
+  readResponse,
 } from "./lib/harness.mjs";
 
 /** How long a refused revocation is given to (wrongly) take effect. */
@@ -38,14 +39,7 @@ async function revoke(server, sessionId, token, headers = {}) {
     headers: { ...(token === undefined ? {} : { authorization: `Bearer ${token}` }), ...headers },
     signal: AbortSignal.timeout(5_000),
   });
-  const text = await res.text();
-  let json;
-  try {
-    json = JSON.parse(text);
-  } catch {
-    json = undefined;
-  }
-  return { status: res.status, text, json };
+  return readResponse(res);
 }
 
 function assertRevoked(res) {

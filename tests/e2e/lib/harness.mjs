@@ -660,6 +660,18 @@ export function connectError(server, opts = {}, ms = 10_000) {
 }
 
 /** Emits with an ack and resolves with the ack's payload; rejects after `ms`. */
+/** A fetch response as tests read it: status, body text, and the body as JSON (undefined when it is not JSON). */
+export async function readResponse(res) {
+  const text = await res.text();
+  let json;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    json = undefined;
+  }
+  return { status: res.status, text, json };
+}
+
 export async function emitWithAck(socket, event, payload, ms = DEFAULT_ACK_MS) {
   try {
     return payload === undefined
