@@ -312,11 +312,18 @@ fn attach_handlers<A: Adapter>(socket: &SocketRef<A>, conn: Arc<Conn>, gateway: 
             let (gateway, conn) = (gateway.clone(), conn.clone());
             socket.on($event, move |req: Request<A>| {
                 // socketioxide calls this synchronously for each packet, in
-                // arrival order, and spawns the future it returns: a place
-                // in a queue is taken here, in order.
-                let turn = ($queue)(&conn);
+                // arrival order, and spawns the future it returns: the event
+                // budget is charged and a place in a queue is taken here, in
+                // order, and a refused event never waits for a turn.
+                let allowed = conn.allow_event();
+                let turn = if allowed { ($queue)(&conn) } else { None };
                 let (gateway, conn) = (gateway.clone(), conn.clone());
                 async move {
+                    if !allowed {
+                        metrics::counter!("fleetgate_rate_limited_total", "limit" => "events").increment(1);
+                        req.reply::<()>(Err(ApiError::new(ErrorCode::RateLimited, "too many events on this connection")));
+                        return;
+                    }
                     let _done = match turn {
                         Some((before, done)) => {
                             if let Some(before) = before {
@@ -326,12 +333,7 @@ fn attach_handlers<A: Adapter>(socket: &SocketRef<A>, conn: Arc<Conn>, gateway: 
                         }
                         None => None,
                     };
-                    if conn.allow_event() {
-                        $handler(req, conn, gateway).await
-                    } else {
-                        metrics::counter!("fleetgate_rate_limited_total", "limit" => "events").increment(1);
-                        req.reply::<()>(Err(ApiError::new(ErrorCode::RateLimited, "too many events on this connection")));
-                    }
+                    $handler(req, conn, gateway).await
                 }
             });
         }};
