@@ -5,6 +5,7 @@ table, and judges single fan-out results for the W sweep.
     report.py table RESULTS_DIR STAMP          # Markdown on stdout
     report.py verdict FILE P99_MAX_MS RATIO_MIN  # pass | p99 | ratio | failures | tool
     report.py get FILE dotted.path              # one value of the last line
+    report.py scale FILE                        # bench/scale.sh's tables
 """
 
 from __future__ import annotations
@@ -221,6 +222,62 @@ def table(results: Path, stamp: str, p99_max: float, ratio_min: float) -> str:
     return "\n".join(out)
 
 
+def redis_us_per_update(d: dict):
+    """Redis CPU (every node) over the window per update accepted in it."""
+    cpu, accepted = get(d, "results.redis.cpu_s"), get(d, "results.updates_accepted_in_window")
+    return cpu * 1e6 / accepted if cpu is not None and accepted else None
+
+
+def scale_table(path: Path) -> str:
+    """bench/scale.sh: per-replica relay intake and CPU as replicas are added,
+    and Redis's CPU per stored position."""
+    rows = lines(path)
+
+    def cores(d: dict, what: str) -> str:
+        window = get(d, "results.window_s") or 1.0
+        return ", ".join(f"{c / window:.2f}" for c in get(d, f"results.{what}.cpu_s_each", []))
+
+    out = [
+        "| layout | replicas | updates/s | deliveries/s | ratio | p99 ms "
+        "| relayed in, each replica (share of all updates) | CPU, each replica (cores) "
+        "| server CPU µs/update (all replicas) | Redis CPU, each node (cores) | Redis CPU µs/update (all nodes) |",
+        "|---|---:|---:|---:|---:|---:|---|---|---:|---|---:|",
+    ]
+    ingest = []
+    for d in rows:
+        sc = d.get("scale", {})
+        if sc.get("layout") == "ingest":
+            ingest.append(d)
+            continue
+        # Both over the whole run: the share of all updates sent that each
+        # replica had to take in from the others.
+        sent = max(get(d, "results.updates_sent", 1), 1)
+        relay = ", ".join(f"{n / sent:.2f}" for n in sc.get("relay_received_each", []))
+        out.append(
+            f"| {sc.get('layout')} | {sc.get('replicas')} | {fmt(get(d, 'results.updates_per_s'))} "
+            f"| {fmt(get(d, 'results.deliveries_per_s'))} | {fmt(get(d, 'results.delivery_ratio'), 4)} "
+            f"| {fmt(get(d, 'results.latency.p99_ms'))} | {relay} | {cores(d, 'server')} "
+            f"| {fmt(get(d, 'results.server.cpu_us_per_update'))} | {cores(d, 'redis')} "
+            f"| {fmt(redis_us_per_update(d))}{tool_note(d)} |"
+        )
+    if ingest:
+        out += [
+            "",
+            "| Redis | nodes | updates/s | Redis CPU, each node (cores) | Redis CPU µs/update (all nodes) "
+            "| server CPU µs/update | ack p99 ms |",
+            "|---|---:|---:|---|---:|---:|---:|",
+        ]
+        for d in ingest:
+            sc = d["scale"]
+            kind = "cluster" if sc.get("redis_nodes", 1) > 1 else "single"
+            out.append(
+                f"| {kind} | {sc.get('redis_nodes')} | {fmt(get(d, 'results.updates_per_s'))} | {cores(d, 'redis')} "
+                f"| {fmt(redis_us_per_update(d))} | {fmt(get(d, 'results.server.cpu_us_per_update'))} "
+                f"| {fmt(get(d, 'results.ack.p99_ms'))}{tool_note(d)} |"
+            )
+    return "\n".join(out) + "\n"
+
+
 def main(argv: list[str]) -> int:
     if len(argv) < 2:
         print(__doc__, file=sys.stderr)
@@ -234,6 +291,9 @@ def main(argv: list[str]) -> int:
     if cmd == "verdict" and len(argv) == 5:
         rows = lines(Path(argv[2]))
         print(verdict(rows[-1], float(argv[3]), float(argv[4])) if rows else "failures")
+        return 0
+    if cmd == "scale" and len(argv) == 3:
+        print(scale_table(Path(argv[2])), end="")
         return 0
     if cmd == "get" and len(argv) == 4:
         rows = lines(Path(argv[2]))

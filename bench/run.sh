@@ -123,16 +123,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-stop() {
-  local pid=$1 i
-  kill "$pid" 2>/dev/null || return 0
-  for ((i = 0; i < 100; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill -9 "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 wait_ready() { # url pid
   local i

@@ -2,7 +2,8 @@
 # Runs the whole fleetgate test suite on a fresh machine: installs what the
 # tests need (redis-server, node packages, python packages), then runs the
 # lint gates, the Rust unit and integration tests, the end-to-end tests with
-# the official socket.io-client, and the python-socketio smoke tests.
+# the official socket.io-client (against one Redis, then a Redis Cluster),
+# and the python-socketio smoke tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -45,6 +46,9 @@ export FLEETGATE_BIN="$PWD/target/debug/fleetgate"
 
 step "end-to-end tests (socket.io-client)"
 (cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error && npm test)
+
+step "end-to-end tests again, replicas sharing a Redis Cluster (3 primaries)"
+(cd tests/e2e && npm run test:cluster)
 
 step "python tests: python-socketio, HTTP API, operations artefacts"
 if [[ ! -x .venv-test/bin/python ]]; then python3 -m venv .venv-test; fi

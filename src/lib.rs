@@ -17,6 +17,7 @@ pub mod ids;
 pub mod metrics;
 pub mod net;
 pub mod position;
+pub mod redis_target;
 pub mod relay;
 pub mod server;
 pub mod session;

@@ -3,8 +3,14 @@
 //! listens to a fleet's channel only while one of its own sockets watches
 //! that fleet, and hands what arrives to local fan-out.
 //!
-//! Pub/sub runs on fred's subscriber client, which reconnects with backoff
-//! and re-subscribes its channels by itself after a Redis restart.
+//! The channels are sharded (`SSUBSCRIBE`/`SPUBLISH`, Redis 7+): on a
+//! Redis Cluster a fleet's channel lives on the shard that holds its keys,
+//! so cross-replica traffic spreads over the shards with the fleets, and a
+//! replica hears only the fleets its own clients watch.
+//!
+//! Pub/sub runs on fred's subscriber client, which reconnects with backoff;
+//! the channels are re-subscribed after each reconnect (see
+//! [`resubscribe_on_reconnect`]).
 
 use std::{collections::HashMap, time::Duration};
 
@@ -12,11 +18,11 @@ use bytes::Bytes;
 use fred::{
     clients::SubscriberClient,
     interfaces::{ClientLike, EventInterface, PubsubInterface},
-    types::config::{Config as FredConfig, ReconnectPolicy},
+    types::config::ReconnectPolicy,
 };
 use tokio::sync::{Mutex, mpsc};
 
-use crate::store::redis::position_channel;
+use crate::{redis_target::RedisTarget, store::redis::position_channel};
 
 /// Messages waiting for fan-out before new ones are dropped (and counted):
 /// a stalled fan-out must not grow memory without bound.
@@ -28,8 +34,8 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
 /// Builds a pub/sub client that reconnects with backoff and re-subscribes
 /// after a Redis restart. It is not connected yet: `init` it (the adapter's
 /// driver does so itself).
-pub fn subscriber_client(url: &str) -> Result<SubscriberClient, fred::error::Error> {
-    let mut config = FredConfig::from_url(strip_query(url))?;
+pub fn subscriber_client(target: &RedisTarget) -> Result<SubscriberClient, fred::error::Error> {
+    let mut config = target.fred_config()?;
     // Under RESP2 a connection that has subscribed may not publish, and the
     // adapter does both on one client: every cross-replica emit would fail.
     config.version = fred::types::RespVersion::RESP3;
@@ -76,8 +82,16 @@ fn resubscribe_on_reconnect(client: &SubscriberClient) {
                 metrics::counter!("fleetgate_redis_errors_total", "op" => "resubscribe").increment(1);
                 tracing::warn!(error = %e, "re-subscribing channels failed");
             }
-            for channel in client.tracked_shard_channels() {
-                if let Err(e) = client.ssubscribe(channel.to_string()).await {
+            // One SSUBSCRIBE per slot: its channels must all hash there.
+            let slots = match fred::util::group_by_hash_slot(client.tracked_shard_channels()) {
+                Ok(slots) => slots,
+                Err(e) => {
+                    tracing::warn!(error = %e, "grouping shard channels failed");
+                    continue;
+                }
+            };
+            for channels in slots.into_values() {
+                if let Err(e) = client.ssubscribe(Vec::from(channels)).await {
                     metrics::counter!("fleetgate_redis_errors_total", "op" => "resubscribe").increment(1);
                     tracing::warn!(error = %e, "re-subscribing shard channels failed");
                 }
@@ -85,11 +99,6 @@ fn resubscribe_on_reconnect(client: &SubscriberClient) {
             tracing::info!("redis pub/sub connected");
         }
     });
-}
-
-/// `?protocol=resp3` and friends are for other drivers; fred takes none.
-fn strip_query(url: &str) -> &str {
-    url.split('?').next().unwrap_or(url)
 }
 
 /// A position published by a replica, still encoded.
@@ -105,8 +114,11 @@ pub struct Relay {
 impl Relay {
     /// Connects and starts forwarding other replicas' announcements (those
     /// not prefixed with `node_id`) to the returned receiver.
-    pub async fn start(url: &str, node_id: String) -> Result<(Self, mpsc::Receiver<Announcement>), fred::error::Error> {
-        let client = subscriber_client(url)?;
+    pub async fn start(
+        target: &RedisTarget,
+        node_id: String,
+    ) -> Result<(Self, mpsc::Receiver<Announcement>), fred::error::Error> {
+        let client = subscriber_client(target)?;
         client.init().await?;
         let (tx, rx) = mpsc::channel(INBOX);
         let mut messages = client.message_rx();
@@ -144,7 +156,7 @@ impl Relay {
             *n += 1;
             return Ok(());
         }
-        if let Err(e) = self.client.subscribe(position_channel(fleet)).await {
+        if let Err(e) = self.client.ssubscribe(position_channel(fleet)).await {
             metrics::counter!("fleetgate_redis_errors_total", "op" => "subscribe").increment(1);
             return Err(e);
         }
@@ -159,7 +171,7 @@ impl Relay {
         *n -= 1;
         if *n == 0 {
             watched.remove(fleet);
-            if let Err(e) = self.client.unsubscribe(position_channel(fleet)).await {
+            if let Err(e) = self.client.sunsubscribe(position_channel(fleet)).await {
                 // The subscription is gone from fred's tracked set either way,
                 // so it will not come back after a reconnect.
                 tracing::debug!(error = %e, "unsubscribe failed");

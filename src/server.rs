@@ -23,6 +23,7 @@ use crate::{
     gateway::{self, Gateway},
     http::{self, HttpState},
     ids,
+    redis_target::RedisTarget,
     relay::{self, Announcement, Relay},
     store::{Retention, Store, memory::MemoryStore, redis::RedisStore},
 };
@@ -54,11 +55,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     if config.demo && !keys_configured {
         tracing::warn!("demo mode: tokens are signed with a generated key; mint them at POST /api/v1/demo/token");
     }
-    if !config.redis_cluster_nodes.is_empty() {
-        return Err(ServeError::Config(
-            "FLEETGATE_REDIS_CLUSTER_NODES is not supported by this build; use FLEETGATE_REDIS_URL".into(),
-        ));
-    }
+    let target = RedisTarget::from_config(&config).map_err(ServeError::Config)?;
     let auth = Arc::new(Authenticator::new(keys, &config));
     let config = Arc::new(config);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -68,7 +65,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let metrics_task =
         tokio::spawn(crate::metrics::serve(config.metrics_addr, metrics.clone(), wait_stop(stop_rx.clone())));
 
-    let result = match config.redis_url.clone() {
+    let result = match target {
         None => {
             tracing::info!("embedded mode: one node, state in memory");
             let store: Arc<dyn Store> = MemoryStore::new(Retention::from_config(&config));
@@ -77,15 +74,15 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             gateway::register(&io, gateway.clone());
             run(config.clone(), gateway, io, layer, None, stop_tx, &metrics).await
         }
-        Some(url) => {
+        Some(target) => {
             let node_id = ids::new_session_id();
             let store: Arc<dyn Store> = Arc::new(
-                RedisStore::new(&url, config.redis_pool_size, Retention::from_config(&config), node_id.clone())
+                RedisStore::new(&target, config.redis_pool_size, Retention::from_config(&config), node_id.clone())
                     .map_err(ServeError::Redis)?,
             );
             let (relay, inbox) =
-                Relay::start(&url, node_id.clone()).await.map_err(|e| ServeError::Redis(e.to_string()))?;
-            let client = relay::subscriber_client(&url).map_err(|e| ServeError::Redis(e.to_string()))?;
+                Relay::start(&target, node_id.clone()).await.map_err(|e| ServeError::Redis(e.to_string()))?;
+            let client = relay::subscriber_client(&target).map_err(|e| ServeError::Redis(e.to_string()))?;
             let adapter =
                 RedisAdapterCtr::new_with_fred_config(client, RedisAdapterConfig::new().with_prefix("fg-sio"))
                     .await
@@ -93,7 +90,11 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             let (layer, io) = socketio_builder(&config).with_adapter::<FredAdapter<_>>(adapter).build_layer();
             let gateway = Arc::new(Gateway::new(config.clone(), auth, store, io.clone(), Some(relay), node_id));
             gateway::register(&io, gateway.clone()).await.map_err(|e| ServeError::Redis(e.to_string()))?;
-            tracing::info!("replica mode: state and rooms shared through redis");
+            if target.is_cluster() {
+                tracing::info!("replica mode: state and rooms shared through a redis cluster (sharded pub/sub)");
+            } else {
+                tracing::info!("replica mode: state and rooms shared through redis");
+            }
             run(config.clone(), gateway, io, layer, Some(inbox), stop_tx, &metrics).await
         }
     };

@@ -1,22 +1,46 @@
-//! Two replicas sharing one private Redis: positions, sessions and
-//! ordering hold across them.
+//! Two replicas sharing one private Redis, and again sharing a private
+//! three-primary Redis Cluster: positions, sessions and ordering hold
+//! across them in both modes.
 
 mod support;
 
 use std::time::Duration;
 
 use serde_json::json;
-use support::{Client, Redis, Server, now_ms, token_for};
+use support::{Client, Redis, RedisCluster, Server, SharedRedis, now_ms, token_for};
 
-fn pair(redis: &Redis) -> (Server, Server) {
-    let env = [("FLEETGATE_REDIS_URL", redis.url())];
+fn pair(redis: &impl SharedRedis) -> (Server, Server) {
+    let env = [redis.env()];
     (Server::start(&env), Server::start(&env))
 }
 
-#[tokio::test]
-async fn an_update_on_one_replica_reaches_viewers_on_the_other() {
-    let redis = Redis::start();
-    let (a, b) = pair(&redis);
+/// Each scenario runs twice: `<scenario>::one_redis` and
+/// `<scenario>::redis_cluster`.
+macro_rules! in_both_modes {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[tokio::test]
+            async fn one_redis() {
+                super::$scenario(&super::Redis::start()).await;
+            }
+
+            #[tokio::test]
+            async fn redis_cluster() {
+                super::$scenario(&super::RedisCluster::start()).await;
+            }
+        }
+    )*};
+}
+
+in_both_modes!(
+    an_update_on_one_replica_reaches_viewers_on_the_other,
+    snapshot_ordering_and_sessions_are_shared,
+    bbox_viewers_on_another_replica_get_only_their_box,
+    revocation_chat_and_presence_cross_replicas,
+);
+
+async fn an_update_on_one_replica_reaches_viewers_on_the_other(redis: &impl SharedRedis) {
+    let (a, b) = pair(redis);
     let mut viewer = Client::connect(&b, json!({"token": token_for("f", "viewer", "v")})).await.unwrap();
     let mut other = Client::connect(&b, json!({"token": token_for("g", "viewer", "w")})).await.unwrap();
     viewer.call("subscribe", json!({})).await;
@@ -31,10 +55,8 @@ async fn an_update_on_one_replica_reaches_viewers_on_the_other() {
     assert!(viewer.collect("locationupdate", Duration::from_millis(400)).await.is_empty(), "exactly once");
 }
 
-#[tokio::test]
-async fn snapshot_ordering_and_sessions_are_shared() {
-    let redis = Redis::start();
-    let (a, b) = pair(&redis);
+async fn snapshot_ordering_and_sessions_are_shared(redis: &impl SharedRedis) {
+    let (a, b) = pair(redis);
     let mut d = Client::connect(&a, json!({"token": token_for("f", "dispatcher", "d")})).await.unwrap();
     let session = d.next("session", Duration::from_secs(5)).await.unwrap();
     let ts = now_ms();
@@ -61,10 +83,8 @@ async fn snapshot_ordering_and_sessions_are_shared() {
     assert_eq!(bus1["lat"], 37.0, "the stale update did not overwrite");
 }
 
-#[tokio::test]
-async fn bbox_viewers_on_another_replica_get_only_their_box() {
-    let redis = Redis::start();
-    let (a, b) = pair(&redis);
+async fn bbox_viewers_on_another_replica_get_only_their_box(redis: &impl SharedRedis) {
+    let (a, b) = pair(redis);
     let mut viewer = Client::connect(&b, json!({"token": token_for("f", "viewer", "v")})).await.unwrap();
     viewer.call("subscribe", json!({"bbox": [126.9, 37.4, 127.1, 37.7]})).await;
     let mut d = Client::connect(&a, json!({"token": token_for("f", "dispatcher", "d")})).await.unwrap();
@@ -77,10 +97,8 @@ async fn bbox_viewers_on_another_replica_get_only_their_box() {
 
 /// Everything that crosses replicas through the Socket.IO adapter rather
 /// than the position relay: revocation, chat, notices, presence.
-#[tokio::test]
-async fn revocation_chat_and_presence_cross_replicas() {
-    let redis = Redis::start();
-    let (a, b) = pair(&redis);
+async fn revocation_chat_and_presence_cross_replicas(redis: &impl SharedRedis) {
+    let (a, b) = pair(redis);
     let dispatcher = token_for("f", "dispatcher", "d");
 
     // Presence: a vehicle connecting on A is announced to a viewer on B.

@@ -227,6 +227,7 @@ pub async fn run(common: &Common, p: Params) -> anyhow::Result<Report> {
     };
     let (srv0, red0, tool0, mach0) =
         (procs.sample(), redis_procs.sample(), stats::self_cpu_time(), stats::MachineCpu::sample());
+    let (srv_each0, red_each0) = (procs.cpu_each(), redis_procs.cpu_each());
     let wall0 = Instant::now();
     shared.window.open(stats::now_ms());
     // Viewers per fleet as the window opens: the multiplier of the expected deliveries.
@@ -236,6 +237,11 @@ pub async fn run(common: &Common, p: Params) -> anyhow::Result<Report> {
     let wall = wall0.elapsed().as_secs_f64();
     let (srv1, red1, tool1, mach1) =
         (procs.sample(), redis_procs.sample(), stats::self_cpu_time(), stats::MachineCpu::sample());
+    // Per process: the replicas (and Redis nodes) need not carry equal loads.
+    let spent = |before: Vec<Duration>, after: Vec<Duration>| -> Vec<f64> {
+        after.iter().zip(before).map(|(a, b)| a.saturating_sub(b).as_secs_f64()).collect()
+    };
+    let (srv_each, red_each) = (spent(srv_each0, procs.cpu_each()), spent(red_each0, redis_procs.cpu_each()));
     let redis_rates = match (&common.redis_addr, &redis_before) {
         (Some(a), Some(before)) => RedisCounters::read(a).await.ok().map(|after| before.rates(&after, wall)),
         _ => None,
@@ -318,6 +324,7 @@ pub async fn run(common: &Common, p: Params) -> anyhow::Result<Report> {
         "server": {
             "pids": procs.0,
             "cpu_s": server_cpu,
+            "cpu_s_each": srv_each,
             "cpu_util": server_cpu / wall,
             "cpu_us_per_delivery": per_delivery_us,
             "deliveries_per_cpu_ms": per_cpu_ms,
@@ -329,6 +336,7 @@ pub async fn run(common: &Common, p: Params) -> anyhow::Result<Report> {
         "redis": {
             "pids": redis_procs.0,
             "cpu_s": redis_cpu,
+            "cpu_s_each": red_each,
             "cpu_util": redis_cpu / wall,
             "rss_bytes": red1.rss,
             "info": redis_rates,

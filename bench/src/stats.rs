@@ -211,6 +211,11 @@ impl Procs {
         s
     }
 
+    /// CPU time of each process, in order (zero for one that is gone).
+    pub fn cpu_each(&self) -> Vec<Duration> {
+        self.0.iter().map(|p| cpu_time(*p).unwrap_or_default()).collect()
+    }
+
     pub fn rss_each(&self) -> Vec<u64> {
         self.0.iter().map(|p| rss_bytes(*p).unwrap_or_default()).collect()
     }

@@ -158,8 +158,7 @@ fn track_presence<A: Adapter>(conn: &Arc<Conn>, gw: &Arc<Gateway<A>>, session: &
     if !conn.claim_presence(&session.fleet, &vehicle) {
         return;
     }
-    let (gw, fleet) = (gw.clone(), session.fleet.clone());
-    tokio::spawn(async move { gw.vehicle_socket_opened(&fleet, &vehicle).await });
+    gw.vehicle_socket_opened(&session.fleet, &vehicle);
 }
 
 /// Disconnects the socket when its session's lifetime ends.

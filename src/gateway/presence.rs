@@ -85,16 +85,25 @@ struct OfflineEvent<'a> {
 
 impl<A: Adapter> Gateway<A> {
     /// A vehicle session started on a socket of this replica.
-    pub(super) async fn vehicle_socket_opened(&self, fleet: &str, vehicle: &str) {
+    ///
+    /// The socket is counted in before this returns, so a sibling socket
+    /// that closes right after (a client moving to a new connection with
+    /// its session) never sees itself as the vehicle's last one; only the
+    /// store's part runs in the background.
+    pub(super) fn vehicle_socket_opened(self: &Arc<Self>, fleet: &str, vehicle: &str) {
         let key = (fleet.to_owned(), vehicle.to_owned());
         if !self.local_vehicles.add(&key) {
             return;
         }
-        match self.store.vehicle_connected(fleet, vehicle, &self.node_id).await {
-            Ok(true) => self.announce_online(fleet, vehicle).await,
-            Ok(false) => {}
-            Err(e) => tracing::warn!(error = %e, "presence not recorded"),
-        }
+        let gw = self.clone();
+        tokio::spawn(async move {
+            let (fleet, vehicle) = &key;
+            match gw.store.vehicle_connected(fleet, vehicle, &gw.node_id).await {
+                Ok(true) => gw.announce_online(fleet, vehicle).await,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "presence not recorded"),
+            }
+        });
     }
 
     /// A socket with a vehicle session closed on this replica.

@@ -22,12 +22,15 @@ use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use redis::{
-    IntoConnectionInfo, Script,
-    aio::{ConnectionManager, ConnectionManagerConfig},
+    Cmd, IntoConnectionInfo, Pipeline, RedisFuture, Script, Value,
+    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
+    cluster::ClusterClient,
+    cluster_async::ClusterConnection,
+    cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo},
 };
 
 use super::{ChatMessage, Offline, PutOutcome, Retention, Scope, Store, StoreError};
-use crate::{ids::now_ms, position::Position, session::Session};
+use crate::{ids::now_ms, position::Position, redis_target::RedisTarget, session::Session};
 
 /// Longest a store call may take before the client is told `unavailable`.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -41,7 +44,7 @@ const FENCE_MARGIN: Duration = Duration::from_millis(500);
 const CALIBRATION_MAX_RTT: Duration = Duration::from_millis(250);
 
 /// The position compare-and-set. It is fenced: a call that reaches Redis
-/// after `ARGV[10]` (a deadline on Redis's clock, set just before the
+/// after `ARGV[9]` (a deadline on Redis's clock, set just before the
 /// caller gives up and answers `unavailable`) changes nothing. Without the
 /// fence, a write that waited out a stalled Redis (paused, swapping, a
 /// partition that heals) would still be applied and announced when Redis
@@ -52,7 +55,7 @@ const CALIBRATION_MAX_RTT: Duration = Duration::from_millis(250);
 const PUT_POSITION: &str = r#"
 local t = redis.call('TIME')
 local rnow = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if rnow > tonumber(ARGV[10]) then
+if rnow > tonumber(ARGV[9]) then
   return {-1, rnow}
 end
 local cur = redis.call('HGET', KEYS[1], 't')
@@ -66,11 +69,11 @@ redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('ZADD', KEYS[2], now + ttl, ARGV[5])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 redis.call('PEXPIRE', KEYS[2], ttl)
-redis.call(ARGV[6], ARGV[7], ARGV[8] .. ' ' .. ARGV[2])
+redis.call('SPUBLISH', ARGV[6], ARGV[7] .. ' ' .. ARGV[2])
 local back = 0
 if redis.call('ZCOUNT', KEYS[4], now, '+inf') > 0 then
   if not redis.call('ZSCORE', KEYS[3], ARGV[5]) then back = 1 end
-  redis.call('ZADD', KEYS[3], now + tonumber(ARGV[9]), ARGV[5])
+  redis.call('ZADD', KEYS[3], now + tonumber(ARGV[8]), ARGV[5])
 end
 return {1 + back, rnow}
 "#;
@@ -185,8 +188,46 @@ fn session_key(id: &str) -> String {
     format!("fg:session:{id}")
 }
 
+/// A command connection: to one Redis, or to a cluster (which routes each
+/// command by its key's slot and follows the topology by itself).
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 pub struct RedisStore {
-    connections: Vec<ConnectionManager>,
+    connections: Vec<Conn>,
+    /// A pipeline may only carry keys of one slot on a cluster.
+    cluster: bool,
     next: AtomicUsize,
     put_position: Script,
     append_message: Script,
@@ -199,42 +240,25 @@ pub struct RedisStore {
     sweeps: std::sync::atomic::AtomicU64,
     /// Prefix of this replica's announcements, so it can skip its own.
     node_id: String,
-    /// `PUBLISH`, or `SPUBLISH` on a cluster.
-    publish_command: &'static str,
     /// Redis's clock minus ours, in ms, as last measured by a quick reply:
     /// the fence of a position write is a time on Redis's clock.
     clock_offset_ms: AtomicI64,
 }
 
 impl RedisStore {
-    pub fn new(url: &str, pool_size: usize, retention: Retention, node_id: String) -> Result<Self, String> {
+    pub fn new(target: &RedisTarget, pool_size: usize, retention: Retention, node_id: String) -> Result<Self, String> {
         for op in OPS {
             metrics::counter!("fleetgate_redis_errors_total", "op" => op).increment(0);
         }
-        // RESP3, so that each connection hears of its own loss (a push from
-        // the driver) and reconnects at once, rather than failing the next
-        // call made on it after Redis is back. (The relay's pub/sub already
-        // needs RESP3, so this asks nothing more of Redis.)
-        let info = url.into_connection_info().map_err(|e| e.to_string())?;
-        let settings = info.redis_settings().clone().set_protocol(redis::ProtocolVersion::RESP3);
-        let client = redis::Client::open(info.set_redis_settings(settings)).map_err(|e| e.to_string())?;
-        // redis-rs gives up on a reply after 500 ms by default, which a busy
-        // host can exceed; the 2 s bound of every store call governs instead.
-        // Reconnection backs off briefly and gives up early: a call made
-        // while Redis is down must fail within that bound, and the next call
-        // starts a new attempt, so recovery follows Redis within a second.
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(CALL_TIMEOUT))
-            .set_connection_timeout(Some(CALL_TIMEOUT))
-            .set_number_of_retries(2)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
-        let connections = (0..pool_size.max(1))
-            .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), config.clone()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| e.to_string())?;
+        let connections = match target {
+            RedisTarget::Single { url } => single_connections(url, pool_size)?,
+            RedisTarget::Cluster { username, password, .. } => {
+                cluster_connections(target.cluster_urls(), username.as_deref(), password.as_deref(), pool_size)?
+            }
+        };
         Ok(Self {
             connections,
+            cluster: target.is_cluster(),
             next: AtomicUsize::new(0),
             put_position: Script::new(PUT_POSITION),
             append_message: Script::new(APPEND_MESSAGE),
@@ -245,7 +269,6 @@ impl RedisStore {
             retention,
             sweeps: std::sync::atomic::AtomicU64::new(0),
             node_id,
-            publish_command: "PUBLISH",
             clock_offset_ms: AtomicI64::new(0),
         })
     }
@@ -263,10 +286,70 @@ impl RedisStore {
     /// calls in flight, pipelined) and reconnects by itself, so taking one
     /// costs nothing: a checked-out pool connection cost a PING round trip
     /// per call.
-    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
+    async fn conn(&self) -> Result<Conn, StoreError> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.connections.len();
         Ok(self.connections[i].clone())
     }
+}
+
+/// Connections to one Redis.
+fn single_connections(url: &str, pool_size: usize) -> Result<Vec<Conn>, String> {
+    // RESP3, so that each connection hears of its own loss (a push from
+    // the driver) and reconnects at once, rather than failing the next
+    // call made on it after Redis is back. (The relay's pub/sub already
+    // needs RESP3, so this asks nothing more of Redis.)
+    let info = url.into_connection_info().map_err(|e| e.to_string())?;
+    let settings = info.redis_settings().clone().set_protocol(redis::ProtocolVersion::RESP3);
+    let client = redis::Client::open(info.set_redis_settings(settings)).map_err(|e| e.to_string())?;
+    // redis-rs gives up on a reply after 500 ms by default, which a busy
+    // host can exceed; the 2 s bound of every store call governs instead.
+    // Reconnection backs off briefly and gives up early: a call made
+    // while Redis is down must fail within that bound, and the next call
+    // starts a new attempt, so recovery follows Redis within a second.
+    let config = ConnectionManagerConfig::new()
+        .set_response_timeout(Some(CALL_TIMEOUT))
+        .set_connection_timeout(Some(CALL_TIMEOUT))
+        .set_number_of_retries(2)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_millis(500));
+    (0..pool_size.max(1))
+        .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), config.clone()).map(Conn::Single))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())
+}
+
+/// Connections to a cluster. Each one holds a link to every primary and
+/// routes by slot, following `MOVED` and refreshing the slot map after a
+/// failover. They connect in the background, so a replica starts (not
+/// ready) while the cluster is still forming or unreachable.
+fn cluster_connections(
+    seeds: Vec<String>,
+    username: Option<&str>,
+    password: Option<&str>,
+    pool_size: usize,
+) -> Result<Vec<Conn>, String> {
+    let mut builder = ClusterClient::builder(seeds)
+        .use_protocol(redis::ProtocolVersion::RESP3)
+        .connection_timeout(CALL_TIMEOUT)
+        .response_timeout(CALL_TIMEOUT)
+        // Redirections and reconnections within the 2 s bound of a call;
+        // a write is retried only when it was not applied (a redirection
+        // or a refused connection), or it is fenced (positions, chat).
+        .retries(3)
+        .min_retry_wait(20)
+        .max_retry_wait(400);
+    if let Some(user) = username {
+        builder = builder.username(user);
+    }
+    if let Some(password) = password {
+        builder = builder.password(password);
+    }
+    let client = builder.build().map_err(|e| e.to_string())?;
+    let config =
+        redis::cluster::ClusterConfig::new().set_connection_timeout(CALL_TIMEOUT).set_response_timeout(CALL_TIMEOUT);
+    Ok((0..pool_size.max(1))
+        .map(|_| Conn::Cluster(client.get_pending_async_connection_with_config(config.clone())))
+        .collect())
 }
 
 /// The operations as the Redis metrics label them (those of [`RedisStore::bounded`]
@@ -335,7 +418,7 @@ impl RedisStore {
     /// the deadline) with Redis's time, which recalibrates the clock offset.
     async fn fenced<T, F, Fut>(&self, op: &'static str, invoke: F) -> Result<T, StoreError>
     where
-        F: Fn(ConnectionManager, i64, i64) -> Fut,
+        F: Fn(Conn, i64, i64) -> Fut,
         Fut: Future<Output = Result<(Option<T>, i64), StoreError>>,
     {
         // The caller gives up CALL_TIMEOUT after this; the write must not
@@ -384,7 +467,6 @@ impl Store for RedisStore {
                     .arg(self.retention.location_ttl_ms)
                     .arg(sent_ms)
                     .arg(&p.vehicle_id)
-                    .arg(self.publish_command)
                     .arg(position_channel(&p.fleet))
                     .arg(&self.node_id)
                     .arg(self.retention.stale_after_ms)
@@ -566,15 +648,22 @@ impl Store for RedisStore {
         }
         let ttl = self.retention.presence_ttl_ms;
         let until = now_ms() + ttl;
+        // One pipeline on one Redis; on a cluster, one per fleet (a
+        // pipeline may not cross slots), sent together.
+        let mut pipes: std::collections::BTreeMap<&str, redis::Pipeline> = std::collections::BTreeMap::new();
+        for (fleet, vehicle) in vehicles {
+            let pipe = pipes.entry(if self.cluster { fleet.as_str() } else { "" }).or_default();
+            let key = conns_key(fleet, vehicle);
+            pipe.cmd("ZADD").arg(&key).arg(until).arg(node).ignore();
+            pipe.cmd("PEXPIRE").arg(&key).arg(2 * ttl).ignore();
+        }
         self.bounded("refresh_presence", || async {
-            let mut conn = self.conn().await?;
-            let mut pipe = redis::pipe();
-            for (fleet, vehicle) in vehicles {
-                let key = conns_key(fleet, vehicle);
-                pipe.cmd("ZADD").arg(&key).arg(until).arg(node).ignore();
-                pipe.cmd("PEXPIRE").arg(&key).arg(2 * ttl).ignore();
-            }
-            pipe.query_async::<()>(&mut conn).await?;
+            let calls = pipes.values().map(|pipe| async move {
+                let mut conn = self.conn().await?;
+                pipe.query_async::<()>(&mut conn).await?;
+                Ok::<_, StoreError>(())
+            });
+            futures_util::future::try_join_all(calls).await?;
             Ok(())
         })
         .await
@@ -616,7 +705,19 @@ impl Store for RedisStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.bounded("ping", || async {
             let mut conn = self.conn().await?;
-            redis::cmd("PING").query_async::<()>(&mut conn).await?;
+            match &mut conn {
+                Conn::Single(c) => redis::cmd("PING").query_async::<()>(c).await?,
+                // Ready while any primary answers: with one shard down the
+                // fleets of the others are still served, and pulling every
+                // replica out of service would stop those too.
+                Conn::Cluster(c) => {
+                    let any_primary = RoutingInfo::MultiNode((
+                        MultipleNodeRoutingInfo::AllMasters,
+                        Some(ResponsePolicy::OneSucceeded),
+                    ));
+                    c.route_command(redis::cmd("PING"), any_primary).await?;
+                }
+            }
             Ok(())
         })
         .await

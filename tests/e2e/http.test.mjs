@@ -13,7 +13,7 @@ import {
   record,
   sleep,
   startCluster,
-  startRedis,
+  startSharedRedis,
   startServer,
   subscribe,
   test,
@@ -73,10 +73,10 @@ describe("readiness follows Redis", () => {
   let server;
 
   before(async () => {
-    redis = await startRedis();
+    redis = await startSharedRedis();
     server = await startServer({
       name: "single-redis-readiness",
-      env: { FLEETGATE_JWT_SECRET: "readiness-secret", FLEETGATE_REDIS_URL: redis.url },
+      env: { FLEETGATE_JWT_SECRET: "readiness-secret", ...redis.env },
     });
   });
 

@@ -132,24 +132,108 @@ class Redis:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited early; log:\n{_tail(self.log_path)}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(64).startswith(b"+PONG"):
-                        return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("redis-server did not answer PING")
+        try:
+            _wait_pong(self.port, [self.proc], self.log_path)
+        except Exception:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         _stop(self.proc, grace=5)
         self._log.close()
+
+
+class RedisCluster:
+    """A throwaway three-primary Redis Cluster (cluster-enabled redis-server
+    processes joined by `redis-cli --cluster create`)."""
+
+    def __init__(self, binary: str, primaries: int = 3):
+        self.dir = Path(tempfile.mkdtemp(prefix="fleetgate-rcluster-"))
+        self.ports: list[int] = []
+        self.procs: list[subprocess.Popen] = []
+        self.log_path = self.dir / "cluster.log"
+        self._log = self.log_path.open("wb")
+        try:
+            for i in range(primaries):
+                port = _free_cluster_port()
+                node_dir = self.dir / str(i)
+                node_dir.mkdir()
+                self.procs.append(
+                    subprocess.Popen(
+                        [
+                            binary, "--port", str(port), "--bind", "127.0.0.1",
+                            "--cluster-enabled", "yes", "--cluster-node-timeout", "1500",
+                            "--cluster-config-file", str(node_dir / "nodes.conf"),
+                            "--dir", str(node_dir), "--save", "", "--appendonly", "no",
+                        ],
+                        stdout=self._log,
+                        stderr=subprocess.STDOUT,
+                    )
+                )  # fmt: skip
+                self.ports.append(port)
+            for port in self.ports:
+                _wait_pong(port, self.procs, self.log_path)
+            cli = shutil.which("redis-cli") or "redis-cli"
+            nodes = [f"127.0.0.1:{p}" for p in self.ports]
+            subprocess.run(
+                [cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+                check=True, stdout=self._log, stderr=subprocess.STDOUT, timeout=60,
+            )  # fmt: skip
+            deadline = time.monotonic() + 30
+            while not all(
+                b"cluster_state:ok" in subprocess.run([cli, "-p", str(p), "cluster", "info"], capture_output=True).stdout
+                for p in self.ports
+            ):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the Redis Cluster did not form; log:\n{_tail(self.log_path)}")
+                time.sleep(0.2)
+        except Exception:
+            self.stop()
+            raise
+        self.nodes = ",".join(f"127.0.0.1:{p}" for p in self.ports)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            _stop(proc, grace=5)
+        self._log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
+def _wait_pong(port: int, procs: list[subprocess.Popen], log_path: Path) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs):
+            raise RuntimeError(f"redis-server exited early; log:\n{_tail(log_path)}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(64).startswith(b"+PONG"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"redis-server on {port} did not answer PING")
+
+
+def _redis_binary() -> str:
+    binary = os.environ.get("FLEETGATE_TEST_REDIS_SERVER") or shutil.which("redis-server")
+    if not binary or not (shutil.which(binary) or os.access(binary, os.X_OK)):
+        pytest.skip("no redis-server (set FLEETGATE_TEST_REDIS_SERVER to its path)")
+    return binary
 
 
 @pytest.fixture(scope="session")
@@ -170,26 +254,49 @@ def server(fleetgate_bin):
 
 @pytest.fixture(scope="session")
 def redis_server():
-    binary = os.environ.get("FLEETGATE_TEST_REDIS_SERVER") or shutil.which("redis-server")
-    if not binary or not (shutil.which(binary) or os.access(binary, os.X_OK)):
-        pytest.skip("no redis-server (set FLEETGATE_TEST_REDIS_SERVER to its path)")
-    r = Redis(binary)
+    r = Redis(_redis_binary())
     yield r
     r.stop()
 
 
 @pytest.fixture(scope="session")
-def replicas(fleetgate_bin, redis_server):
-    """Two fleetgate replicas sharing one Redis."""
-    env = {"FLEETGATE_REDIS_URL": redis_server.url}
+def redis_cluster():
+    c = RedisCluster(_redis_binary())
+    yield c
+    c.stop()
+
+
+def _two_replicas(fleetgate_bin, env):
     a = Fleetgate(fleetgate_bin, "replica-a", env)
     try:
         b = Fleetgate(fleetgate_bin, "replica-b", env)
     except Exception:
         a.stop()
         raise
+    return a, b
+
+
+@pytest.fixture(scope="session")
+def redis_replicas(fleetgate_bin, redis_server):
+    """Two fleetgate replicas sharing one Redis."""
+    a, b = _two_replicas(fleetgate_bin, {"FLEETGATE_REDIS_URL": redis_server.url})
     yield a, b
     stop_cleanly(b, a)
+
+
+@pytest.fixture(scope="session")
+def cluster_replicas(fleetgate_bin, redis_cluster):
+    """Two fleetgate replicas sharing a three-primary Redis Cluster."""
+    a, b = _two_replicas(fleetgate_bin, {"FLEETGATE_REDIS_CLUSTER_NODES": redis_cluster.nodes})
+    yield a, b
+    stop_cleanly(b, a)
+
+
+@pytest.fixture(scope="session", params=["redis", "redis-cluster"])
+def replicas(request):
+    """Two replicas sharing one Redis, then (a second run of each test) two
+    sharing a Redis Cluster: the cross-replica tests hold in both modes."""
+    return request.getfixturevalue("redis_replicas" if request.param == "redis" else "cluster_replicas")
 
 
 @pytest.fixture(scope="session")

@@ -86,8 +86,8 @@ def test_fanout_one_server(bench_bin, server):
 
 
 @pytest.mark.redis
-def test_fanout_across_replicas(bench_bin, replicas, redis_server):
-    a, b = replicas
+def test_fanout_across_replicas(bench_bin, redis_replicas, redis_server):
+    a, b = redis_replicas
     report = run_bench(
         bench_bin, "--server-pid", str(a.proc.pid), "--server-pid", str(b.proc.pid),
         "--redis-addr", f"127.0.0.1:{redis_server.port}", "--fleet", fleet_name(),

@@ -33,6 +33,7 @@ FULLNAME = "fg-fleetgate"
 
 SECRET = "hs256-secret-0123456789abcdef"
 REDIS_URL = "redis://:redis-password-42@redis-master.redis:6379/0"
+CLUSTER_NODES = ["redis://:redis-password-42@redis-cluster-0.redis:6379", "redis-cluster-1.redis:6379"]
 PUBLIC_PEM = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEpublic\n-----END PUBLIC KEY-----\n"
 PRIVATE_PEM = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49private\n-----END PRIVATE KEY-----\n"
 SECRET_VALUES = [SECRET, REDIS_URL, "redis-password-42", "BEGIN PUBLIC KEY", "BEGIN PRIVATE KEY"]
@@ -76,6 +77,16 @@ SCENARIOS: dict[str, dict] = {
             "parentRefs": [{"name": "public", "namespace": "gateway-system", "sectionName": "https"}],
             "hostnames": ["fleetgate.example.com"],
         },
+    },
+    "cluster": {
+        "jwt": {"secret": SECRET},
+        "redis": {"clusterNodes": CLUSTER_NODES},
+        "replicaCount": 3,
+    },
+    "cluster-existing": {
+        "jwt": {"secret": SECRET},
+        "redis": {"existingSecret": "my-redis-cluster", "existingSecretKey": "nodes", "cluster": True},
+        "replicaCount": 3,
     },
     "websocket-only-ingress": {
         "jwt": {"secret": SECRET},
@@ -435,7 +446,7 @@ def test_no_secret_value_in_plain_env(rendered, scenario):
     for value in SECRET_VALUES:
         assert value not in text, f"{value!r} appears outside the Secret"
     env = env_of(container(docs))
-    for name in ("FLEETGATE_JWT_SECRET", "FLEETGATE_REDIS_URL"):
+    for name in ("FLEETGATE_JWT_SECRET", "FLEETGATE_REDIS_URL", "FLEETGATE_REDIS_CLUSTER_NODES"):
         if name in env:
             assert set(env[name]) == {"name", "valueFrom"} and "secretKeyRef" in env[name]["valueFrom"], env[name]
 
@@ -501,6 +512,24 @@ def test_existing_secrets(rendered):
     assert secret_data(docs) == {"redis-url": REDIS_URL}
 
 
+def test_redis_cluster(rendered):
+    docs = rendered["cluster"]
+    assert secret_data(docs) == {"jwt-secret": SECRET, "redis-cluster-nodes": ",".join(CLUSTER_NODES)}
+    env = env_of(container(docs))
+    assert env["FLEETGATE_REDIS_CLUSTER_NODES"]["valueFrom"]["secretKeyRef"] == {
+        "name": FULLNAME,
+        "key": "redis-cluster-nodes",
+    }
+    assert "FLEETGATE_REDIS_URL" not in env
+
+    env = env_of(container(rendered["cluster-existing"]))
+    assert env["FLEETGATE_REDIS_CLUSTER_NODES"]["valueFrom"]["secretKeyRef"] == {
+        "name": "my-redis-cluster",
+        "key": "nodes",
+    }
+    assert "FLEETGATE_REDIS_URL" not in env
+
+
 def test_public_key_without_private_key_mounts_only_the_public_key(chart):
     docs = documents(render(chart, {"jwt": {"algorithm": "ES256", "publicKey": PUBLIC_PEM}}))
     volume, _ = jwt_volume(docs)
@@ -532,8 +561,17 @@ def test_replicas_without_redis_are_refused(chart, values):
         ({"jwt": {"publicKey": PUBLIC_PEM}}, "jwt.algorithm"),
         ({"demo": {"enabled": True}, "replicaCount": 2, "redis": {"url": REDIS_URL}}, "demo"),
         ({"jwt": {"secret": SECRET}, "httpRoute": {"enabled": True}}, "parentRefs"),
+        ({"jwt": {"secret": SECRET}, "redis": {"url": REDIS_URL, "clusterNodes": CLUSTER_NODES}}, "not both"),
     ],
-    ids=["no-key", "rs256-no-key", "rs256-and-secret", "pem-with-hs256", "demo-replicas", "route-no-parent"],
+    ids=[
+        "no-key",
+        "rs256-no-key",
+        "rs256-and-secret",
+        "pem-with-hs256",
+        "demo-replicas",
+        "route-no-parent",
+        "url-and-cluster",
+    ],
 )
 def test_unusable_configurations_are_refused(chart, values, expected):
     assert expected in render_error(chart, values)

@@ -165,8 +165,8 @@ def test_broadcast(k6, server, tmp_path):
 
 
 @pytest.mark.redis
-def test_broadcast_across_replicas(k6, replicas, tmp_path):
-    a, b = replicas
+def test_broadcast_across_replicas(k6, redis_replicas, tmp_path):
+    a, b = redis_replicas
     env = fleet_env(a.url, VIEWER_URL=b.url, **BROADCAST)
     summary = run_k6(k6, "broadcast.js", tmp_path, env)
     assert_broadcast_delivered(summary, vehicles=2, viewers=2)

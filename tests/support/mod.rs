@@ -1,5 +1,5 @@
 //! Test harness: real `fleetgate` processes on free ports, a private
-//! `redis-server` per test, tokens, and a small Socket.IO v5 client over a
+//! `redis-server` (or Redis Cluster) per test, tokens, and a small Socket.IO v5 client over a
 //! raw websocket (the frames are the contract's, written out by hand so a
 //! test sees exactly what a client sees).
 
@@ -30,32 +30,43 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
 }
 
+/// Where replicas share their state in a test: the `FLEETGATE_*` setting
+/// that points a replica at it.
+pub trait SharedRedis {
+    fn env(&self) -> (&'static str, String);
+}
+
 /// A private redis-server, killed on drop.
 pub struct Redis {
     pub port: u16,
     child: Child,
 }
 
+fn redis_server(port: u16, extra: &[&str]) -> Child {
+    let child = Command::new(std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into()))
+        .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server must be installed (the test script installs it)");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            let mut buf = [0u8; 7];
+            if s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n" {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "redis-server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
 impl Redis {
     pub fn start() -> Self {
         let port = free_port();
-        let child = Command::new(std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into()))
-            .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (the test script installs it)");
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-                let mut buf = [0u8; 7];
-                if s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n" {
-                    break;
-                }
-            }
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self { port, child }
+        Self { port, child: redis_server(port, &[]) }
     }
 
     pub fn url(&self) -> String {
@@ -63,10 +74,84 @@ impl Redis {
     }
 }
 
+impl SharedRedis for Redis {
+    fn env(&self) -> (&'static str, String) {
+        ("FLEETGATE_REDIS_URL", self.url())
+    }
+}
+
 impl Drop for Redis {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A private three-primary Redis Cluster (cluster-enabled redis-server
+/// processes joined by `redis-cli --cluster create`), killed on drop.
+pub struct RedisCluster {
+    pub ports: Vec<u16>,
+    children: Vec<Child>,
+    dir: std::path::PathBuf,
+}
+
+impl RedisCluster {
+    pub fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!("fleetgate-rcluster-{}-{}", std::process::id(), free_port()));
+        let mut cluster = Self { ports: Vec::new(), children: Vec::new(), dir };
+        for i in 0..3 {
+            // The cluster bus listens on port + 10000.
+            let port = loop {
+                let p = free_port();
+                if p < 55_000 && TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
+                    break p;
+                }
+            };
+            let node_dir = cluster.dir.join(i.to_string());
+            std::fs::create_dir_all(&node_dir).expect("cluster node directory");
+            let conf = node_dir.join("nodes.conf");
+            let (conf, node_dir) = (conf.to_string_lossy().into_owned(), node_dir.to_string_lossy().into_owned());
+            let args = ["--cluster-enabled", "yes", "--cluster-config-file", &conf, "--dir", &node_dir];
+            cluster.children.push(redis_server(port, &args));
+            cluster.ports.push(port);
+        }
+        let nodes: Vec<String> = cluster.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&nodes)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("redis-cli must be installed with redis-server");
+        assert!(created.success(), "redis-cli --cluster create failed");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !cluster.ports.iter().all(|p| {
+            Command::new("redis-cli")
+                .args(["-p", &p.to_string(), "cluster", "info"])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+        }) {
+            assert!(Instant::now() < deadline, "the Redis Cluster did not form");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cluster
+    }
+}
+
+impl SharedRedis for RedisCluster {
+    fn env(&self) -> (&'static str, String) {
+        let nodes: Vec<String> = self.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        ("FLEETGATE_REDIS_CLUSTER_NODES", nodes.join(","))
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -59,7 +59,7 @@ app.kubernetes.io/part-of: fleetgate
 {{- end }}
 
 {{- define "fleetgate.redisEnabled" -}}
-{{- if or .Values.redis.existingSecret .Values.redis.url }}true{{ end }}
+{{- if or .Values.redis.existingSecret .Values.redis.url .Values.redis.clusterNodes }}true{{ end }}
 {{- end }}
 
 {{- define "fleetgate.jwtUsesKey" -}}
@@ -68,7 +68,7 @@ app.kubernetes.io/part-of: fleetgate
 
 {{/* Whether the chart's own Secret has anything to hold. */}}
 {{- define "fleetgate.createSecret" -}}
-{{- $redis := and .Values.redis.url (not .Values.redis.existingSecret) }}
+{{- $redis := and (or .Values.redis.url .Values.redis.clusterNodes) (not .Values.redis.existingSecret) }}
 {{- $jwt := and (not .Values.jwt.existingSecret) (or .Values.jwt.secret .Values.jwt.publicKey .Values.jwt.privateKey) }}
 {{- if or $redis $jwt }}true{{ end }}
 {{- end }}
@@ -145,7 +145,10 @@ YAML or JSON, and large ones would otherwise print as 6.048e+08.
 {{- define "fleetgate.validate" -}}
 {{- $redis := include "fleetgate.redisEnabled" . }}
 {{- if and (not $redis) (or (gt (int64 .Values.replicaCount) 1) .Values.autoscaling.enabled) }}
-{{- fail "replicaCount > 1 or autoscaling.enabled needs Redis (redis.url or redis.existingSecret): replicas without Redis do not share sessions, positions or rooms" }}
+{{- fail "replicaCount > 1 or autoscaling.enabled needs Redis (redis.url, redis.clusterNodes or redis.existingSecret): replicas without Redis do not share sessions, positions or rooms" }}
+{{- end }}
+{{- if and .Values.redis.url .Values.redis.clusterNodes (not .Values.redis.existingSecret) }}
+{{- fail "set redis.url (one Redis) or redis.clusterNodes (a Redis Cluster), not both" }}
 {{- end }}
 {{- if .Values.demo.enabled }}
 {{- if or (gt (int64 .Values.replicaCount) 1) .Values.autoscaling.enabled }}

@@ -3,7 +3,7 @@
 // socket.io-client in promise helpers. Every process and socket it creates is
 // stopped in `after()` hooks and, as a last resort, when the test process exits.
 
-import { spawn } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import net from "node:net";
@@ -179,28 +179,16 @@ function redisPing(port) {
 }
 
 /**
- * Starts a private redis-server on a free port (non-persistent by default).
- *
- * Options (all optional):
- * - `persist: true`: an append-only file fsynced on every write
- *   (`appendfsync always`) in a temporary directory, so a reply Redis sent
- *   survives even a SIGKILL of Redis and `restart()` brings the data back.
- *
- * Besides `stop()`, the returned handle can fake outages:
+ * One redis-server process on `port` with `args`, and the handle that fakes
+ * its outages:
  * - `pause()` / `resume()`: SIGSTOP / SIGCONT (connections stay open and
  *   commands hang, as with a stalled or partitioned Redis);
  * - `kill(signal = "SIGKILL")`: ends the process and resolves once it exited;
  * - `restart()`: starts redis-server again on the same port (and directory),
  *   after killing the running one if there is one, and waits for PING.
  */
-export async function startRedis({ persist = false } = {}) {
-  const port = await freePort();
+async function redisProcess({ port, args, name = `redis-${port}` }) {
   const logs = tailBuffer();
-  const dir = persist ? mkdtempSync(path.join(os.tmpdir(), "fleetgate-e2e-redis-")) : null;
-  const args = ["--port", String(port), "--bind", "127.0.0.1", "--save", ""];
-  if (persist) args.push("--appendonly", "yes", "--appendfsync", "always", "--dir", dir);
-  else args.push("--appendonly", "no");
-
   let child = null;
   let paused = false;
 
@@ -219,10 +207,10 @@ export async function startRedis({ persist = false } = {}) {
     const deadline = Date.now() + 10_000;
     while (!(await redisPing(port))) {
       if (spawnError) throw new Error(`cannot start redis-server: ${spawnError.message}`);
-      if (current.exitCode !== null) throw new Error(`redis-server exited (${current.exitCode}):\n${logs.text}`);
+      if (current.exitCode !== null) throw new Error(`${name} exited (${current.exitCode}):\n${logs.text}`);
       if (Date.now() > deadline) {
         await stopChild(current);
-        throw new Error(`redis-server on port ${port} did not answer PING:\n${logs.text}`);
+        throw new Error(`${name} on port ${port} did not answer PING:\n${logs.text}`);
       }
       await sleep(50);
     }
@@ -232,12 +220,14 @@ export async function startRedis({ persist = false } = {}) {
 
   await launch();
   return {
+    name,
     port,
-    url: `redis://127.0.0.1:${port}`,
     logs,
-    dir,
     get child() {
       return child;
+    },
+    get running() {
+      return running();
     },
     /** SIGSTOP: Redis stops answering but keeps its connections and port. */
     pause() {
@@ -259,7 +249,7 @@ export async function startRedis({ persist = false } = {}) {
       const current = child;
       if (paused && signal !== "SIGKILL") current.kill("SIGCONT");
       current.kill(signal);
-      if (!(await waitForExit(current, 10_000))) throw new Error(`redis-server ignored ${signal} for 10 s`);
+      if (!(await waitForExit(current, 10_000))) throw new Error(`${name} ignored ${signal} for 10 s`);
       children.delete(current);
     },
     /** Starts Redis again on the same port (killing a running one first). */
@@ -270,11 +260,234 @@ export async function startRedis({ persist = false } = {}) {
     async stop() {
       if (child && paused) child.kill("SIGCONT");
       paused = false;
-      const result = child ? await stopChild(child) : { graceful: true };
-      if (dir) rmSync(dir, { recursive: true, force: true });
-      return result;
+      return child ? await stopChild(child) : { graceful: true };
     },
   };
+}
+
+/** Arguments that keep (or do not keep) a node's data across restarts. */
+function persistenceArgs(persist, dir) {
+  const args = ["--save", "", "--dir", dir];
+  if (persist) args.push("--appendonly", "yes", "--appendfsync", "always");
+  else args.push("--appendonly", "no");
+  return args;
+}
+
+/**
+ * Starts a private redis-server on a free port (non-persistent by default).
+ *
+ * Options (all optional):
+ * - `persist: true`: an append-only file fsynced on every write
+ *   (`appendfsync always`) in a temporary directory, so a reply Redis sent
+ *   survives even a SIGKILL of Redis and `restart()` brings the data back.
+ *
+ * The handle has the outage methods of a Redis process (`pause`, `resume`,
+ * `kill`, `restart`), `url`, and `env`: the FLEETGATE_* settings that point
+ * a replica at it.
+ */
+export async function startRedis({ persist = false } = {}) {
+  const port = await freePort();
+  const dir = mkdtempSync(path.join(os.tmpdir(), "fleetgate-e2e-redis-"));
+  const node = await redisProcess({
+    port,
+    args: ["--port", String(port), "--bind", "127.0.0.1", ...persistenceArgs(persist, dir)],
+  });
+  const url = `redis://127.0.0.1:${port}`;
+  const stopProcess = node.stop;
+  return Object.assign(node, {
+    kind: "single",
+    url,
+    dir,
+    env: { FLEETGATE_REDIS_URL: url },
+    async stop() {
+      const result = await stopProcess.call(node);
+      rmSync(dir, { recursive: true, force: true });
+      return result;
+    },
+  });
+}
+
+/** Runs `redis-cli` with `args`; resolves with its output. */
+export function redisCli(args, { timeoutMs = 30_000 } = {}) {
+  return new Promise((resolve, reject) => {
+    execFile("redis-cli", args, { timeout: timeoutMs }, (err, stdout, stderr) => {
+      if (err) reject(new Error(`redis-cli ${args.join(" ")}: ${err.message}\n${stdout}${stderr}`));
+      else resolve(stdout);
+    });
+  });
+}
+
+/** A free port whose cluster bus port (port + 10000) is free too. */
+async function freeClusterPort() {
+  for (;;) {
+    const port = await freePort();
+    if (port + 10_000 > 65_535) continue;
+    const bus = await new Promise((resolve) => {
+      const srv = net.createServer();
+      srv.unref();
+      srv.on("error", () => resolve(false));
+      srv.listen(port + 10_000, "127.0.0.1", () => srv.close(() => resolve(true)));
+    });
+    if (bus) return port;
+  }
+}
+
+/**
+ * Starts a private Redis Cluster: `masters` primaries (3 by default), each
+ * with `replicasPerMaster` replicas, on free ports, and waits until every
+ * node reports `cluster_state:ok`.
+ *
+ * The handle has the outage methods of a single Redis, applied to every
+ * node (so a test written against one Redis runs against the cluster), and
+ * more for one node at a time:
+ * - `nodes`: every node's process handle (`pause`, `kill`, `restart`, …);
+ * - `primaries()`: the ports of the current primaries, and `primaryOf(key)`;
+ * - `waitHealthy()`: resolves once the cluster is whole again (each live
+ *   node says `cluster_state:ok`, and every slot has a live primary);
+ * - `env`: FLEETGATE_REDIS_CLUSTER_NODES naming the seeds.
+ */
+export async function startRedisCluster({ persist = false, masters = 3, replicasPerMaster = 0 } = {}) {
+  const count = masters * (1 + replicasPerMaster);
+  const dirs = [];
+  const nodes = [];
+  const stopAll = async () => {
+    const results = await Promise.all(nodes.map((n) => n.stopProcess()));
+    for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
+    return { graceful: results.every((r) => r.graceful) };
+  };
+  try {
+    for (let i = 0; i < count; i += 1) {
+      const port = await freeClusterPort();
+      const dir = mkdtempSync(path.join(os.tmpdir(), "fleetgate-e2e-rcluster-"));
+      dirs.push(dir);
+      const node = await redisProcess({
+        port,
+        name: `redis-cluster-${i}`,
+        args: [
+          "--port", String(port),
+          "--bind", "127.0.0.1",
+          "--cluster-enabled", "yes",
+          "--cluster-config-file", path.join(dir, "nodes.conf"),
+          // Failure detection (and a replica's promotion) within seconds.
+          "--cluster-node-timeout", "1500",
+          // Replicas sync at once, and may take over however long ago
+          // they last heard from their primary.
+          "--repl-diskless-sync-delay", "0",
+          "--cluster-replica-validity-factor", "0",
+          ...persistenceArgs(persist, dir),
+        ],
+      });
+      node.stopProcess = node.stop;
+      nodes.push(node);
+    }
+    await redisCli([
+      "--cluster", "create",
+      ...nodes.map((n) => `127.0.0.1:${n.port}`),
+      "--cluster-replicas", String(replicasPerMaster),
+      "--cluster-yes",
+    ]);
+  } catch (err) {
+    await stopAll();
+    throw err;
+  }
+
+  const handle = {
+    kind: "cluster",
+    nodes,
+    env: { FLEETGATE_REDIS_CLUSTER_NODES: nodes.map((n) => `127.0.0.1:${n.port}`).join(",") },
+    /** Ports of the nodes that serve slots now, per `CLUSTER SLOTS` of a live node. */
+    async slots() {
+      for (const n of nodes.filter((x) => x.running)) {
+        try {
+          const out = await redisCli(["-p", String(n.port), "--json", "cluster", "slots"], { timeoutMs: 2_000 });
+          return JSON.parse(out).map(([from, to, primary]) => ({ from, to, port: primary[1] }));
+        } catch {
+          // try the next node
+        }
+      }
+      throw new Error("no live cluster node answers CLUSTER SLOTS");
+    },
+    async primaries() {
+      return [...new Set((await this.slots()).map((s) => s.port))];
+    },
+    /** The node (handle) that is primary for `key` now. */
+    async primaryOf(key) {
+      const live = nodes.find((x) => x.running);
+      const slot = Number((await redisCli(["-p", String(live.port), "cluster", "keyslot", key])).trim());
+      const range = (await this.slots()).find((s) => slot >= s.from && slot <= s.to);
+      return nodes.find((n) => n.port === range?.port);
+    },
+    async waitHealthy(ms = 30_000) {
+      const deadline = Date.now() + ms;
+      for (;;) {
+        let ok = true;
+        for (const n of nodes.filter((x) => x.running)) {
+          try {
+            const info = await redisCli(["-p", String(n.port), "cluster", "info"], { timeoutMs: 2_000 });
+            if (!info.includes("cluster_state:ok")) ok = false;
+          } catch {
+            ok = false;
+          }
+        }
+        if (ok) {
+          try {
+            const primaries = await this.primaries();
+            ok = primaries.every((p) => nodes.find((n) => n.port === p)?.running);
+          } catch {
+            ok = false;
+          }
+        }
+        if (ok) return;
+        if (Date.now() > deadline) throw new Error(`the Redis Cluster did not become healthy within ${ms} ms`);
+        await sleep(200);
+      }
+    },
+    pause() {
+      nodes.forEach((n) => n.pause());
+    },
+    resume() {
+      nodes.forEach((n) => n.resume());
+    },
+    async kill(signal = "SIGKILL") {
+      await Promise.all(nodes.map((n) => n.kill(signal)));
+    },
+    async restart() {
+      await Promise.all(nodes.map((n) => n.restart()));
+      await this.waitHealthy();
+    },
+    stop: stopAll,
+  };
+  try {
+    await handle.waitHealthy();
+    // Replicas have their primary's data (a failover test needs a replica
+    // that can take over).
+    const deadline = Date.now() + 30_000;
+    for (const n of nodes) {
+      for (;;) {
+        const info = await redisCli(["-p", String(n.port), "info", "replication"]);
+        if (info.includes("role:master") || info.includes("master_link_status:up")) break;
+        if (Date.now() > deadline) throw new Error(`replica ${n.port} did not sync with its primary`);
+        await sleep(100);
+      }
+    }
+  } catch (err) {
+    await stopAll();
+    throw err;
+  }
+  return handle;
+}
+
+/** Whether this run shares state through a Redis Cluster (`E2E_REDIS=cluster`). */
+export const clusterMode = process.env.E2E_REDIS === "cluster";
+
+/**
+ * The Redis the end-to-end tests share between replicas: a single
+ * redis-server, or a 3-primary Redis Cluster when `E2E_REDIS=cluster` (or
+ * `cluster: true`), so the same suite runs in both modes. Options as for
+ * `startRedis`, and for `startRedisCluster` in cluster mode.
+ */
+export function startSharedRedis({ cluster = clusterMode, ...opts } = {}) {
+  return cluster ? startRedisCluster(opts) : startRedis(opts);
 }
 
 // ---------------------------------------------------------------------------
@@ -383,8 +596,9 @@ export async function startServer({ name = "fleetgate", env = {}, args = [] } = 
 
 /**
  * A test deployment: `replicas` fleetgate processes, sharing one private
- * Redis when `redis` is true (the default) or an object of `startRedis`
- * options (e.g. `{ persist: true }`), or a single in-memory node.
+ * Redis (see `startSharedRedis`: a Redis Cluster when `E2E_REDIS=cluster`)
+ * when `redis` is true (the default) or an object of `startRedis` options
+ * (e.g. `{ persist: true }`), or a single in-memory node.
  * `jwt` settings are what tokens minted through `cluster.token` carry.
  */
 export async function startCluster({
@@ -413,12 +627,12 @@ export async function startCluster({
     },
   };
   try {
-    if (redis) cluster.redis = await startRedis(typeof redis === "object" ? redis : {});
+    if (redis) cluster.redis = await startSharedRedis(typeof redis === "object" ? redis : {});
     const fullEnv = {
       FLEETGATE_JWT_SECRET: secret,
       ...(issuer ? { FLEETGATE_JWT_ISSUER: issuer } : {}),
       ...(audience ? { FLEETGATE_JWT_AUDIENCE: audience } : {}),
-      ...(cluster.redis ? { FLEETGATE_REDIS_URL: cluster.redis.url } : {}),
+      ...(cluster.redis ? cluster.redis.env : {}),
       ...env,
     };
     const names = ["A", "B", "C", "D"];
