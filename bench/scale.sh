@@ -26,7 +26,9 @@
 #
 # Knobs (environment): REPLICAS_LIST ("1 2 3 4"), VEHICLES (2000), HZ (1),
 # VIEWERS (240), WARMUP (3s), DURATION (10s), INGEST_VEHICLES (2000),
-# INGEST_HZ (2).
+# INGEST_HZ (2), REPLICA_ENV (extra FLEETGATE_*=value settings of the
+# replicas, e.g. "FLEETGATE_REDIS_POOL_SIZE=1"), ONLY ("scale ingest": the
+# parts to run).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -41,6 +43,8 @@ WARMUP=${WARMUP:-3s}
 DURATION=${DURATION:-10s}
 INGEST_VEHICLES=${INGEST_VEHICLES:-2000}
 INGEST_HZ=${INGEST_HZ:-2}
+REPLICA_ENV=${REPLICA_ENV:-}
+ONLY=${ONLY:-"scale ingest"}
 RESULTS=${RESULTS:-$ROOT/bench/results}
 STAMP=$(date -u +%Y%m%d-%H%M%S)
 LOGS=$RESULTS/$STAMP-logs
@@ -142,9 +146,10 @@ start_replicas() { # count
   local i port mport
   for ((i = 0; i < $1; i++)); do
     port=$(free_port) mport=$(free_port)
+    # shellcheck disable=SC2086 # REPLICA_ENV is a list of VAR=value words
     env "${REDIS_ENV[@]}" FLEETGATE_JWT_SECRET="$SECRET" FLEETGATE_ADDR="127.0.0.1:$port" \
       FLEETGATE_METRICS_ADDR="127.0.0.1:$mport" FLEETGATE_LOG=warn FLEETGATE_SHUTDOWN_GRACE_SECS=1 \
-      FLEETGATE_RATE_VEHICLE_PER_SEC=0 "$FG" >"$LOGS/replica-$i.log" 2>&1 &
+      FLEETGATE_RATE_VEHICLE_PER_SEC=0 $REPLICA_ENV "$FG" >"$LOGS/replica-$i.log" 2>&1 &
     STARTED+=("$!")
     REPLICA_PIDS+=("$!")
     REPLICA_URLS+=("http://127.0.0.1:$port")
@@ -239,6 +244,7 @@ EOF
 
 say "Redis Cluster, 3 primaries"
 start_cluster
+[[ " $ONLY " == *" scale "* ]] || REPLICAS_LIST=""
 for r in $REPLICAS_LIST; do
   start_replicas "$r"
   say "$r replica(s): spread viewers"
@@ -248,18 +254,22 @@ for r in $REPLICAS_LIST; do
   stop_replicas
 done
 
-say "ingest: Redis CPU per stored position (cluster)"
-start_replicas 2
-run ingest-cluster ingest 2 12 "$INGEST_VEHICLES" "$INGEST_HZ" 12
-stop_replicas
+if [[ " $ONLY " == *" ingest "* ]]; then
+  say "ingest: Redis CPU per stored position (cluster)"
+  start_replicas 2
+  run ingest-cluster ingest 2 12 "$INGEST_VEHICLES" "$INGEST_HZ" 12
+  stop_replicas
+fi
 stop_redis
 
-say "ingest: Redis CPU per stored position (single Redis)"
-start_single
-start_replicas 2
-run ingest-single ingest 2 12 "$INGEST_VEHICLES" "$INGEST_HZ" 12
-stop_replicas
-stop_redis
+if [[ " $ONLY " == *" ingest "* ]]; then
+  say "ingest: Redis CPU per stored position (single Redis)"
+  start_single
+  start_replicas 2
+  run ingest-single ingest 2 12 "$INGEST_VEHICLES" "$INGEST_HZ" 12
+  stop_replicas
+  stop_redis
+fi
 
 python3 "$ROOT/bench/report.py" scale "$OUT" >"$RESULTS/$STAMP-scale.md"
 cat "$RESULTS/$STAMP-scale.md"

@@ -7,7 +7,8 @@
 //! Redis Cluster and the script stays single-slot):
 //! - `fg:{<fleet>}:pos:<vehicle>`: hash `t` (fix time), `p` (encoded event), TTL
 //! - `fg:{<fleet>}:idx`: sorted set of vehicle ids scored by expiry (ms)
-//! - `fg:{<fleet>}:positions`: the channel other replicas listen on
+//! - `fg:{<fleet>}:positions`: the sharded channel (`SPUBLISH`) other
+//!   replicas listen on, in the fleet's slot like its keys
 //! - `fg:{<fleet>}:presence`: sorted set of online vehicles scored by when
 //!   they go stale (ms)
 //! - `fg:{<fleet>}:conns:<vehicle>`: sorted set of replicas holding a socket
@@ -15,6 +16,10 @@
 //! - `fg:{<fleet>}:room:<room>`: the room's history, a capped stream with a TTL
 //! - `fg:presence:fleets`: set of fleets that have had presence, for the sweep
 //! - `fg:session:<id>`: the session JSON, TTL until it expires
+//!
+//! The same store runs on one Redis or on a Redis Cluster (`Conn`): every
+//! script's keys share their fleet's slot, and the one multi-key pipeline
+//! (presence refresh) is split per fleet on a cluster.
 
 use std::{future::Future, time::Duration};
 
@@ -39,6 +44,10 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// applied (see [`PUT_POSITION`]): room for the reply to travel back and
 /// for the error of the clock offset estimate.
 const FENCE_MARGIN: Duration = Duration::from_millis(500);
+
+/// Longest the sweep waits for one fleet, so that one unreachable shard
+/// leaves time for the others within the sweep's own bound.
+const FLEET_SWEEP_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// Replies slower than this round trip do not recalibrate the clock offset.
 const CALIBRATION_MAX_RTT: Duration = Duration::from_millis(250);
@@ -607,7 +616,12 @@ impl Store for RedisStore {
     async fn vehicle_connected(&self, fleet: &str, vehicle: &str, node: &str) -> Result<bool, StoreError> {
         self.bounded("vehicle_connected", || async {
             let mut conn = self.conn().await?;
-            redis::cmd("SADD").arg(PRESENCE_FLEETS).arg(fleet).query_async::<()>(&mut conn).await?;
+            // The sweep's list of fleets lives on one shard of a cluster;
+            // with that shard down the vehicle is still recorded (its
+            // fleet is listed again by the next vehicle to connect).
+            if let Err(e) = redis::cmd("SADD").arg(PRESENCE_FLEETS).arg(fleet).query_async::<()>(&mut conn).await {
+                tracing::debug!(error = %e, "fleet not listed for the presence sweep");
+            }
             let became: i64 = self
                 .vehicle_connected
                 .key(conns_key(fleet, vehicle))
@@ -676,17 +690,28 @@ impl Store for RedisStore {
         self.bounded("sweep_presence", || async {
             let mut conn = self.conn().await?;
             let fleets: Vec<String> = redis::cmd("SMEMBERS").arg(PRESENCE_FLEETS).query_async(&mut conn).await?;
+            // Fleets are swept side by side, each within its own bound: on a
+            // cluster with one shard down (or stalled) the fleets of the
+            // others are still swept.
+            let sweeps = fleets.into_iter().map(|fleet| async move {
+                let mut conn = self.conn().await?;
+                let mut invocation = self.sweep_presence.key(presence_key(&fleet));
+                invocation.arg(now_ms()).arg(self.retention.stale_after_ms).arg(conns_key(&fleet, "")).arg(check_conns);
+                let call = invocation.invoke_async::<Vec<String>>(&mut conn);
+                let flat = tokio::time::timeout(FLEET_SWEEP_TIMEOUT, call).await.map_err(|_| StoreError::Timeout)??;
+                Ok::<_, StoreError>((fleet, flat))
+            });
             let mut out = Vec::new();
-            for fleet in fleets {
-                let flat: Vec<String> = self
-                    .sweep_presence
-                    .key(presence_key(&fleet))
-                    .arg(now_ms())
-                    .arg(self.retention.stale_after_ms)
-                    .arg(conns_key(&fleet, ""))
-                    .arg(check_conns)
-                    .invoke_async(&mut conn)
-                    .await?;
+            let (mut swept, mut failure) = (0usize, None);
+            for result in futures_util::future::join_all(sweeps).await {
+                let (fleet, flat) = match result {
+                    Ok(r) => r,
+                    Err(e) => {
+                        failure = Some(e);
+                        continue;
+                    }
+                };
+                swept += 1;
                 for pair in flat.chunks(2) {
                     if let [vehicle, last_seen] = pair {
                         out.push(Offline {
@@ -697,7 +722,14 @@ impl Store for RedisStore {
                     }
                 }
             }
-            Ok(out)
+            match failure {
+                Some(e) if swept == 0 => Err(e),
+                Some(e) => {
+                    tracing::debug!(error = %e, swept, "some fleets were not swept");
+                    Ok(out)
+                }
+                None => Ok(out),
+            }
         })
         .await
     }

@@ -194,5 +194,38 @@ describe("Redis Cluster: failover to a replica", () => {
     const late = (await connectWithSession(A, cluster.token({ sub: "viewer", fleet, role: "viewer" }))).socket;
     assert.ok(byVehicle((await subscribe(late, {})).vehicles, "bus-1"), "snapshot after the failover");
     for (const s of [viewer, bus, late]) s.disconnect();
+    // The old primary comes back as a replica of the new one, so the next
+    // test again has a replica for every primary.
+    await primary.restart();
+    await cluster.redis.waitHealthy();
+    await eventually("the restarted node rejoins as a replica", async () => {
+      const info = await redisCli(["-p", String(primary.port), "info", "replication"]);
+      return info.includes("role:slave") || info.slice(0, 200);
+    });
+    await cluster.redis.waitSynced();
+  });
+
+  test("the primary of the Socket.IO adapter's channel dies: events across replicas flow again after the failover", async () => {
+    // Presence, chat and revocation cross replicas on the adapter's
+    // namespace channel, which lives on one shard.
+    const adapterChannel = "fg-sio-request#/fleet#";
+    const primary = await cluster.redis.primaryOf(adapterChannel);
+    await primary.kill("SIGKILL");
+    await eventually("a replica is promoted", async () => {
+      const now = await cluster.redis.primaryOf(adapterChannel).catch(() => null);
+      return (now && now.port !== primary.port && now.running) || { primary: now?.port };
+    }, 30_000);
+
+    await eventually("a vehicle connecting on A is announced to a viewer on B", async () => {
+      const fleet = uid("fleet");
+      const viewer = (await connectWithSession(B, cluster.token({ sub: "viewer", fleet, role: "viewer" }))).socket;
+      await subscribe(viewer, {}).catch(() => null);
+      const online = waitForEvent(viewer, "vehicle_online", 2_000, (e) => e.fleet === fleet).catch(() => null);
+      const bus = (await connectWithSession(A, cluster.token({ sub: "bus-1", fleet, role: "vehicle" }))).socket;
+      const got = await online;
+      viewer.disconnect();
+      bus.disconnect();
+      return got?.vehicleId === "bus-1" || { got };
+    }, 30_000);
   });
 });

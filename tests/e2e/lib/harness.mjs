@@ -343,7 +343,8 @@ async function freeClusterPort() {
  * - `nodes`: every node's process handle (`pause`, `kill`, `restart`, …);
  * - `primaries()`: the ports of the current primaries, and `primaryOf(key)`;
  * - `waitHealthy()`: resolves once the cluster is whole again (each live
- *   node says `cluster_state:ok`, and every slot has a live primary);
+ *   node says `cluster_state:ok`, and every slot has a live primary), and
+ *   `waitSynced()` once every replica has its primary's data;
  * - `env`: FLEETGATE_REDIS_CLUSTER_NODES naming the seeds.
  */
 export async function startRedisCluster({ persist = false, masters = 3, replicasPerMaster = 0 } = {}) {
@@ -442,6 +443,18 @@ export async function startRedisCluster({ persist = false, masters = 3, replicas
         await sleep(200);
       }
     },
+    /** Resolves once every live replica node has its primary's data (one that can take over). */
+    async waitSynced(ms = 30_000) {
+      const deadline = Date.now() + ms;
+      for (const n of nodes.filter((x) => x.running)) {
+        for (;;) {
+          const info = await redisCli(["-p", String(n.port), "info", "replication"]).catch(() => "");
+          if (info.includes("role:master") || info.includes("master_link_status:up")) break;
+          if (Date.now() > deadline) throw new Error(`replica ${n.port} did not sync with its primary`);
+          await sleep(100);
+        }
+      }
+    },
     pause() {
       nodes.forEach((n) => n.pause());
     },
@@ -459,17 +472,7 @@ export async function startRedisCluster({ persist = false, masters = 3, replicas
   };
   try {
     await handle.waitHealthy();
-    // Replicas have their primary's data (a failover test needs a replica
-    // that can take over).
-    const deadline = Date.now() + 30_000;
-    for (const n of nodes) {
-      for (;;) {
-        const info = await redisCli(["-p", String(n.port), "info", "replication"]);
-        if (info.includes("role:master") || info.includes("master_link_status:up")) break;
-        if (Date.now() > deadline) throw new Error(`replica ${n.port} did not sync with its primary`);
-        await sleep(100);
-      }
-    }
+    await handle.waitSynced();
   } catch (err) {
     await stopAll();
     throw err;
