@@ -61,11 +61,13 @@ pub struct Config {
     pub socketio_path: String,
 
     /// Redis URL; unset runs a single node with everything in memory.
-    #[arg(long, env = "FLEETGATE_REDIS_URL", global = true)]
+    // URLs carry passwords: `--help` must not print the environment's value.
+    #[arg(long, env = "FLEETGATE_REDIS_URL", hide_env_values = true, global = true)]
     pub redis_url: Option<String>,
 
-    /// Redis Cluster seed nodes `host:port,…` (instead of the URL).
-    #[arg(long, env = "FLEETGATE_REDIS_CLUSTER_NODES", value_delimiter = ',', global = true)]
+    /// Redis Cluster seed nodes instead of the URL: `host:port,…`, or
+    /// `redis://[:password@]host:port,…`.
+    #[arg(long, env = "FLEETGATE_REDIS_CLUSTER_NODES", value_delimiter = ',', hide_env_values = true, global = true)]
     pub redis_cluster_nodes: Vec<String>,
 
     /// Redis command connections; each is multiplexed, and they are used in turn.
