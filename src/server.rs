@@ -47,6 +47,7 @@ pub enum ServeError {
 
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     let metrics = crate::metrics::install().map_err(ServeError::Metrics)?;
+    let upkeep = metrics.spawn_upkeep();
     let keys = Keys::from_config(&config)?;
     let keys_configured = config.jwt_secret.is_some()
         || config.jwt_secrets.is_some()
@@ -99,6 +100,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         }
     };
     let _ = metrics_task.await;
+    upkeep.abort();
     result
 }
 

@@ -18,6 +18,10 @@ use axum::{Router, extract::State, routing::get};
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+/// How often histogram samples are folded into their buckets when no
+/// scrape does it.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Latency buckets in seconds, from 100 µs to 5 s.
 const LATENCY_BUCKETS: [f64; 14] =
     [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
@@ -42,6 +46,25 @@ impl Exporter {
     /// Starts sampling `sampler` at every scrape; only the first call counts.
     pub fn sample_with(&self, sampler: Arc<dyn Sample>) {
         let _ = self.sampler.set(sampler);
+    }
+
+    /// Drains histogram samples into their buckets every few seconds.
+    ///
+    /// The recorder keeps every histogram sample until upkeep folds it
+    /// into the buckets; a scrape does that too, but a process nobody
+    /// scrapes (the demo, a cluster without Prometheus, a stalled scraper)
+    /// would otherwise hold every latency it ever recorded: several per
+    /// position, megabytes per minute.
+    pub fn spawn_upkeep(&self) -> tokio::task::JoinHandle<()> {
+        let handle = self.handle.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(UPKEEP_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                handle.run_upkeep();
+            }
+        })
     }
 
     /// The exposition text, as served on `/metrics`.

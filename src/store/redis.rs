@@ -329,8 +329,9 @@ fn single_connections(url: &str, pool_size: usize) -> Result<Vec<Conn>, String> 
 
 /// Connections to a cluster. Each one holds a link to every primary and
 /// routes by slot, following `MOVED` and refreshing the slot map after a
-/// failover. They connect in the background, so a replica starts (not
-/// ready) while the cluster is still forming or unreachable.
+/// failover. Like the single-Redis connections they connect in the
+/// background and reconnect by themselves; it is the pub/sub clients that
+/// must reach Redis for the process to start.
 fn cluster_connections(
     seeds: Vec<String>,
     username: Option<&str>,
