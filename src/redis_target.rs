@@ -105,21 +105,15 @@ impl RedisTarget {
             }),
         }
     }
+}
 
-    /// The seed nodes as redis-rs connection infos (the command side).
-    pub fn cluster_urls(&self) -> Vec<String> {
-        match self {
-            Self::Single { .. } => Vec::new(),
-            Self::Cluster { nodes, .. } => nodes
-                .iter()
-                .map(|n| {
-                    if n.host.contains(':') {
-                        format!("redis://[{}]:{}", n.host, n.port)
-                    } else {
-                        format!("redis://{}:{}", n.host, n.port)
-                    }
-                })
-                .collect(),
+impl SeedNode {
+    /// The node as a redis-rs connection URL (the command side).
+    pub fn url(&self) -> String {
+        if self.host.contains(':') {
+            format!("redis://[{}]:{}", self.host, self.port)
+        } else {
+            format!("redis://{}:{}", self.host, self.port)
         }
     }
 }
@@ -150,7 +144,7 @@ mod tests {
         assert_eq!(nodes[2], SeedNode { host: "::1".into(), port: 7002 });
         assert_eq!(username, &None);
         assert_eq!(password.as_deref(), Some("s3cret"));
-        assert_eq!(t.cluster_urls()[2], "redis://[::1]:7002");
+        assert_eq!(nodes[2].url(), "redis://[::1]:7002");
     }
 
     fn target(args: &[&str]) -> Result<Option<RedisTarget>, String> {

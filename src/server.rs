@@ -49,13 +49,6 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let metrics = crate::metrics::install().map_err(ServeError::Metrics)?;
     let upkeep = metrics.spawn_upkeep();
     let keys = Keys::from_config(&config)?;
-    let keys_configured = config.jwt_secret.is_some()
-        || config.jwt_secrets.is_some()
-        || config.jwt_public_key_file.is_some()
-        || config.jwt_keys_dir.is_some();
-    if config.demo && !keys_configured {
-        tracing::warn!("demo mode: tokens are signed with a generated key; mint them at POST /api/v1/demo/token");
-    }
     let target = RedisTarget::from_config(&config).map_err(ServeError::Config)?;
     let auth = Arc::new(Authenticator::new(keys, &config));
     let config = Arc::new(config);

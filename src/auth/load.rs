@@ -84,6 +84,9 @@ impl Keys {
         let verifying = verifying_keys(config, &secrets)?;
         if verifying.is_empty() {
             return if config.demo {
+                tracing::warn!(
+                    "demo mode: tokens are signed with a generated key; mint them at POST /api/v1/demo/token"
+                );
                 let secret: [u8; 32] = rand::random();
                 Ok(Self::hs256(secret.to_vec()))
             } else {

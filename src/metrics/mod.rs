@@ -177,10 +177,9 @@ pub const UPDATE_SOURCES: [&str; 3] = ["socket", "http", "demo"];
 /// Outcomes of position updates, as labelled.
 pub const UPDATE_OUTCOMES: [&str; 7] =
     ["accepted", "stale", "invalid", "forbidden", "rate_limited", "unavailable", "error"];
-/// Cross-replica operations of the adapter, as labelled.
 /// The `limit` label of `fleetgate_rate_limited_total`.
 pub const RATE_LIMITS: [&str; 4] = ["events", "vehicle", "connections", "connections_per_ip"];
-
+/// Cross-replica operations of the adapter, as labelled.
 pub const ADAPTER_OPS: [&str; 4] = ["chat", "notice", "presence", "disconnect"];
 
 /// Exposes the counters at zero before anything happens, so dashboards and

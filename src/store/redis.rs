@@ -35,7 +35,12 @@ use redis::{
 };
 
 use super::{ChatMessage, Offline, PutOutcome, Retention, Scope, Store, StoreError};
-use crate::{ids::now_ms, position::Position, redis_target::RedisTarget, session::Session};
+use crate::{
+    ids::now_ms,
+    position::Position,
+    redis_target::{RedisTarget, SeedNode},
+    session::Session,
+};
 
 /// Longest a store call may take before the client is told `unavailable`.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -261,9 +266,12 @@ impl RedisStore {
         }
         let connections = match target {
             RedisTarget::Single { url } => single_connections(url, pool_size)?,
-            RedisTarget::Cluster { username, password, .. } => {
-                cluster_connections(target.cluster_urls(), username.as_deref(), password.as_deref(), pool_size)?
-            }
+            RedisTarget::Cluster { nodes, username, password } => cluster_connections(
+                nodes.iter().map(SeedNode::url).collect(),
+                username.as_deref(),
+                password.as_deref(),
+                pool_size,
+            )?,
         };
         Ok(Self {
             connections,
@@ -340,8 +348,6 @@ fn cluster_connections(
 ) -> Result<Vec<Conn>, String> {
     let mut builder = ClusterClient::builder(seeds)
         .use_protocol(redis::ProtocolVersion::RESP3)
-        .connection_timeout(CALL_TIMEOUT)
-        .response_timeout(CALL_TIMEOUT)
         // Redirections and reconnections within the 2 s bound of a call;
         // a write is retried only when it was not applied (a redirection
         // or a refused connection), or it is fenced (positions, chat).
@@ -355,6 +361,7 @@ fn cluster_connections(
         builder = builder.password(password);
     }
     let client = builder.build().map_err(|e| e.to_string())?;
+    // The connection's config takes over the client's timeouts.
     let config =
         redis::cluster::ClusterConfig::new().set_connection_timeout(CALL_TIMEOUT).set_response_timeout(CALL_TIMEOUT);
     Ok((0..pool_size.max(1))

@@ -15,12 +15,12 @@ import {
   emitWithAck,
   publishAccepted,
   redisCli,
-  sleep,
   startCluster,
   subscribe,
   test,
   tsAt,
   uid,
+  until,
   waitForEvent,
 } from "./lib/harness.mjs";
 
@@ -42,27 +42,24 @@ async function shardSubscribers(node, channel) {
   return Number(out[1]);
 }
 
+/** Waits until `check` returns `true`; anything else it returns is the diagnostic of the failure. */
 async function eventually(what, check, ms = 15_000) {
-  const deadline = Date.now() + ms;
   let last;
-  for (;;) {
-    last = await check();
-    if (last === true) return;
-    if (Date.now() > deadline) assert.fail(`${what} (last: ${JSON.stringify(last)})`);
-    await sleep(100);
-  }
+  await until(async () => (last = await check()) === true, ms, () => `${what} (last: ${JSON.stringify(last)})`, 100);
 }
 
 /** Publishes until one is accepted (a shard may still be coming back). */
 async function publishUntilAccepted(bus, vehicleId, ms = 20_000) {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const update = { vehicleId, lat: 48.85 + Math.random() / 100, lon: 2.35, ts: tsAt() };
-    const ack = await emitWithAck(bus, "locationupdate", update).catch(() => null);
-    if (ack?.ok) return { update, ack };
-    if (Date.now() > deadline) assert.fail(`no update accepted within ${ms} ms (last ack: ${JSON.stringify(ack)})`);
-    await sleep(200);
-  }
+  let ack;
+  return until(
+    async () => {
+      const update = { vehicleId, lat: 48.85 + Math.random() / 100, lon: 2.35, ts: tsAt() };
+      ack = await emitWithAck(bus, "locationupdate", update).catch(() => null);
+      return ack?.ok && { update, ack };
+    },
+    ms,
+    () => `no update accepted (last ack: ${JSON.stringify(ack)})`,
+  );
 }
 
 describe("Redis Cluster: three primaries", () => {

@@ -36,6 +36,7 @@ import {
   subscribe,
   test,
   uid,
+  until,
   readResponse,
 } from "./lib/harness.mjs";
 
@@ -61,17 +62,6 @@ async function httpGet(url, token) {
     return await readResponse(res);
   } catch (err) {
     return { status: 0, text: String(err?.message ?? err), json: undefined };
-  }
-}
-
-/** Polls `fn` until it returns a truthy value; rejects with `what()` after `ms`. */
-async function until(fn, ms, what, every = 200) {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`${typeof what === "function" ? what() : what} (waited ${ms} ms)`);
-    await sleep(every);
   }
 }
 

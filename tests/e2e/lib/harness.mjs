@@ -156,6 +156,17 @@ export function uid(prefix = "id") {
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+/** Polls `fn` until it returns a truthy value (resolving with it); rejects with `what` (or `what()`) after `ms`. */
+export async function until(fn, ms, what, every = 200) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`${typeof what === "function" ? what() : what} (waited ${ms} ms)`);
+    await sleep(every);
+  }
+}
+
 // ---------------------------------------------------------------------------
 // Redis
 // ---------------------------------------------------------------------------
@@ -419,41 +430,26 @@ export async function startRedisCluster({ persist = false, masters = 3, replicas
       return nodes.find((n) => n.port === range?.port);
     },
     async waitHealthy(ms = 30_000) {
-      const deadline = Date.now() + ms;
-      for (;;) {
-        let ok = true;
+      const healthy = async () => {
         for (const n of nodes.filter((x) => x.running)) {
-          try {
-            const info = await redisCli(["-p", String(n.port), "cluster", "info"], { timeoutMs: 2_000 });
-            if (!info.includes("cluster_state:ok")) ok = false;
-          } catch {
-            ok = false;
-          }
+          const info = await redisCli(["-p", String(n.port), "cluster", "info"], { timeoutMs: 2_000 }).catch(() => "");
+          if (!info.includes("cluster_state:ok")) return false;
         }
-        if (ok) {
-          try {
-            const primaries = await this.primaries();
-            ok = primaries.every((p) => nodes.find((n) => n.port === p)?.running);
-          } catch {
-            ok = false;
-          }
-        }
-        if (ok) return;
-        if (Date.now() > deadline) throw new Error(`the Redis Cluster did not become healthy within ${ms} ms`);
-        await sleep(200);
-      }
+        const primaries = await this.primaries().catch(() => null);
+        return !!primaries && primaries.every((p) => nodes.find((n) => n.port === p)?.running);
+      };
+      await until(healthy, ms, "the Redis Cluster did not become healthy");
     },
     /** Resolves once every live replica node has its primary's data (one that can take over). */
     async waitSynced(ms = 30_000) {
-      const deadline = Date.now() + ms;
-      for (const n of nodes.filter((x) => x.running)) {
-        for (;;) {
+      const synced = async () => {
+        for (const n of nodes.filter((x) => x.running)) {
           const info = await redisCli(["-p", String(n.port), "info", "replication"]).catch(() => "");
-          if (info.includes("role:master") || info.includes("master_link_status:up")) break;
-          if (Date.now() > deadline) throw new Error(`replica ${n.port} did not sync with its primary`);
-          await sleep(100);
+          if (!info.includes("role:master") && !info.includes("master_link_status:up")) return false;
         }
-      }
+        return true;
+      };
+      await until(synced, ms, "a replica did not sync with its primary", 100);
     },
     pause() {
       nodes.forEach((n) => n.pause());
