@@ -105,6 +105,7 @@ fn socketio_builder(config: &Config) -> SocketIoBuilder {
         // Frames are small (positions, acks): 1 KiB reads keep an idle
         // socket's buffer small; larger frames take a few more reads.
         .ws_read_buffer_size(1024)
+        .ws_write_window(config.write_window())
         .max_payload(max as u64)
         .ws_max_message_size(max)
         .ws_max_frame_size(max)
@@ -132,7 +133,7 @@ async fn run<A: Adapter>(
     }
     let demo_task = config.demo.then(|| tokio::spawn(demo::run(gateway.clone(), config.demo_vehicles)));
     let presence_task = tokio::spawn(gateway::presence::run(gateway.clone()));
-    let fanout_tasks = gateway::fanout::spawn(&gateway, Duration::from_millis(config.write_delay_ms));
+    let fanout_tasks = gateway::fanout::spawn(&gateway);
     let limits_task = {
         let limits = gateway.limits.clone();
         tokio::spawn(async move {

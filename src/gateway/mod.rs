@@ -215,6 +215,7 @@ impl<A: Adapter> Gateway<A> {
                         encoded,
                         received_at: now,
                         relayed: false,
+                        wire: Default::default(),
                     })
                     .await;
                 Ok(Accepted { accepted: true, reason: None })
@@ -258,6 +259,7 @@ impl<A: Adapter> Gateway<A> {
                 encoded,
                 received_at: key.received_at,
                 relayed: true,
+                wire: Default::default(),
             })
             .await;
     }

@@ -10,8 +10,11 @@ use std::{
     time::Duration,
 };
 
-use serde_json::value::RawValue;
-use socketioxide::{adapter::Adapter, extract::SocketRef, socket::Sid};
+use socketioxide::{
+    adapter::Adapter,
+    extract::SocketRef,
+    socket::{EncodedEvent, Sid},
+};
 
 use super::{Fanout, Mode, NAMESPACE, Outgoing, fleet_room, slow::Batch};
 
@@ -29,8 +32,11 @@ pub(super) fn add(pending: &Mutex<Pending>, p: Outgoing) {
     }
 }
 
-fn encode(fleet: &str, items: &[&Arc<Outgoing>]) -> Option<Box<RawValue>> {
-    serde_json::value::to_raw_value(&Batch { fleet, items: items.iter().map(|p| &*p.encoded).collect() }).ok()
+/// The `locations` packet of a window's items, encoded once (on `socket`)
+/// for every socket that gets the same items.
+fn encode<A: Adapter>(socket: &SocketRef<A>, fleet: &str, items: &[&Arc<Outgoing>]) -> Option<EncodedEvent> {
+    let batch = Batch { fleet, items: items.iter().map(|p| &*p.encoded).collect() };
+    socket.encode_event("locations", &batch).ok()
 }
 
 impl<A: Adapter> Fanout<A> {
@@ -44,8 +50,8 @@ impl<A: Adapter> Fanout<A> {
             let all: Vec<&Arc<Outgoing>> = vehicles.values().collect();
             let froom = fleet_room(&fleet);
             let whole = ns.clone().local().to(froom.clone()).sockets();
-            if !whole.is_empty()
-                && let Some(encoded) = encode(&fleet, &all)
+            if let Some(first) = whole.first()
+                && let Some(encoded) = encode(first, &fleet, &all)
             {
                 for socket in &whole {
                     delivered += self.slow.offer_batch(socket, &all, &encoded);
@@ -60,7 +66,7 @@ impl<A: Adapter> Fanout<A> {
                 }
             }
             for (socket, items) in partial.into_values() {
-                if let Some(encoded) = encode(&fleet, &items) {
+                if let Some(encoded) = encode(&socket, &fleet, &items) {
                     delivered += self.slow.offer_batch(&socket, &items, &encoded);
                 }
             }

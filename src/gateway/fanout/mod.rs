@@ -8,12 +8,13 @@
 //!
 //! Positions reach sockets through a few fan-out tasks (one per worker
 //! thread, a fleet always on the same one) fed by bounded queues. A task
-//! takes everything queued at once, hands it to the sockets, then lets the
-//! sockets' writers run: under load several positions wait in each
-//! socket's buffer by then and leave in one write, so the cost of a
-//! delivery falls as load rises instead of the server falling behind.
-//! `FLEETGATE_WRITE_DELAY_MS` adds a pause after each round for the same
-//! effect at any load, at the price of that much latency.
+//! takes everything queued at once and hands it to the sockets. Each
+//! position is encoded once into the Socket.IO packet its viewers receive
+//! ([`Outgoing::wire`]); handing it to a socket is a reference-count
+//! increment and a push onto the socket's queue. The websocket connection
+//! (`vendor/engineioxide`) then coalesces by `FLEETGATE_WRITE_WINDOW_MS`
+//! (contract section 9): what reaches a socket within a window of its last
+//! write leaves together, in one write, at the end of that window.
 //!
 //! With conflation on (`FLEETGATE_BATCH_MS` > 0) positions wait in a
 //! per-fleet map that keeps the newest per vehicle (see [`conflate`]).
@@ -30,7 +31,12 @@ use std::{
 };
 
 use serde_json::value::RawValue;
-use socketioxide::{SocketIo, adapter::Adapter, extract::SocketRef, socket::Sid};
+use socketioxide::{
+    SocketIo,
+    adapter::Adapter,
+    extract::SocketRef,
+    socket::{EncodedEvent, Sid},
+};
 use tokio::sync::mpsc;
 
 pub use conflate::run_conflation;
@@ -81,9 +87,21 @@ pub struct Outgoing {
     pub received_at: i64,
     /// Whether it was accepted on another replica.
     pub relayed: bool,
+    /// The `locationupdate` packet, encoded by the first socket that sends
+    /// it and shared by all the others.
+    pub wire: std::sync::OnceLock<EncodedEvent>,
 }
 
 impl Outgoing {
+    /// The `locationupdate` packet of this position, encoded once.
+    fn wire<A: Adapter>(&self, socket: &SocketRef<A>) -> Option<&EncodedEvent> {
+        if let Some(wire) = self.wire.get() {
+            return Some(wire);
+        }
+        let wire = socket.encode_event("locationupdate", &*self.encoded).ok()?;
+        Some(self.wire.get_or_init(|| wire))
+    }
+
     fn record_lag(&self) {
         let path = if self.relayed { "relay" } else { "local" };
         let lag = (crate::ids::now_ms() - self.received_at).max(0) as f64 / 1000.0;
@@ -259,29 +277,25 @@ impl<A: Adapter> Fanout<A> {
 }
 
 /// Starts the fan-out tasks and the slow-viewer sweep; abort the handles to stop them.
-pub fn spawn<A: Adapter>(gw: &Arc<super::Gateway<A>>, write_delay: Duration) -> Vec<tokio::task::JoinHandle<()>> {
+pub fn spawn<A: Adapter>(gw: &Arc<super::Gateway<A>>) -> Vec<tokio::task::JoinHandle<()>> {
     let receivers = match &gw.fanout.mode {
         Mode::Immediate { receivers, .. } => std::mem::take(&mut *receivers.lock().unwrap_or_else(|p| p.into_inner())),
         Mode::Conflate(_) => Vec::new(),
     };
     let mut tasks: Vec<_> =
-        receivers.into_iter().map(|rx| tokio::spawn(run_queue(gw.clone(), rx, write_delay))).collect();
+        receivers.into_iter().map(|rx| tokio::spawn(run_queue(gw.clone(), rx))).collect();
     tasks.push(tokio::spawn(slow::run_sweep(gw.clone())));
     tasks
 }
 
-async fn run_queue<A: Adapter>(gw: Arc<super::Gateway<A>>, mut rx: mpsc::Receiver<Arc<Outgoing>>, delay: Duration) {
+async fn run_queue<A: Adapter>(gw: Arc<super::Gateway<A>>, mut rx: mpsc::Receiver<Arc<Outgoing>>) {
     let mut round = Vec::with_capacity(ROUND);
     while rx.recv_many(&mut round, ROUND).await > 0 {
         for p in round.drain(..) {
             gw.fanout.send_now(&p);
         }
-        // Let the sockets' writers run before the next round, so what
-        // queues meanwhile leaves together.
-        if delay.is_zero() {
-            tokio::task::yield_now().await;
-        } else {
-            tokio::time::sleep(delay).await;
-        }
+        // Let the connections write before the next round, so what queues
+        // meanwhile leaves together.
+        tokio::task::yield_now().await;
     }
 }

@@ -21,7 +21,12 @@ use std::{
 
 use serde::Serialize;
 use serde_json::value::RawValue;
-use socketioxide::{SendError, SocketError, adapter::Adapter, extract::SocketRef, socket::Sid};
+use socketioxide::{
+    SendError, SocketError,
+    adapter::Adapter,
+    extract::SocketRef,
+    socket::{EncodedEvent, Sid},
+};
 
 use super::Outgoing;
 
@@ -134,7 +139,8 @@ impl<A: Adapter> SlowViewers<A> {
         if self.kept(socket.id, &[p]) {
             return false;
         }
-        match socket.emit("locationupdate", &*p.encoded) {
+        let Some(wire) = p.wire(socket) else { return false };
+        match socket.emit_encoded(wire) {
             Ok(()) => true,
             Err(e) if is_full(&e) => {
                 self.start(socket, &[p]);
@@ -147,11 +153,11 @@ impl<A: Adapter> SlowViewers<A> {
 
     /// Sends a window's `locations` batch (already encoded), or keeps its
     /// items when the socket lags. How many positions went out now.
-    pub fn offer_batch(&self, socket: &SocketRef<A>, items: &[&Arc<Outgoing>], encoded: &RawValue) -> usize {
+    pub fn offer_batch(&self, socket: &SocketRef<A>, items: &[&Arc<Outgoing>], encoded: &EncodedEvent) -> usize {
         if self.kept(socket.id, items) {
             return 0;
         }
-        match socket.emit("locations", encoded) {
+        match socket.emit_encoded(encoded) {
             Ok(()) => items.len(),
             Err(e) if is_full(&e) => {
                 self.start(socket, items);
@@ -202,7 +208,10 @@ impl<A: Adapter> SlowViewers<A> {
                     _ => 0,
                 }
             } else {
-                items.iter().take_while(|p| lag.socket.emit("locationupdate", &*p.encoded).is_ok()).count()
+                items
+                    .iter()
+                    .take_while(|p| p.wire(&lag.socket).is_some_and(|w| lag.socket.emit_encoded(w).is_ok()))
+                    .count()
             };
             delivered += sent as u64;
             for p in items.drain(sent..) {
