@@ -135,6 +135,7 @@ def table(results: Path, stamp: str, p99_max: float, ratio_min: float) -> str:
         tag = f"{fmt(get(d0, 'results.target_updates_per_s'), 0)} upd/s × {get(d0, 'params.viewers')} viewers"
         pick = lambda label: (cpu.get(label) or [None])[-1]  # noqa: E731
         row(f"{tag}: server CPU per delivery", {l: fmt(get(pick(l), "results.server.cpu_us_per_delivery"), 2, " µs") + tool_note(pick(l)) for l, _ in SERVERS if pick(l)}, "lower")
+        row(f"{tag}: server CPU per delivery, user / system", {l: f"{fmt(get(pick(l), 'results.server.user_us_per_delivery'), 2)} / {fmt(get(pick(l), 'results.server.system_us_per_delivery'), 2)} µs" for l, _ in SERVERS if pick(l)}, "user ≤ 0.3 µs")
         row(f"{tag}: server CPU (cores)", {l: fmt(get(pick(l), "results.server.cpu_util"), 2) for l, _ in SERVERS if pick(l)}, "lower")
         row(f"{tag}: deliveries/s · ratio", {l: f"{fmt(get(pick(l), 'results.deliveries_per_s'), 0)} · {fmt(get(pick(l), 'results.delivery_ratio'), 4)}" for l, _ in SERVERS if pick(l)}, f"ratio ≥ {ratio_min:g}")
         row(f"{tag}: latency p50 / p99 / max", {l: f"{fmt(get(pick(l), 'results.latency.p50_ms'), 1)} / {fmt(get(pick(l), 'results.latency.p99_ms'), 1)} / {fmt(get(pick(l), 'results.latency.max_ms'), 1)} ms" for l, _ in SERVERS if pick(l)}, f"p99 ≤ {p99_max:g} ms")

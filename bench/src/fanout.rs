@@ -295,6 +295,9 @@ pub async fn run(common: &Common, p: Params) -> anyhow::Result<Report> {
     let redis_cpu = red1.cpu.saturating_sub(red0.cpu).as_secs_f64();
     let tool_cpu = tool1.saturating_sub(tool0).as_secs_f64();
     let per_delivery_us = (delivered > 0 && !procs.is_empty()).then(|| server_cpu * 1e6 / delivered as f64);
+    let server_user = srv1.user.saturating_sub(srv0.user).as_secs_f64();
+    let server_system = srv1.system.saturating_sub(srv0.system).as_secs_f64();
+    let per_delivery = |cpu: f64| (delivered > 0 && !procs.is_empty()).then(|| cpu * 1e6 / delivered as f64);
     let per_cpu_ms = (server_cpu > 0.0).then(|| delivered as f64 / (server_cpu * 1e3));
     let lag_p99 = s.schedule_lag.quantile_ms(0.99);
     // Late by more than a fifth of the period at p99: the offered rate is not what was asked for.
@@ -327,6 +330,10 @@ pub async fn run(common: &Common, p: Params) -> anyhow::Result<Report> {
             "cpu_s_each": srv_each,
             "cpu_util": server_cpu / wall,
             "cpu_us_per_delivery": per_delivery_us,
+            "user_s": server_user,
+            "system_s": server_system,
+            "user_us_per_delivery": per_delivery(server_user),
+            "system_us_per_delivery": per_delivery(server_system),
             "deliveries_per_cpu_ms": per_cpu_ms,
             "cpu_us_per_update": (accepted_in_window > 0 && !procs.is_empty()).then(|| server_cpu * 1e6 / accepted_in_window as f64),
             "rss_bytes": rss_each.iter().sum::<u64>(),

@@ -145,18 +145,26 @@ fn clock_ticks() -> f64 {
 
 /// user + system CPU time of a whole process (all threads, exited ones too).
 pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let (user, system) = cpu_times(pid)?;
+    Ok(user + system)
+}
+
+/// User and system CPU time of a whole process, apart: user space is the
+/// server's own work, system time mostly the kernel's TCP path.
+pub fn cpu_times(pid: u32) -> anyhow::Result<(Duration, Duration)> {
     let path = format!("/proc/{pid}/stat");
     let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     // The command name may contain spaces and parentheses: fields start after the last ')'.
     let after = stat.rsplit_once(')').map(|(_, r)| r).context("malformed stat")?;
     let fields: Vec<&str> = after.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of stat(5); `after` starts at field 3.
-    let ticks: u64 = fields
+    let (user, system): (u64, u64) = fields
         .get(11)
         .zip(fields.get(12))
-        .and_then(|(u, s)| Some(u.parse::<u64>().ok()? + s.parse::<u64>().ok()?))
+        .and_then(|(u, s)| Some((u.parse::<u64>().ok()?, s.parse::<u64>().ok()?)))
         .context("malformed stat")?;
-    Ok(Duration::from_secs_f64(ticks as f64 / clock_ticks()))
+    let secs = |t: u64| Duration::from_secs_f64(t as f64 / clock_ticks());
+    Ok((secs(user), secs(system)))
 }
 
 pub fn self_cpu_time() -> Duration {
@@ -183,6 +191,8 @@ pub struct Procs(pub Vec<u32>);
 #[derive(Clone, Copy, Default)]
 pub struct ProcSample {
     pub cpu: Duration,
+    pub user: Duration,
+    pub system: Duration,
     pub rss: u64,
     pub fds: usize,
 }
@@ -204,7 +214,10 @@ impl Procs {
     pub fn sample(&self) -> ProcSample {
         let mut s = ProcSample::default();
         for pid in &self.0 {
-            s.cpu += cpu_time(*pid).unwrap_or_default();
+            let (user, system) = cpu_times(*pid).unwrap_or_default();
+            s.user += user;
+            s.system += system;
+            s.cpu += user + system;
             s.rss += rss_bytes(*pid).unwrap_or_default();
             s.fds += fd_count(*pid).unwrap_or_default();
         }
