@@ -58,7 +58,8 @@ STORM_RATE=${STORM_RATE:-0}
 INGEST_RATE=${INGEST_RATE:-2000}
 INGEST_CONNECTIONS=${INGEST_CONNECTIONS:-16}
 BATCH_MS=${BATCH_MS:-100}
-WRITE_DELAY_MS=${WRITE_DELAY_MS:-20}
+# The write-window point of the conflation scenario (the default window is 10).
+WRITE_WINDOW_MS=${WRITE_WINDOW_MS:-25}
 # After each window: how long in-flight positions may still arrive and count.
 DRAIN=${DRAIN:-5s}
 if ((QUICK)); then
@@ -296,7 +297,7 @@ for kind in $SERVERS; do
     for batch in 0 "$BATCH_MS"; do
       conflation_run "batch$batch" FLEETGATE_BATCH_MS="$batch"
     done
-    conflation_run "delay$WRITE_DELAY_MS" FLEETGATE_WRITE_DELAY_MS="$WRITE_DELAY_MS"
+    conflation_run "window$WRITE_WINDOW_MS" FLEETGATE_WRITE_WINDOW_MS="$WRITE_WINDOW_MS"
   fi
 done
 

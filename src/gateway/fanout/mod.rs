@@ -282,8 +282,7 @@ pub fn spawn<A: Adapter>(gw: &Arc<super::Gateway<A>>) -> Vec<tokio::task::JoinHa
         Mode::Immediate { receivers, .. } => std::mem::take(&mut *receivers.lock().unwrap_or_else(|p| p.into_inner())),
         Mode::Conflate(_) => Vec::new(),
     };
-    let mut tasks: Vec<_> =
-        receivers.into_iter().map(|rx| tokio::spawn(run_queue(gw.clone(), rx))).collect();
+    let mut tasks: Vec<_> = receivers.into_iter().map(|rx| tokio::spawn(run_queue(gw.clone(), rx))).collect();
     tasks.push(tokio::spawn(slow::run_sweep(gw.clone())));
     tasks
 }
