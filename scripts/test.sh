@@ -42,6 +42,11 @@ step "rust unit and integration tests"
 cargo build --locked --workspace
 cargo test --locked --workspace
 
+# The vendored Engine.IO transport's own tests (vendor/PATCHES.md), from
+# its own manifest and lock file.
+step "vendored engineioxide tests"
+CARGO_TARGET_DIR="$PWD/target/vendor" cargo test --locked --manifest-path vendor/engineioxide/Cargo.toml --lib
+
 export FLEETGATE_BIN="$PWD/target/debug/fleetgate"
 
 step "end-to-end tests (socket.io-client)"

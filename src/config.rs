@@ -284,3 +284,24 @@ impl Config {
         if trimmed.is_empty() { "/socket.io".to_owned() } else { trimmed.to_owned() }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        Cli::try_parse_from(std::iter::once("fleetgate").chain(args.iter().copied())).map(|cli| cli.config)
+    }
+
+    #[test]
+    fn the_write_window_takes_its_old_name_as_an_alias() {
+        let ms = |args: &[&str]| parse(args).map(|c| c.write_window().as_millis());
+        assert_eq!(ms(&[]).ok(), Some(u128::from(DEFAULT_WRITE_WINDOW_MS)));
+        assert_eq!(ms(&["--write-window-ms", "0"]).ok(), Some(0));
+        assert_eq!(ms(&["--write-delay-ms", "7"]).ok(), Some(7));
+        assert_eq!(ms(&["--write-window-ms", "3", "--write-delay-ms", "7"]).ok(), Some(3));
+        assert!(parse(&["--write-window-ms", "1001"]).is_err());
+    }
+}
