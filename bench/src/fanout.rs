@@ -291,13 +291,13 @@ pub async fn run(common: &Common, p: Params) -> anyhow::Result<Report> {
     let expected = expected(s);
     let delivered = s.deliveries_in_window.load(Relaxed);
     let ratio = (expected > 0).then(|| delivered as f64 / expected as f64);
-    let server_cpu = srv1.cpu.saturating_sub(srv0.cpu).as_secs_f64();
-    let redis_cpu = red1.cpu.saturating_sub(red0.cpu).as_secs_f64();
+    let server_cpu = srv1.cpu().saturating_sub(srv0.cpu()).as_secs_f64();
+    let redis_cpu = red1.cpu().saturating_sub(red0.cpu()).as_secs_f64();
     let tool_cpu = tool1.saturating_sub(tool0).as_secs_f64();
-    let per_delivery_us = (delivered > 0 && !procs.is_empty()).then(|| server_cpu * 1e6 / delivered as f64);
     let server_user = srv1.user.saturating_sub(srv0.user).as_secs_f64();
     let server_system = srv1.system.saturating_sub(srv0.system).as_secs_f64();
     let per_delivery = |cpu: f64| (delivered > 0 && !procs.is_empty()).then(|| cpu * 1e6 / delivered as f64);
+    let per_delivery_us = per_delivery(server_cpu);
     let per_cpu_ms = (server_cpu > 0.0).then(|| delivered as f64 / (server_cpu * 1e3));
     let lag_p99 = s.schedule_lag.quantile_ms(0.99);
     // Late by more than a fifth of the period at p99: the offered rate is not what was asked for.

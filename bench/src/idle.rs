@@ -179,7 +179,7 @@ pub async fn run(common: &Common, p: Params) -> anyhow::Result<Report> {
             "fds_before": before.fds,
             "fds_after": after.fds,
             "fds_per_conn": if procs.is_empty() { None } else { per(after.fds as u64, before.fds as u64) },
-            "cpu_s_opening": after.cpu.saturating_sub(before.cpu).as_secs_f64(),
+            "cpu_s_opening": after.cpu().saturating_sub(before.cpu()).as_secs_f64(),
         },
         "redis": {
             "pids": redis_procs.0,

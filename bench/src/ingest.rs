@@ -112,7 +112,7 @@ pub async fn run(common: &Common, p: Params) -> anyhow::Result<Report> {
     let wall = wall0.elapsed().as_secs_f64();
     let srv1 = procs.sample();
     let mach1 = stats::MachineCpu::sample();
-    let redis_cpu = redis_procs.sample().cpu.saturating_sub(red0.cpu).as_secs_f64();
+    let redis_cpu = redis_procs.sample().cpu().saturating_sub(red0.cpu()).as_secs_f64();
     let tool_cpu = stats::self_cpu_time().saturating_sub(tool0).as_secs_f64();
     let _ = tokio::time::timeout(p.timeout + Duration::from_secs(1), futures_util::future::join_all(handles)).await;
 
@@ -121,7 +121,7 @@ pub async fn run(common: &Common, p: Params) -> anyhow::Result<Report> {
     let in_window = s.in_window.load(Relaxed);
     let status = s.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let non_200: u64 = status.iter().filter(|(k, _)| **k != 200).map(|(_, v)| v).sum();
-    let server_cpu = srv1.cpu.saturating_sub(srv0.cpu).as_secs_f64();
+    let server_cpu = srv1.cpu().saturating_sub(srv0.cpu()).as_secs_f64();
     let lag_p99 = s.schedule_lag.quantile_ms(0.99);
     let fell_behind = lag_p99 > (period.as_secs_f64() * 1e3 / 5.0).max(5.0);
     let achieved = in_window as f64 / secs.max(1e-9);

@@ -190,11 +190,17 @@ pub struct Procs(pub Vec<u32>);
 
 #[derive(Clone, Copy, Default)]
 pub struct ProcSample {
-    pub cpu: Duration,
     pub user: Duration,
     pub system: Duration,
     pub rss: u64,
     pub fds: usize,
+}
+
+impl ProcSample {
+    /// User plus system CPU time.
+    pub fn cpu(&self) -> Duration {
+        self.user + self.system
+    }
 }
 
 impl Procs {
@@ -217,7 +223,6 @@ impl Procs {
             let (user, system) = cpu_times(*pid).unwrap_or_default();
             s.user += user;
             s.system += system;
-            s.cpu += user + system;
             s.rss += rss_bytes(*pid).unwrap_or_default();
             s.fds += fd_count(*pid).unwrap_or_default();
         }

@@ -85,10 +85,10 @@ pub async fn run(common: &Common, p: Params) -> anyhow::Result<Report> {
     let secs = started.elapsed().as_secs_f64();
     let srv1 = procs.sample();
     let mach1 = stats::MachineCpu::sample();
-    let redis_cpu = redis_procs.sample().cpu.saturating_sub(red0.cpu).as_secs_f64();
+    let redis_cpu = redis_procs.sample().cpu().saturating_sub(red0.cpu()).as_secs_f64();
     let tool_cpu = stats::self_cpu_time().saturating_sub(tool0).as_secs_f64();
     let ok = shared.ok.load(Relaxed);
-    let server_cpu = srv1.cpu.saturating_sub(srv0.cpu).as_secs_f64();
+    let server_cpu = srv1.cpu().saturating_sub(srv0.cpu()).as_secs_f64();
     let results = json!({
         "handshakes": ok,
         "elapsed_s": secs,

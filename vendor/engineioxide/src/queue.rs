@@ -12,7 +12,7 @@ use std::{
     future::poll_fn,
     pin::pin,
     sync::{
-        Mutex, MutexGuard,
+        Arc, Mutex, MutexGuard,
         atomic::{AtomicUsize, Ordering},
     },
     task::{Context, Poll, Waker},
@@ -22,8 +22,6 @@ use tokio::sync::{
     Notify,
     mpsc::error::{SendError, TryRecvError, TrySendError},
 };
-
-use std::sync::Arc;
 
 /// Slots kept by an empty queue; more are given back.
 const KEEP: usize = 4;

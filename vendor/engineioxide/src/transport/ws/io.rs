@@ -317,6 +317,17 @@ impl Writer {
         Pin::new(&mut *io).poll_flush(cx)
     }
 
+    /// Writes everything queued, giving up after `bound`; whether the
+    /// write ended (done or failed) within it.
+    pub(crate) async fn flush_within<S: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut S,
+        bound: std::time::Duration,
+    ) -> bool {
+        let flush = std::future::poll_fn(|cx| self.poll_flush(cx, io));
+        tokio::time::timeout(bound, flush).await.is_ok()
+    }
+
     fn advance(&mut self, mut written: usize) {
         while let Some(front) = self.queue.front() {
             let left = front.len() - self.sent;

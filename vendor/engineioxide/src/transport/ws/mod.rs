@@ -232,16 +232,10 @@ where
         Ok(End::Cancelled) => {
             // Closed by the server: what was queued (the close packets
             // among it) still goes out, within a bound.
-            while let Ok(packets) = internal_rx.buffered_rx.try_recv() {
-                for p in packets {
-                    conn_state.writer.push_packet(p, socket.protocol);
-                }
-            }
+            conn_state.take_queued(&mut internal_rx);
             drop(internal_rx);
             conn_state.writer.push_close();
-            let mut writer = conn_state.writer;
-            let flush = poll_fn(|cx| writer.poll_flush(cx, &mut conn));
-            if tokio::time::timeout(CLOSING_FLUSH, flush).await.is_ok() {
+            if conn_state.writer.flush_within(&mut conn, CLOSING_FLUSH).await {
                 conn.shutdown().await.ok();
             }
             #[cfg(feature = "tracing")]
@@ -252,9 +246,7 @@ where
             #[cfg(feature = "tracing")]
             tracing::debug!(sid = %socket.id, "ws transport was closed");
             engine.close_session(socket.id, DisconnectReason::TransportClose);
-            let mut writer = conn_state.writer;
-            let flush = poll_fn(|cx| writer.poll_flush(cx, &mut conn));
-            tokio::time::timeout(CLOSING_FLUSH, flush).await.ok();
+            conn_state.writer.flush_within(&mut conn, CLOSING_FLUSH).await;
         }
         Err(e) => {
             drop(internal_rx);
