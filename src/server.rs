@@ -106,6 +106,7 @@ fn socketio_builder(config: &Config) -> SocketIoBuilder {
         // socket's buffer small; larger frames take a few more reads.
         .ws_read_buffer_size(1024)
         .ws_write_window(config.write_window())
+        .req_parts_filter(gateway::handshake::keep_only(config.client_ip_header.as_deref()))
         .max_payload(max as u64)
         .ws_max_message_size(max)
         .ws_max_frame_size(max)
@@ -150,10 +151,8 @@ async fn run<A: Adapter>(
 
     let accepting = Arc::new(AtomicBool::new(true));
     exporter.sample_with(Arc::new(Sampler { gateway: gateway.clone(), accepting: accepting.clone() }));
-    let socketio_path = config.socketio_req_path();
     let app: Router = http::router(Arc::new(HttpState { backend: gateway.clone(), accepting: accepting.clone() }))
         .layer(layer)
-        .layer(tower::util::MapRequestLayer::new(move |req| http::detach::detach(req, &socketio_path)))
         .layer(cors(&config))
         .layer(DefaultBodyLimit::max(config.max_message_bytes));
 

@@ -6,6 +6,7 @@
 mod auth;
 mod conn;
 pub mod fanout;
+pub mod handshake;
 pub mod limits;
 mod location;
 pub mod presence;

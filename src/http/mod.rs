@@ -5,7 +5,6 @@
 pub mod api;
 mod backend;
 mod caller;
-pub mod detach;
 mod json;
 pub mod openapi;
 mod pages;

@@ -30,9 +30,27 @@
 //! let svc = EngineIoService::with_config(Arc::new(MyHandler), config);
 //! ```
 
-use std::{borrow::Cow, time::Duration};
+use std::{borrow::Cow, fmt, sync::Arc, time::Duration};
 
 use engineioxide_core::TransportType;
+use http::request::Parts;
+
+/// Trims a handshake request's parts before its socket keeps them (see
+/// [`EngineIoConfigBuilder::req_parts_filter`]).
+#[derive(Clone)]
+pub struct ReqPartsFilter(Arc<dyn Fn(&mut Parts) + Send + Sync>);
+
+impl ReqPartsFilter {
+    pub(crate) fn apply(&self, parts: &mut Parts) {
+        (self.0)(parts)
+    }
+}
+
+impl fmt::Debug for ReqPartsFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ReqPartsFilter")
+    }
+}
 
 /// Configuration for the engine.io engine & transports
 #[derive(Debug, Clone)]
@@ -91,6 +109,10 @@ pub struct EngineIoConfig {
     /// Defaults to zero.
     pub ws_write_window: Duration,
 
+    /// Applied to the handshake request's parts before the socket keeps
+    /// them for its whole life. Defaults to none: everything is kept.
+    pub req_parts_filter: Option<ReqPartsFilter>,
+
     /// Allowed transports on this server
     /// It is represented as a bitfield to allow to combine any number of transports easily
     pub transports: u8,
@@ -107,6 +129,7 @@ impl Default for EngineIoConfig {
             max_payload: 1e5 as u64, // 100kb
             ws_read_buffer_size: 4096,
             ws_write_window: Duration::ZERO,
+            req_parts_filter: None,
             ws_max_message_size: 64 << 20,
             ws_max_frame_size: 16 << 20,
             transports: TransportType::Polling as u8 | TransportType::Websocket as u8,
@@ -222,6 +245,16 @@ impl EngineIoConfigBuilder {
     /// one write. Defaults to zero (every frame written at once).
     pub fn ws_write_window(mut self, window: Duration) -> Self {
         self.config.ws_write_window = window;
+        self
+    }
+
+    /// Trims the handshake request's parts before a socket keeps them: a
+    /// socket holds its [`Parts`] (URI, headers, extensions) for as long
+    /// as it lives, which at many idle sockets is a large share of their
+    /// memory. An application that reads only some of them (a header, the
+    /// peer address) can drop the rest here.
+    pub fn req_parts_filter(mut self, filter: impl Fn(&mut Parts) + Send + Sync + 'static) -> Self {
+        self.config.req_parts_filter = Some(ReqPartsFilter(Arc::new(filter)));
         self
     }
 

@@ -43,9 +43,12 @@ impl<H: EngineIoHandler> EngineIo<H> {
         self: &Arc<Self>,
         protocol: ProtocolVersion,
         transport: TransportType,
-        req: Parts,
+        mut req: Parts,
         supports_binary: bool,
     ) -> Arc<Socket<H::Data>> {
+        if let Some(filter) = &self.config.req_parts_filter {
+            filter.apply(&mut req);
+        }
         let engine = self.clone();
         let close_fn = Box::new(move |sid, reason| engine.close_session(sid, reason));
 

@@ -70,11 +70,7 @@ use engineioxide_core::{Packet, PacketBuf, ProtocolVersion, Str, TransportType};
 use futures_util::FutureExt;
 use http::request::Parts;
 use smallvec::{SmallVec, smallvec};
-use tokio::sync::{
-    Mutex,
-    mpsc::{self, Receiver, error::TrySendError},
-    watch,
-};
+use tokio::sync::{Mutex, Notify, mpsc::error::TrySendError, watch};
 
 pub use engineioxide_core::Sid;
 use tokio_util::sync::CancellationToken;
@@ -174,6 +170,41 @@ impl InternalRx {
     }
 }
 
+/// The heartbeat packets a transport saw, for the heartbeat job: at most
+/// one pending, like a one-slot channel, but held inline in the socket
+/// (a tokio channel allocates its own block for every socket).
+#[derive(Debug, Default)]
+pub(crate) struct HeartbeatSignal {
+    pending: AtomicBool,
+    notify: Notify,
+}
+
+impl HeartbeatSignal {
+    /// Records one heartbeat packet; more before the job takes it are one.
+    pub(crate) fn signal(&self) {
+        self.pending.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    /// Takes a pending heartbeat packet, if any.
+    fn take(&self) -> bool {
+        self.pending.swap(false, Ordering::AcqRel)
+    }
+
+    /// Waits for the next heartbeat packet (or takes the pending one).
+    async fn wait(&self) {
+        loop {
+            // Created before the check: `notify_waiters` wakes it even
+            // when the packet arrives between the check and the await.
+            let notified = self.notify.notified();
+            if self.take() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
 /// A [`Socket`] represents a client connection to the server.
 /// It is agnostic to the [`TransportType`].
 ///
@@ -221,12 +252,9 @@ where
     /// message is retained; subsequent volatile sends overwrite the previous one.
     volatile_tx: watch::Sender<Option<PacketBuf>>,
 
-    /// Internal channel to receive Pong [`Packets`](Packet) (v4 protocol) or Ping (v3 protocol) in the heartbeat job
-    /// which is running in a separate task
-    heartbeat_rx: Mutex<Receiver<()>>,
-    /// Channel to send Ping [`Packets`](Packet) (v4 protocol) or Ping (v3 protocol) from the connexion to the heartbeat job
-    /// which is running in a separate task
-    pub(crate) heartbeat_tx: mpsc::Sender<()>,
+    /// Pong [`Packets`](Packet) (v4 protocol) or Ping (v3 protocol) seen by the
+    /// transports, for the heartbeat job which is running in a separate task
+    pub(crate) heartbeat: HeartbeatSignal,
 
     /// A cancellation token that will be triggered when the socket is being closed.
     pub(crate) cancellation_token: CancellationToken,
@@ -256,7 +284,6 @@ where
         supports_binary: bool,
     ) -> Self {
         let (internal_tx, internal_rx) = queue::channel(config.max_buffer_size);
-        let (heartbeat_tx, heartbeat_rx) = mpsc::channel(1);
         let (volatile_tx, volatile_rx) = watch::channel(None);
 
         Self {
@@ -270,8 +297,7 @@ where
 
             volatile_tx,
 
-            heartbeat_rx: Mutex::new(heartbeat_rx),
-            heartbeat_tx,
+            heartbeat: HeartbeatSignal::default(),
             cancellation_token: CancellationToken::new(),
 
             close_fn,
@@ -348,18 +374,13 @@ where
     ///
     /// If the client does not respond within the timeout, the connection is closed.
     async fn heartbeat_job_v4(&self, interval: Duration, timeout: Duration) -> Result<(), Error> {
-        let mut heartbeat_rx = self
-            .heartbeat_rx
-            .try_lock()
-            .expect("Pong rx should be locked only once");
-
         #[cfg(feature = "tracing")]
         tracing::debug!(sid = ?self.id, "heartbeat sender routine started");
 
         let mut interval_tick = tokio::time::interval(interval);
         interval_tick.tick().await;
         // Some clients send the pong packet in first. If that happens, we should consume it.
-        heartbeat_rx.try_recv().ok();
+        self.heartbeat.take();
         loop {
             // If we are currently upgrading we should pause the heartbeat process
             if self.is_upgrading() {
@@ -377,10 +398,9 @@ where
             #[cfg(feature = "tracing")]
             tracing::trace!(sid = ?self.id, "waiting for pong");
 
-            tokio::time::timeout(timeout, heartbeat_rx.recv())
+            tokio::time::timeout(timeout, self.heartbeat.wait())
                 .await
-                .map_err(|_| Error::HeartbeatTimeout)?
-                .ok_or(Error::HeartbeatTimeout)?;
+                .map_err(|_| Error::HeartbeatTimeout)?;
 
             #[cfg(feature = "tracing")]
             tracing::trace!(sid = ?self.id, "pong received");
@@ -391,19 +411,13 @@ where
 
     #[cfg(feature = "v3")]
     async fn heartbeat_job_v3(&self, interval: Duration, timeout: Duration) -> Result<(), Error> {
-        let mut heartbeat_rx = self
-            .heartbeat_rx
-            .try_lock()
-            .expect("Pong rx should be locked only once");
-
         #[cfg(feature = "tracing")]
         tracing::debug!(sid = ?self.id, "heartbeat receiver routine started");
 
         loop {
-            tokio::time::timeout(interval + timeout, heartbeat_rx.recv())
+            tokio::time::timeout(interval + timeout, self.heartbeat.wait())
                 .await
-                .map_err(|_| Error::HeartbeatTimeout)?
-                .ok_or(Error::HeartbeatTimeout)?;
+                .map_err(|_| Error::HeartbeatTimeout)?;
 
             #[cfg(feature = "tracing")]
             tracing::trace!(sid = ?self.id, "ping received, sending pong");
@@ -564,8 +578,7 @@ impl<D: Default + Send + Sync + 'static> std::fmt::Debug for Socket<D> {
             .field("conn", &self.transport)
             .field("internal_rx", &self.internal_rx)
             .field("internal_tx", &self.internal_tx)
-            .field("heartbeat_rx", &self.heartbeat_rx)
-            .field("heartbeat_tx", &self.heartbeat_tx)
+            .field("heartbeat", &self.heartbeat)
             .field("cancellation_token", &self.cancellation_token)
             .field("req_data", &self.req_parts)
             .finish()
@@ -613,7 +626,6 @@ where
         buffer_size: usize,
     ) -> (Arc<Socket<D>>, tokio::sync::mpsc::Receiver<Packet>) {
         let (internal_tx, internal_rx) = queue::channel(buffer_size);
-        let (heartbeat_tx, heartbeat_rx) = mpsc::channel(1);
         let (volatile_tx, volatile_rx) = watch::channel(None);
 
         let sock = Self {
@@ -627,8 +639,7 @@ where
 
             volatile_tx,
 
-            heartbeat_rx: Mutex::new(heartbeat_rx),
-            heartbeat_tx,
+            heartbeat: HeartbeatSignal::default(),
             cancellation_token: CancellationToken::new(),
             close_fn,
 
@@ -639,7 +650,7 @@ where
         };
         let sock = Arc::new(sock);
 
-        let (tx, rx) = mpsc::channel(buffer_size);
+        let (tx, rx) = tokio::sync::mpsc::channel(buffer_size);
         let sock_clone = sock.clone();
         tokio::spawn(async move {
             let mut internal_rx = sock_clone.internal_rx.try_lock().unwrap();

@@ -222,6 +222,19 @@ impl<A: Adapter> SocketIoBuilder<A> {
         self
     }
 
+    /// Trims the handshake request's parts before a socket keeps them for
+    /// its whole life (see `EngineIoConfigBuilder::req_parts_filter`):
+    /// what [`Socket::req_parts`](crate::socket::Socket::req_parts) returns
+    /// is what the filter left.
+    #[inline]
+    pub fn req_parts_filter(
+        mut self,
+        filter: impl Fn(&mut http::request::Parts) + Send + Sync + 'static,
+    ) -> Self {
+        self.engine_config_builder = self.engine_config_builder.req_parts_filter(filter);
+        self
+    }
+
     /// The size of the read buffer for the websocket transport.
     /// You can tweak this value depending on your use case. Defaults to 4KiB.
     ///

@@ -310,8 +310,8 @@ impl Writer {
             }
             self.advance(written);
         }
-        if self.queue.capacity() > 64 {
-            // Give back what a burst took.
+        if self.queue.capacity() > 0 {
+            // An idle connection holds no frame slots.
             self.queue = VecDeque::new();
         }
         Pin::new(&mut *io).poll_flush(cx)

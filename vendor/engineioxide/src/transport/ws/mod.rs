@@ -36,8 +36,8 @@ use tokio::{
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_util::future::FutureExt as _;
 
-pub use frame::ProtocolError;
 use frame::OpCode;
+pub use frame::ProtocolError;
 use io::{Message, Reader, Writer};
 
 use crate::{
@@ -97,11 +97,14 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
             }
         };
 
-        match on_init(engine.clone(), conn, protocol, sid, parts).await {
-            Ok(_) => {
-                #[cfg(feature = "tracing")]
-                tracing::debug!(?sid, "ws closed")
+        // The handshake's state (the request parts, the upgrade) stays in
+        // this short-lived task; the connection's own task holds only
+        // what it needs while it lives.
+        match open(engine.clone(), conn, protocol, sid, parts).await {
+            Ok(Some(opened)) => {
+                tokio::spawn(opened.serve());
             }
+            Ok(None) => {}
             Err(Error::MultipleWebsocketRequests) => {}
             Err(_e) => {
                 #[cfg(feature = "tracing")]
@@ -121,17 +124,45 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
 /// Sends an open packet if it is not an upgrade from a polling request
 ///
 /// Serves the connection until it is closed.
+pub async fn on_init<H: EngineIoHandler, S>(
+    engine: Arc<EngineIo<H>>,
+    conn: S,
+    protocol: ProtocolVersion,
+    sid: Option<Sid>,
+    req_data: Parts,
+) -> Result<(), Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    if let Some(opened) = open(engine, conn, protocol, sid, req_data).await? {
+        opened.serve().await;
+    }
+    Ok(())
+}
+
+/// A websocket connection past its handshake, ready to be served.
+struct Opened<H: EngineIoHandler, S> {
+    engine: Arc<EngineIo<H>>,
+    socket: Arc<Socket<H::Data>>,
+    conn: S,
+    reader: Reader,
+    writer: Writer,
+    own_heartbeat: bool,
+}
+
+/// Opens the connection: the polling → websocket upgrade handshake, or a
+/// new session and its open packet. `None` when the session closed first.
 #[cfg_attr(
     feature = "tracing",
     tracing::instrument(level = "trace", name = "init_websocket", skip(engine, conn, req_data))
 )]
-pub async fn on_init<H: EngineIoHandler, S>(
+async fn open<H: EngineIoHandler, S>(
     engine: Arc<EngineIo<H>>,
     mut conn: S,
     protocol: ProtocolVersion,
     sid: Option<Sid>,
     req_data: Parts,
-) -> Result<(), Error>
+) -> Result<Option<Opened<H, S>>, Error>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -176,7 +207,9 @@ where
 
         let open = make_open_packet(TransportType::Websocket, socket.id, &engine.config);
         writer.push_packet(Packet::Open(open), protocol);
-        poll_fn(|cx| writer.poll_flush(cx, &mut conn)).await.map_err(Error::Io)?;
+        poll_fn(|cx| writer.poll_flush(cx, &mut conn))
+            .await
+            .map_err(Error::Io)?;
         let own = protocol == ProtocolVersion::V4;
         if !own {
             socket
@@ -185,79 +218,114 @@ where
         }
         (socket, own)
     };
-
-    // A polling request that was in progress during the upgrade may still hold the lock.
-    let lock = socket.internal_rx.lock();
-    let Some(mut internal_rx) = lock
-        .with_cancellation_token(&socket.cancellation_token)
-        .await
-    else {
-        #[cfg(feature = "tracing")]
-        tracing::debug!(sid = %socket.id, "session closed before the ws connection started");
-        return Ok(());
-    };
-
-    let mut conn_state = Connection {
-        engine: &engine,
-        socket: &socket,
+    Ok(Some(Opened {
+        engine,
+        socket,
+        conn,
         reader,
         writer,
-        window: engine.config.ws_write_window,
-        last_write: None,
-        waiting: false,
-        heartbeat: own_heartbeat.then_some(Heartbeat {
-            interval: engine.config.ping_interval,
-            timeout: engine.config.ping_timeout,
-            awaiting_pong: false,
-        }),
-    };
-    let mut cancelled = pin!(socket.cancellation_token.cancelled());
-    let mut flush_at = pin!(tokio::time::sleep(Duration::ZERO));
-    let mut ping_at = pin!(tokio::time::sleep(engine.config.ping_interval));
-    let end = poll_fn(|cx| {
-        if cancelled.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Ok(End::Cancelled));
-        }
-        conn_state.poll(
-            cx,
-            &mut conn,
-            &mut internal_rx,
-            flush_at.as_mut(),
-            ping_at.as_mut(),
-        )
-    })
-    .await;
+        own_heartbeat,
+    }))
+}
 
-    match end {
-        Ok(End::Cancelled) => {
-            // Closed by the server: what was queued (the close packets
-            // among it) still goes out, within a bound.
-            conn_state.take_queued(&mut internal_rx);
-            drop(internal_rx);
-            conn_state.writer.push_close();
-            if conn_state.writer.flush_within(&mut conn, CLOSING_FLUSH).await {
-                conn.shutdown().await.ok();
+impl<H: EngineIoHandler, S> Opened<H, S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    /// Serves the connection until it is closed. The future is built from
+    /// an `async` block over the fields, not an `async fn` taking `self`,
+    /// so each part is stored once in it: it is what an idle connection
+    /// costs.
+    fn serve(self) -> impl Future<Output = ()> + Send + 'static {
+        let Opened {
+            engine,
+            socket,
+            mut conn,
+            mut reader,
+            mut writer,
+            own_heartbeat,
+        } = self;
+        async move {
+            // A polling request that was in progress during the upgrade may still hold the lock.
+            let lock = socket.internal_rx.lock();
+            let Some(mut internal_rx) = lock
+                .with_cancellation_token(&socket.cancellation_token)
+                .await
+            else {
+                #[cfg(feature = "tracing")]
+                tracing::debug!(sid = %socket.id, "session closed before the ws connection started");
+                return;
+            };
+
+            let mut conn_state = Connection {
+                engine: &engine,
+                socket: &socket,
+                reader: &mut reader,
+                writer: &mut writer,
+                window: engine.config.ws_write_window,
+                last_write: None,
+                waiting: false,
+                heartbeat: own_heartbeat.then_some(Heartbeat {
+                    interval: engine.config.ping_interval,
+                    timeout: engine.config.ping_timeout,
+                    awaiting_pong: false,
+                }),
+            };
+            let mut cancelled = pin!(socket.cancellation_token.cancelled());
+            let mut flush_at = pin!(tokio::time::sleep(Duration::ZERO));
+            let mut ping_at = pin!(tokio::time::sleep(engine.config.ping_interval));
+            let end = poll_fn(|cx| {
+                if cancelled.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Ok(End::Cancelled));
+                }
+                conn_state.poll(
+                    cx,
+                    &mut conn,
+                    &mut internal_rx,
+                    flush_at.as_mut(),
+                    ping_at.as_mut(),
+                )
+            })
+            .await;
+
+            match end {
+                Ok(End::Cancelled) => {
+                    // Closed by the server: what was queued (the close packets
+                    // among it) still goes out, within a bound.
+                    conn_state.take_queued(&mut internal_rx);
+                    drop(internal_rx);
+                    conn_state.writer.push_close();
+                    if conn_state
+                        .writer
+                        .flush_within(&mut conn, CLOSING_FLUSH)
+                        .await
+                    {
+                        conn.shutdown().await.ok();
+                    }
+                    #[cfg(feature = "tracing")]
+                    tracing::debug!(sid = %socket.id, "socket is closing");
+                }
+                Ok(End::Closed) => {
+                    drop(internal_rx);
+                    #[cfg(feature = "tracing")]
+                    tracing::debug!(sid = %socket.id, "ws transport was closed");
+                    engine.close_session(socket.id, DisconnectReason::TransportClose);
+                    conn_state
+                        .writer
+                        .flush_within(&mut conn, CLOSING_FLUSH)
+                        .await;
+                }
+                Err(e) => {
+                    drop(internal_rx);
+                    let reason = Option::<DisconnectReason>::from(&e)
+                        .unwrap_or(DisconnectReason::TransportError);
+                    #[cfg(feature = "tracing")]
+                    tracing::debug!("ws connection error: {:?}", e);
+                    engine.close_session(socket.id, reason);
+                }
             }
-            #[cfg(feature = "tracing")]
-            tracing::debug!(sid = %socket.id, "socket is closing");
-        }
-        Ok(End::Closed) => {
-            drop(internal_rx);
-            #[cfg(feature = "tracing")]
-            tracing::debug!(sid = %socket.id, "ws transport was closed");
-            engine.close_session(socket.id, DisconnectReason::TransportClose);
-            conn_state.writer.flush_within(&mut conn, CLOSING_FLUSH).await;
-        }
-        Err(e) => {
-            drop(internal_rx);
-            let reason =
-                Option::<DisconnectReason>::from(&e).unwrap_or(DisconnectReason::TransportError);
-            #[cfg(feature = "tracing")]
-            tracing::debug!("ws connection error: {:?}", e);
-            engine.close_session(socket.id, reason);
         }
     }
-    Ok(())
 }
 
 /// How a connection's loop ended.
@@ -280,8 +348,8 @@ struct Heartbeat {
 struct Connection<'a, H: EngineIoHandler> {
     engine: &'a Arc<EngineIo<H>>,
     socket: &'a Arc<Socket<H::Data>>,
-    reader: Reader,
-    writer: Writer,
+    reader: &'a mut Reader,
+    writer: &'a mut Writer,
     window: Duration,
     last_write: Option<Instant>,
     /// Frames wait for the window to end (`flush_at`); the channel is not
@@ -439,7 +507,7 @@ impl<H: EngineIoHandler> Connection<'_, H> {
             }
             // A full channel means that the client is already known to be alive.
             None => {
-                self.socket.heartbeat_tx.try_send(()).ok();
+                self.socket.heartbeat.signal();
             }
         }
     }
@@ -506,7 +574,9 @@ where
             #[cfg(feature = "tracing")]
             tracing::debug!("received first ping upgrade");
             writer.push_packet(Packet::PongUpgrade, socket.protocol);
-            poll_fn(|cx| writer.poll_flush(cx, conn)).await.map_err(Error::Io)?;
+            poll_fn(|cx| writer.poll_flush(cx, conn))
+                .await
+                .map_err(Error::Io)?;
         }
         p => Err(Error::BadPacket(p))?,
     };
@@ -618,7 +688,9 @@ mod tests {
         let (mut client, socket, _task) = open(&engine).await;
         client.write_all(&masked_text("4hello")).await.unwrap();
         socket.emit(Str::from("world")).unwrap();
-        let got = tokio::time::timeout(TIMEOUT, read_text(&mut client)).await.unwrap();
+        let got = tokio::time::timeout(TIMEOUT, read_text(&mut client))
+            .await
+            .unwrap();
         assert_eq!(got, "4world");
         tokio::time::timeout(TIMEOUT, async {
             while engine.handler.messages.lock().unwrap().is_empty() {
@@ -639,7 +711,9 @@ mod tests {
             socket.emit(Str::from(format!("m{i}"))).unwrap();
         }
         for i in 0..5 {
-            let got = tokio::time::timeout(TIMEOUT, read_text(&mut client)).await.unwrap();
+            let got = tokio::time::timeout(TIMEOUT, read_text(&mut client))
+                .await
+                .unwrap();
             assert_eq!(got, format!("4m{i}"));
         }
     }
