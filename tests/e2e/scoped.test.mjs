@@ -142,6 +142,10 @@ for (const mode of MODES) {
     test("the snapshot and the live positions hold only the token's vehicles", async () => {
       const { fleet, disp, rider, marker } = await setup();
       const r = await rider(["bus-1", "bus-2"], B);
+      // Refused wider subscriptions leave nothing behind that would deliver.
+      expectError(await emitWithAck(r.socket, "subscribe", {}), "forbidden");
+      expectError(await emitWithAck(r.socket, "subscribe", { bbox: BOX }), "forbidden");
+      expectError(await emitWithAck(r.socket, "providerjoin", { providerId: fleet }), "forbidden");
       const snap = await subscribe(r.socket, { vehicles: ["bus-1", "bus-2"] });
       assert.equal(snap.fleet, fleet);
       assert.deepEqual(snap.vehicles.map((v) => v.vehicleId).sort(), ["bus-1", "bus-2"]);
