@@ -342,3 +342,39 @@ describe("scoped tokens from the --demo token endpoint", () => {
     }
   });
 });
+
+describe("scoped viewer tokens with conflation (FLEETGATE_BATCH_MS)", () => {
+  let cluster;
+
+  before(async () => {
+    cluster = await startCluster({ replicas: 1, redis: false, env: { FLEETGATE_BATCH_MS: "50" } });
+  });
+
+  after(async () => {
+    await cluster?.stop();
+  });
+
+  test("a batch holds only the token's vehicles", async () => {
+    const [server] = cluster.servers;
+    const fleet = uid("fleet");
+    const disp = (await connectWithSession(server, cluster.token({ sub: "disp", fleet, role: "dispatcher" }))).socket;
+    const watcher = (await connectWithSession(server, cluster.token({ sub: "w", fleet, role: "viewer" }))).socket;
+    const seen = record(watcher, "locations");
+    await subscribe(watcher, {});
+    const rider = (
+      await connectWithSession(server, cluster.token({ sub: "r", fleet, role: "viewer", vehicles: ["bus-1"] }))
+    ).socket;
+    const batches = record(rider, "locations");
+    await subscribe(rider, { vehicles: ["bus-1"] });
+    for (let i = 1; i <= 5; i += 1) {
+      for (const [vehicleId, at] of Object.entries(SPOT)) {
+        await publishAccepted(disp, { vehicleId, lat: at.lat + i / 1000, lon: at.lon, ts: tsAt() });
+      }
+    }
+    const last = (b) => b.items.some((u) => u.vehicleId === "bus-4" && u.lat > SPOT["bus-4"].lat + 0.0045);
+    await seen.waitFor(last);
+    await batches.waitFor((b) => b.items.some((u) => u.vehicleId === "bus-1" && u.lat > SPOT["bus-1"].lat + 0.0045));
+    const foreign = batches.items.flatMap((b) => b.items).filter((u) => u.vehicleId !== "bus-1");
+    assert.deepEqual(foreign, [], "a batch carried vehicles outside the scope");
+  });
+});
