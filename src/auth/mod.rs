@@ -1,6 +1,7 @@
 //! Who a client is: JWT verification (section 2 of the contract) against a
-//! set of keys chosen by the token's `kid`, the roles a token can carry, and
-//! minting tokens for operators and the demo.
+//! set of keys chosen by the token's `kid`, the roles a token can carry, the
+//! vehicles a scoped viewer token may watch, and minting tokens for
+//! operators and the demo.
 
 mod keys;
 mod load;

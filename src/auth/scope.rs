@@ -36,7 +36,7 @@ pub enum ScopeError {
     NotAnArray,
     #[error("must name at least one vehicle (omit it for the whole fleet)")]
     Empty,
-    #[error("at most 256 vehicle ids")]
+    #[error("at most {MAX_SCOPED_VEHICLES} vehicle ids")]
     TooMany,
     #[error("items must be vehicle ids (1–64 characters of [A-Za-z0-9._:-])")]
     BadId,
