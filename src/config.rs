@@ -40,6 +40,10 @@ pub struct TokenArgs {
     /// For vehicle tokens, the only vehicle id it may publish for (defaults to `sub`).
     #[arg(long)]
     pub vehicle: Option<String>,
+    /// For viewer tokens, the only vehicle ids it may watch (`a,b,c`, at most
+    /// 256): a scoped token for a rider app. Without it a viewer watches the whole fleet.
+    #[arg(long, value_delimiter = ',')]
+    pub vehicles: Option<Vec<String>>,
     /// Lifetime in seconds.
     #[arg(long, default_value_t = 3600)]
     pub ttl: u64,

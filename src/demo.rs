@@ -74,6 +74,7 @@ pub async fn run<A: Adapter>(gateway: Arc<Gateway<A>>, vehicles: usize) {
         fleet: FLEET.into(),
         role: Role::Dispatcher,
         vehicle: None,
+        vehicles: None,
         expires_at: i64::MAX,
     };
     let mut tick = tokio::time::interval(Duration::from_secs(1));

@@ -24,8 +24,15 @@ fn mint(config: &Config, args: &fleetgate::config::TokenArgs) -> Result<String, 
         return Err(fleetgate::auth::KeyError::NoSigningKey.to_string());
     }
     let role = Role::parse(&args.role).ok_or("--role must be vehicle, viewer or dispatcher")?;
-    let claims = Claims::issue(args.sub.clone(), args.fleet.clone(), role, args.vehicle.clone(), args.ttl)
-        .map_err(|e| e.message.into_owned())?;
+    let claims = Claims::issue(
+        args.sub.clone(),
+        args.fleet.clone(),
+        role,
+        args.vehicle.clone(),
+        args.vehicles.clone(),
+        args.ttl,
+    )
+    .map_err(|e| e.message.into_owned())?;
     let keys = Keys::from_config(config).map_err(|e| e.to_string())?;
     let auth = Authenticator::new(keys, config);
     auth.mint(&claims, config).map_err(|e| e.to_string())

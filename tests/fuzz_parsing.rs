@@ -303,6 +303,7 @@ fn session() -> Session {
         fleet: "demo".into(),
         role: Role::Viewer,
         vehicle: None,
+        vehicles: None,
         expires_at: ids::now_ms() + 60_000,
     }
 }

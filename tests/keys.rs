@@ -291,3 +291,71 @@ fn bad_key_configurations_stop_the_process() {
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+/// `--demo` next to a real key setting: the demo token endpoint would mint
+/// tokens anyone can ask for with that key, so the process refuses to start.
+#[test]
+fn demo_mode_refuses_real_keys() {
+    let dir = scratch("demo");
+    let (_, public) = keypair_as(&dir, "ec", "k1", "pem");
+    let d = dir.display().to_string();
+    let cases: [(&str, &str); 6] = [
+        ("FLEETGATE_JWT_SECRET", "a-production-secret"),
+        ("FLEETGATE_JWT_SECRETS", "k1:a-production-secret"),
+        ("FLEETGATE_JWT_PUBLIC_KEY_FILE", &public),
+        ("FLEETGATE_JWT_KEYS_DIR", &d),
+        ("FLEETGATE_JWT_PRIVATE_KEY_FILE", &public),
+        // Refused by name, whichever release reads it.
+        ("FLEETGATE_JWT_JWKS_URL", "https://id.example.com/.well-known/jwks.json"),
+    ];
+    for (name, value) in cases {
+        let out = Command::new(env!("CARGO_BIN_EXE_fleetgate"))
+            .arg("--demo")
+            .env_clear()
+            .env("FLEETGATE_ADDR", format!("127.0.0.1:{}", support::free_port()))
+            .env("FLEETGATE_METRICS_ADDR", format!("127.0.0.1:{}", support::free_port()))
+            .env(name, value)
+            .output()
+            .expect("run fleetgate");
+        assert_eq!(out.status.code(), Some(1), "{name}: started or died otherwise: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(&format!("--demo (FLEETGATE_DEMO) cannot be combined with {name}")), "{stderr}");
+        assert!(stderr.contains("must never sign with a real key"), "{stderr}");
+        assert!(!stderr.contains("a-production-secret"), "the secret is echoed: {stderr}");
+    }
+    // Both named at once when both are set; FLEETGATE_DEMO spelled as a variable counts too.
+    let err = serve_fails(&[("FLEETGATE_DEMO", "true"), ("FLEETGATE_JWT_SECRET", "s"), ("FLEETGATE_JWT_KEYS_DIR", &d)]);
+    assert!(err.contains("cannot be combined with FLEETGATE_JWT_SECRET, FLEETGATE_JWT_KEYS_DIR"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `fleetgate token --vehicles` mints a scoped viewer token; the claim's
+/// rules hold at minting time too.
+#[test]
+fn token_command_mints_scoped_viewer_tokens() {
+    let mint_scoped = |role: &str, vehicles: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_fleetgate"))
+            .args(["token", "--fleet", "f", "--role", role, "--sub", "rider", "--vehicles", vehicles])
+            .env_clear()
+            .env("FLEETGATE_JWT_SECRET", "scoped-secret")
+            .output()
+            .expect("run fleetgate token");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, token, _) = mint_scoped("viewer", "bus-2,bus-1");
+    assert_eq!(code, Some(0));
+    let cfg = config(&["--jwt-secret", "scoped-secret"]);
+    let auth = Authenticator::new(Keys::from_config(&cfg).unwrap(), &cfg);
+    let claims = auth.verify(&token).unwrap();
+    assert_eq!(claims.vehicles.unwrap().iter().collect::<Vec<_>>(), ["bus-1", "bus-2"]);
+    let (code, _, err) = mint_scoped("dispatcher", "bus-1");
+    assert_eq!(code, Some(2));
+    assert!(err.contains("claim vehicles: only viewer tokens may carry it"), "{err}");
+    let (code, _, err) = mint_scoped("viewer", "bus 1");
+    assert_eq!(code, Some(2));
+    assert!(err.contains("claim vehicles: items must be vehicle ids"), "{err}");
+}

@@ -17,6 +17,10 @@ pub enum KeyError {
         "no token key configured: set FLEETGATE_JWT_SECRET or FLEETGATE_JWT_SECRETS (HS256), or FLEETGATE_JWT_PUBLIC_KEY_FILE or FLEETGATE_JWT_KEYS_DIR (RS256/ES256 PEM), or run with --demo"
     )]
     Missing,
+    #[error(
+        "--demo (FLEETGATE_DEMO) cannot be combined with {settings}: the demo token endpoint mints a token for anyone who asks, so it must never sign with a real key; unset {settings} or turn the demo off"
+    )]
+    DemoWithKeys { settings: String },
     #[error("FLEETGATE_JWT_SECRET is set but empty")]
     EmptySecret,
     #[error("FLEETGATE_JWT_SECRETS entry {index}: expected kid:secret, both non-empty (entries are comma separated)")]
@@ -68,6 +72,10 @@ impl Keys {
     /// Keys from configuration. In demo mode without configured keys a
     /// random secret is generated (tokens then come from the demo endpoint).
     pub fn from_config(config: &Config) -> Result<Self, KeyError> {
+        let conflicts = demo_conflicts(config);
+        if config.demo && !conflicts.is_empty() {
+            return Err(KeyError::DemoWithKeys { settings: conflicts.join(", ") });
+        }
         if config.jwt_leeway_secs > MAX_LEEWAY_SECS {
             return Err(KeyError::Leeway { secs: config.jwt_leeway_secs });
         }
@@ -99,6 +107,33 @@ impl Keys {
         Ok(keys)
     }
 }
+
+/// The key settings in use, by name: none may be set with `--demo`.
+fn demo_conflicts(config: &Config) -> Vec<&'static str> {
+    let mut set = Vec::new();
+    for (name, present) in [
+        ("FLEETGATE_JWT_SECRET", config.jwt_secret.is_some()),
+        ("FLEETGATE_JWT_SECRETS", config.jwt_secrets.is_some()),
+        ("FLEETGATE_JWT_PUBLIC_KEY_FILE", config.jwt_public_key_file.is_some()),
+        ("FLEETGATE_JWT_KEYS_DIR", config.jwt_keys_dir.is_some()),
+        ("FLEETGATE_JWT_PRIVATE_KEY_FILE", config.jwt_private_key_file.is_some()),
+    ] {
+        if present {
+            set.push(name);
+        }
+    }
+    // Read by name so the refusal holds whichever key sources `Config`
+    // grows; a key source with a flag of its own belongs in the list above.
+    for name in DEMO_EXCLUSIVE_ENV {
+        if std::env::var_os(name).is_some_and(|v| !v.is_empty()) && !set.contains(name) {
+            set.push(name);
+        }
+    }
+    set
+}
+
+/// Key settings refused with `--demo` by their environment variable.
+const DEMO_EXCLUSIVE_ENV: &[&str] = &["FLEETGATE_JWT_JWKS_URL"];
 
 /// Every configured verification key: the plain secret, the kid secrets,
 /// the listed PEM files, then the directory's.

@@ -1,13 +1,16 @@
 //! Who a client is: JWT verification (section 2 of the contract) against a
-//! set of keys chosen by the token's `kid`, the roles a token can carry, and
-//! minting tokens for operators and the demo.
+//! set of keys chosen by the token's `kid`, the roles a token can carry, the
+//! vehicles a scoped viewer token may watch, and minting tokens for
+//! operators and the demo.
 
 mod keys;
 mod load;
+mod scope;
 mod token;
 
 pub use keys::Keys;
 pub use load::{KeyError, MAX_LEEWAY_SECS};
+pub use scope::{MAX_SCOPED_VEHICLES, ScopeError, VehicleScope};
 pub use token::{Claims, Role};
 
 use jsonwebtoken::{Algorithm, Header, Validation, errors::ErrorKind};
@@ -79,6 +82,8 @@ impl Authenticator {
             role: Role,
             #[serde(skip_serializing_if = "Option::is_none")]
             vehicle: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            vehicles: Option<&'a VehicleScope>,
             exp: i64,
             iat: i64,
             #[serde(skip_serializing_if = "Option::is_none")]
@@ -92,6 +97,7 @@ impl Authenticator {
             fleet: &claims.fleet,
             role: claims.role,
             vehicle: claims.vehicle.as_deref(),
+            vehicles: claims.vehicles.as_ref(),
             exp: claims.exp,
             iat: now,
             iss: config.jwt_issuer.as_deref(),
@@ -166,7 +172,7 @@ mod tests {
     }
 
     fn claims(role: Role) -> Claims {
-        Claims { sub: "bus-1".into(), fleet: "demo".into(), role, vehicle: None, exp: now() + 60 }
+        Claims { sub: "bus-1".into(), fleet: "demo".into(), role, vehicle: None, vehicles: None, exp: now() + 60 }
     }
 
     /// A hand-made HS256 token: `claims` merged over valid ones, `kid` in the header.
@@ -194,6 +200,46 @@ mod tests {
         let c = a.verify(&t).unwrap();
         assert_eq!(c.fleet, "demo");
         assert_eq!(c.vehicle.as_deref(), Some("bus-1"));
+    }
+
+    #[test]
+    fn scoped_viewer_tokens() {
+        let cfg = config(&[]);
+        let a = auth(&cfg);
+        let scoped = Claims::issue(
+            "rider".into(),
+            "demo".into(),
+            Role::Viewer,
+            None,
+            Some(vec!["bus-2".into(), "bus-1".into()]),
+            60,
+        )
+        .unwrap();
+        let c = a.verify(&a.mint(&scoped, &cfg).unwrap()).unwrap();
+        let scope = c.vehicles.unwrap();
+        assert_eq!(scope.iter().collect::<Vec<_>>(), ["bus-1", "bus-2"]);
+        assert_eq!(a.verify(&hs("test-secret", None, json!({}))).unwrap().vehicles, None);
+        let message = |claims: Value| a.verify(&hs("test-secret", None, claims)).unwrap_err().message;
+        assert_eq!(
+            message(json!({"vehicles": []})),
+            "claim vehicles: must name at least one vehicle (omit it for the whole fleet)"
+        );
+        assert_eq!(message(json!({"vehicles": null})), "claim vehicles: must be an array of vehicle ids");
+        assert_eq!(message(json!({"vehicles": "bus-1"})), "claim vehicles: must be an array of vehicle ids");
+        assert!(message(json!({"vehicles": ["bus 1"]})).starts_with("claim vehicles: items must be vehicle ids"));
+        let many: Vec<String> = (0..=MAX_SCOPED_VEHICLES).map(|i| format!("v{i}")).collect();
+        assert_eq!(message(json!({"vehicles": many})), "claim vehicles: at most 256 vehicle ids");
+        for role in ["vehicle", "dispatcher"] {
+            assert_eq!(
+                message(json!({"role": role, "vehicles": ["bus-1"]})),
+                "claim vehicles: only viewer tokens may carry it"
+            );
+        }
+        // Minting checks by the same rules.
+        assert!(
+            Claims::issue("d".into(), "demo".into(), Role::Dispatcher, None, Some(vec!["bus-1".into()]), 60).is_err()
+        );
+        assert!(Claims::issue("r".into(), "demo".into(), Role::Viewer, None, Some(vec![]), 60).is_err());
     }
 
     #[test]
@@ -342,7 +388,12 @@ mod tests {
         assert!(err(&["--jwt-secrets", "a:x,a:y"]).contains("key id a is configured twice"));
         assert!(err(&["--jwt-public-key-file", "/nonexistent/k.pem"]).contains("cannot read /nonexistent/k.pem"));
         assert!(err(&["--jwt-keys-dir", "/nonexistent"]).contains("cannot read /nonexistent"));
-        // Demo mode without keys generates one; with keys it uses them.
+        // Demo mode without keys generates one; with real keys it refuses
+        // to start, naming them.
         Keys::from_config(&config(&["--demo"])).unwrap();
+        let demo = err(&["--demo", "--jwt-secret", "s", "--jwt-keys-dir", "/k"]);
+        assert!(demo.contains("cannot be combined with FLEETGATE_JWT_SECRET, FLEETGATE_JWT_KEYS_DIR"), "{demo}");
+        assert!(err(&["--demo", "--jwt-secrets", "a:x"]).contains("must never sign with a real key"));
+        assert!(err(&["--demo", "--jwt-public-key-file", "/k.pem"]).contains("FLEETGATE_JWT_PUBLIC_KEY_FILE"));
     }
 }

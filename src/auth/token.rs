@@ -1,7 +1,9 @@
 //! The claims fleetgate reads from a token and the checks they must pass.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
 
+use super::scope::VehicleScope;
 use crate::{error::ApiError, error::ErrorCode, ids};
 
 /// What a principal may do inside its fleet.
@@ -43,6 +45,9 @@ pub struct Claims {
     pub role: Role,
     /// For vehicle tokens the vehicle it publishes for; `None` for other roles.
     pub vehicle: Option<String>,
+    /// For scoped viewer tokens the only vehicles it may watch; `None`
+    /// watches the whole fleet.
+    pub vehicles: Option<VehicleScope>,
     /// Expiry, seconds since epoch.
     pub exp: i64,
 }
@@ -55,6 +60,7 @@ impl Claims {
         fleet: String,
         role: Role,
         vehicle: Option<String>,
+        vehicles: Option<Vec<String>>,
         ttl_secs: u64,
     ) -> Result<Claims, ApiError> {
         let ttl = i64::try_from(ttl_secs).unwrap_or(i64::MAX / 4000);
@@ -63,6 +69,7 @@ impl Claims {
             fleet: Some(fleet),
             role: Some(role.as_str().to_owned()),
             vehicle: vehicle.filter(|_| role == Role::Vehicle),
+            vehicles: vehicles.map(Value::from),
             exp: Some((ids::now_ms() / 1000).saturating_add(ttl)),
         }
         .validate()
@@ -76,7 +83,16 @@ pub(super) struct RawClaims {
     fleet: Option<String>,
     role: Option<String>,
     vehicle: Option<String>,
+    /// Kept as JSON so that `null` or a wrong type gets its own message
+    /// instead of an unreadable token.
+    #[serde(default, deserialize_with = "present")]
+    vehicles: Option<Value>,
     exp: Option<i64>,
+}
+
+/// `Some` for any value that is there, `null` included.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 impl RawClaims {
@@ -97,6 +113,19 @@ impl RawClaims {
             }
             _ => None,
         };
-        Ok(Claims { sub, fleet, role, vehicle, exp })
+        // Only a viewer may be scoped: the claim on a vehicle or dispatcher
+        // token says its issuer meant a restriction that those roles cannot
+        // carry, so the token is refused rather than honoured unscoped.
+        let vehicles = match (self.vehicles, role) {
+            (None, _) => None,
+            (Some(_), Role::Vehicle | Role::Dispatcher) => {
+                return Err(bad("claim vehicles: only viewer tokens may carry it"));
+            }
+            (Some(v), Role::Viewer) => Some(
+                VehicleScope::from_claim(&v)
+                    .map_err(|e| ApiError::new(ErrorCode::InvalidToken, format!("claim vehicles: {e}")))?,
+            ),
+        };
+        Ok(Claims { sub, fleet, role, vehicle, vehicles, exp })
     }
 }

@@ -193,6 +193,10 @@ pub(super) async fn on_authenticate<A: Adapter>(req: Request<A>, conn: Arc<Conn>
             req.socket.join(super::session_room(&session.session_id));
             conn.set_session(session.clone());
             arm_expiry(&req.socket, &conn, &session);
+            // The new token's scope applies from here: what the socket
+            // watched outside it is dropped before the client hears back.
+            super::viewer::narrow_to_session(&req.socket, &conn, &gw).await;
+            super::rooms::leave_all_if_scoped(&req.socket, &conn).await;
             req.reply(Ok(&*session));
             track_presence(&conn, &gw, &session);
         }

@@ -82,6 +82,11 @@ pub(super) async fn on_join<A: Adapter>(req: Request<A>, conn: Arc<Conn>, gw: Ar
         let room = room_name(field(&req.payload, "room"))?;
         let newly = {
             let mut rooms = conn.rooms();
+            // Checked under the lock a re-authentication empties the rooms
+            // under, against the session as it is now.
+            if require_session(&conn)?.is_scoped() {
+                return Err(ApiError::forbidden("this token may watch only its own vehicles and may not join rooms"));
+            }
             if !rooms.contains(&room) && rooms.len() >= gw.config.max_rooms {
                 return Err(ApiError::new(
                     ErrorCode::PayloadTooLarge,
@@ -173,6 +178,18 @@ pub(super) async fn on_history<A: Adapter>(req: Request<A>, conn: Arc<Conn>, gw:
     }
     .await;
     req.reply(result);
+}
+
+/// After a re-authentication to a scoped viewer's session: leaves every
+/// room (scoped viewers may not be in one), telling the other members.
+pub(super) async fn leave_all_if_scoped<A: Adapter>(socket: &SocketRef<A>, conn: &Conn) {
+    let Some(session) = conn.session().filter(|s| s.is_scoped()) else { return };
+    let left: Vec<String> = conn.rooms().drain().collect();
+    for room in left {
+        let sio_room = chat_room(&session.fleet, &room);
+        socket.leave(sio_room.clone());
+        notify_others(socket, sio_room, Notice { room: &room, kind: "leave", sub: &session.sub }).await;
+    }
 }
 
 impl<A: Adapter> Gateway<A> {

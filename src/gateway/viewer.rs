@@ -80,6 +80,27 @@ impl Selection {
         let bbox = field("bbox").map(|b| BBox::from_json(b, "bbox")).transpose()?;
         Ok(Self { fleet, vehicles, bbox })
     }
+
+    /// Whether `session` may watch this selection: a scoped viewer names
+    /// only vehicles of its scope, never the whole fleet or a box (a box
+    /// would show whichever vehicles drive into it). Geofence subscriptions
+    /// (section 11), once they exist, must be refused here for a scoped
+    /// session unless the events they carry are narrowed to its vehicles.
+    pub fn authorize(&self, session: &Session) -> Result<(), ApiError> {
+        let Some(scope) = &session.vehicles else { return Ok(()) };
+        if self.whole_fleet() {
+            return Err(ApiError::forbidden(
+                "this token may watch only its own vehicles: name them in vehicles instead of the whole fleet",
+            ));
+        }
+        if self.bbox.is_some() {
+            return Err(ApiError::forbidden("this token may watch only its own vehicles, not a bbox"));
+        }
+        match self.vehicles.iter().find(|v| !scope.allows(v)) {
+            Some(v) => Err(ApiError::forbidden(format!("vehicles: {v} is outside this token's vehicles"))),
+            None => Ok(()),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -129,6 +150,11 @@ async fn subscribe<A: Adapter>(
 ) -> Result<Snapshot, ApiError> {
     let newly_watching = {
         let mut subs = conn.subscriptions();
+        // The socket's session as it is now, under the lock a
+        // re-authentication narrows the subscriptions under: a scope that
+        // changed since the handler started is the one that counts.
+        let current = require_session(conn)?;
+        sel.authorize(&current)?;
         let added = usize::from(sel.whole_fleet() && !subs.whole_fleet)
             + sel.vehicles.iter().filter(|v| !subs.vehicles.contains(*v)).count()
             + usize::from(sel.bbox.is_some_and(|b| !subs.boxes.contains(&b)));
@@ -167,7 +193,12 @@ async fn subscribe<A: Adapter>(
         conn.subscriptions().watching = false;
         return Err(e);
     }
-    let vehicles = snapshot(gw, &sel).await?;
+    let mut vehicles = snapshot(gw, &sel).await?;
+    // A re-authentication may have narrowed the scope while the snapshot was read.
+    if let Some(session) = conn.session().filter(|s| s.is_scoped()) {
+        vehicles
+            .retain(|e| serde_json::from_str::<PositionKey>(e.get()).is_ok_and(|k| session.may_watch(&k.vehicle_id)));
+    }
     Ok(Snapshot { fleet: sel.fleet, vehicles })
 }
 
@@ -244,6 +275,42 @@ pub(super) async fn on_unsubscribe<A: Adapter>(req: Request<A>, conn: Arc<Conn>,
     }
     .await;
     req.reply(result);
+}
+
+/// After a re-authentication: drops every subscription the socket's new
+/// session may not hold. A scoped viewer keeps only its own vehicles; the
+/// whole fleet, boxes and other vehicles go, before the `authenticate` ack.
+pub(super) async fn narrow_to_session<A: Adapter>(socket: &SocketRef<A>, conn: &Conn, gw: &Gateway<A>) {
+    let Some(session) = conn.session().filter(|s| s.is_scoped()) else { return };
+    let stop_watching = {
+        let mut subs = conn.subscriptions();
+        if std::mem::take(&mut subs.whole_fleet) {
+            socket.leave(fleet_room(&session.fleet));
+            metrics::gauge!("fleetgate_subscriptions", "kind" => "fleet").decrement(1.0);
+        }
+        let outside: Vec<String> = subs.vehicles.iter().filter(|v| !session.may_watch(v)).cloned().collect();
+        for v in outside {
+            subs.vehicles.remove(&v);
+            socket.leave(vehicle_room(&session.fleet, &v));
+            metrics::gauge!("fleetgate_subscriptions", "kind" => "vehicle").decrement(1.0);
+        }
+        let boxes = std::mem::take(&mut subs.boxes);
+        for b in &boxes {
+            gw.fanout.remove_box(&session.fleet, socket.id, *b);
+            metrics::gauge!("fleetgate_subscriptions", "kind" => "bbox").decrement(1.0);
+        }
+        if !boxes.is_empty() {
+            socket.leave(socket_room(socket.id));
+        }
+        let stop = subs.watching && subs.count() == 0;
+        if stop {
+            subs.watching = false;
+        }
+        stop
+    };
+    if stop_watching {
+        gw.fanout.unwatch(&session.fleet).await;
+    }
 }
 
 /// Drops everything a closing socket watched. Rooms go with the socket.

@@ -232,10 +232,20 @@ pub async fn get_vehicles(
             Some(BBox::from_json(&serde_json::json!(parts), "bbox")?)
         }
     };
-    let encoded = state.backend.positions(&fleet, Scope::Fleet).await.map_err(unavailable)?;
+    // A scoped viewer's listing holds its own vehicles only (read as
+    // such, not filtered out of the fleet), whatever the box.
+    let encoded = match &caller.0.vehicles {
+        None => state.backend.positions(&fleet, Scope::Fleet).await,
+        Some(scope) => {
+            let ids: Vec<String> = scope.iter().map(str::to_owned).collect();
+            state.backend.positions(&fleet, Scope::Vehicles(&ids)).await
+        }
+    }
+    .map_err(unavailable)?;
     let features: Vec<Value> = encoded
         .iter()
         .filter_map(|e| serde_json::from_str::<Position>(e).ok())
+        .filter(|p| caller.may_watch(&p.vehicle_id))
         .filter(|p| bbox.is_none_or(|b| b.contains(p.lon, p.lat)))
         .map(|p| feature(&p))
         .collect();
@@ -263,6 +273,11 @@ pub async fn get_vehicle(
     check_id("fleet", &fleet)?;
     check_id("vehicle", &vehicle)?;
     caller.require(&fleet, &[Role::Vehicle, Role::Viewer, Role::Dispatcher])?;
+    // Forbidden whether or not it has a position, so a scoped token
+    // cannot learn which other vehicles exist.
+    if !caller.may_watch(&vehicle) {
+        return Err(ApiError::forbidden("vehicle: outside this token's vehicles"));
+    }
     let ids = [vehicle];
     let encoded = state.backend.positions(&fleet, Scope::Vehicles(&ids)).await.map_err(unavailable)?;
     let position = encoded

@@ -57,6 +57,13 @@ impl Caller {
         Ok(())
     }
 
+    /// Whether the caller may read `vehicle` (a scoped viewer only its own).
+    /// Geofence reads (section 11), once they exist, must narrow their
+    /// `inside` lists with this too.
+    pub fn may_watch(&self, vehicle: &str) -> bool {
+        self.0.vehicles.as_ref().is_none_or(|s| s.allows(vehicle))
+    }
+
     /// A request-scoped session, for the shared publish path (never stored).
     pub fn session(&self) -> Session {
         Session {
@@ -65,6 +72,7 @@ impl Caller {
             fleet: self.0.fleet.clone(),
             role: self.0.role,
             vehicle: self.0.vehicle.clone(),
+            vehicles: self.0.vehicles.clone(),
             expires_at: self.0.exp.saturating_mul(1000).max(ids::now_ms()),
         }
     }

@@ -106,6 +106,8 @@ struct DemoTokenRequest {
     role: Option<String>,
     sub: Option<String>,
     vehicle: Option<String>,
+    /// A scoped viewer token's vehicles (section 2).
+    vehicles: Option<Vec<String>>,
     ttl: Option<u64>,
 }
 
@@ -128,7 +130,8 @@ async fn demo_token(
     };
     let sub = req.sub.unwrap_or_else(|| format!("demo-{}", &ids::new_session_id()[..8]));
     let ttl = req.ttl.unwrap_or(3600).clamp(1, MAX_DEMO_TTL_SECS);
-    let claims = Claims::issue(sub, fleet, role, req.vehicle, ttl).map_err(|e| ApiError::invalid(e.message))?;
+    let claims =
+        Claims::issue(sub, fleet, role, req.vehicle, req.vehicles, ttl).map_err(|e| ApiError::invalid(e.message))?;
     let b = &state.backend;
     let token = b.authenticator().mint(&claims, b.config()).map_err(|e| {
         tracing::warn!(error = %e, "demo token not minted");

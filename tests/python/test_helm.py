@@ -88,6 +88,18 @@ SCENARIOS: dict[str, dict] = {
         "redis": {"existingSecret": "my-redis-cluster", "existingSecretKey": "nodes", "cluster": True},
         "replicaCount": 3,
     },
+    # Key rotation: HS256 secrets with kids and a directory of PEM public keys, both from existing Secrets.
+    "key-rotation": {
+        "jwt": {
+            "rotatingSecrets": {"existingSecret": "fg-jwt-secrets", "key": "secrets"},
+            "keysDir": {"existingSecret": "fg-jwt-keys"},
+        },
+        "redis": {"url": REDIS_URL},
+        "replicaCount": 2,
+    },
+    "keys-dir-only": {
+        "jwt": {"algorithm": "ES256", "keysDir": {"existingSecret": "fg-jwt-keys", "mountPath": "/keys"}},
+    },
     "websocket-only-ingress": {
         "jwt": {"secret": SECRET},
         "redis": {"url": REDIS_URL},
@@ -446,7 +458,7 @@ def test_no_secret_value_in_plain_env(rendered, scenario):
     for value in SECRET_VALUES:
         assert value not in text, f"{value!r} appears outside the Secret"
     env = env_of(container(docs))
-    for name in ("FLEETGATE_JWT_SECRET", "FLEETGATE_REDIS_URL", "FLEETGATE_REDIS_CLUSTER_NODES"):
+    for name in ("FLEETGATE_JWT_SECRET", "FLEETGATE_JWT_SECRETS", "FLEETGATE_REDIS_URL", "FLEETGATE_REDIS_CLUSTER_NODES"):
         if name in env:
             assert set(env[name]) == {"name", "valueFrom"} and "secretKeyRef" in env[name]["valueFrom"], env[name]
 
@@ -537,6 +549,47 @@ def test_public_key_without_private_key_mounts_only_the_public_key(chart):
     assert "FLEETGATE_JWT_PRIVATE_KEY_FILE" not in env_of(container(docs))
 
 
+def keys_dir_volume(docs: list[dict]) -> tuple[dict, dict]:
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "jwt-keys-dir")
+    mount = next(m for m in container(docs)["volumeMounts"] if m["name"] == "jwt-keys-dir")
+    return volume, mount
+
+
+def test_key_rotation_from_existing_secrets(rendered):
+    docs = rendered["key-rotation"]
+    env = env_of(container(docs))
+    assert env["FLEETGATE_JWT_SECRETS"]["valueFrom"]["secretKeyRef"] == {"name": "fg-jwt-secrets", "key": "secrets"}
+    assert env["FLEETGATE_JWT_KEYS_DIR"]["value"] == "/etc/fleetgate/jwt-keys"
+    # Neither the plain secret nor the single public key is asked for.
+    assert "FLEETGATE_JWT_SECRET" not in env and "FLEETGATE_JWT_PUBLIC_KEY_FILE" not in env
+    volume, mount = keys_dir_volume(docs)
+    assert mount == {"name": "jwt-keys-dir", "mountPath": "/etc/fleetgate/jwt-keys", "readOnly": True}
+    # The whole Secret: every key is a <kid>.pem file.
+    assert volume["secret"] == {"secretName": "fg-jwt-keys", "defaultMode": 0o440}
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    assert [v["name"] for v in pod["volumes"]] == ["jwt-keys-dir"]
+    assert secret_data(docs) == {"redis-url": REDIS_URL}
+
+
+def test_keys_dir_alone_verifies_asymmetric_tokens(rendered):
+    docs = rendered["keys-dir-only"]
+    env = env_of(container(docs))
+    assert env["FLEETGATE_JWT_KEYS_DIR"]["value"] == "/keys"
+    assert not {"FLEETGATE_JWT_SECRET", "FLEETGATE_JWT_SECRETS", "FLEETGATE_JWT_PUBLIC_KEY_FILE"} & set(env)
+    _, mount = keys_dir_volume(docs)
+    assert mount["mountPath"] == "/keys"
+    assert "Secret" not in {d["kind"] for d in docs}
+
+
+def test_rotation_during_a_move_from_the_plain_secret(chart):
+    # Mid-rotation: the old kid-less secret still verifies next to the new kid secrets.
+    docs = documents(render(chart, {"jwt": {"secret": SECRET, "rotatingSecrets": {"existingSecret": "fg-jwt-secrets"}}}))
+    env = env_of(container(docs))
+    assert env["FLEETGATE_JWT_SECRET"]["valueFrom"]["secretKeyRef"] == {"name": FULLNAME, "key": "jwt-secret"}
+    assert env["FLEETGATE_JWT_SECRETS"]["valueFrom"]["secretKeyRef"] == {"name": "fg-jwt-secrets", "key": "jwt-secrets"}
+
+
 # --------------------------------------------------------------------------- refusals
 
 
@@ -557,6 +610,9 @@ def test_replicas_without_redis_are_refused(chart, values):
     [
         ({}, "jwt.secret"),
         ({"jwt": {"algorithm": "RS256"}}, "jwt.publicKey"),
+        ({"jwt": {"algorithm": "RS256"}}, "jwt.keysDir.existingSecret"),
+        ({"demo": {"enabled": True}, "jwt": {"rotatingSecrets": {"existingSecret": "s"}}}, "must never sign with real keys"),
+        ({"demo": {"enabled": True}, "jwt": {"keysDir": {"existingSecret": "k"}}}, "demo.enabled cannot be combined"),
         ({"jwt": {"algorithm": "RS256", "publicKey": PUBLIC_PEM, "secret": SECRET}}, "jwt.algorithm"),
         ({"jwt": {"publicKey": PUBLIC_PEM}}, "jwt.algorithm"),
         ({"demo": {"enabled": True}, "replicaCount": 2, "redis": {"url": REDIS_URL}}, "demo"),
@@ -566,6 +622,9 @@ def test_replicas_without_redis_are_refused(chart, values):
     ids=[
         "no-key",
         "rs256-no-key",
+        "rs256-no-key-names-keys-dir",
+        "demo-with-rotating-secrets",
+        "demo-with-keys-dir",
         "rs256-and-secret",
         "pem-with-hs256",
         "demo-replicas",
@@ -593,8 +652,11 @@ def test_demo_mode_needs_no_key(chart):
         {"config": {"logFormat": "yaml"}},
         {"config": {"batchMs": "fast"}},
         {"redis": {"url": "http://redis:6379"}},
+        {"jwt": {"rotatingSecrets": {"existingSecret": "s", "key": ""}}},
+        {"jwt": {"keysDir": {"existingSecret": "k", "mountPath": "keys"}}},
+        {"jwt": {"keysDir": {"secret": "k"}}},
     ],
-    ids=["top-level", "redis", "jwt", "ingress", "log-format", "number", "url-scheme"],
+    ids=["top-level", "redis", "jwt", "ingress", "log-format", "number", "url-scheme", "rotation-key", "keys-dir-path", "keys-dir-field"],
 )
 def test_schema_rejects_mistakes(chart, values):
     values = {"jwt": {"secret": SECRET}} | values if "jwt" not in values else values

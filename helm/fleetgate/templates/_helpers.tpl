@@ -112,7 +112,7 @@ clientIpHeader: FLEETGATE_CLIENT_IP_HEADER
 
 {{- define "fleetgate.managedEnvNames" -}}
 {{- $names := values (include "fleetgate.configEnvNames" . | fromYaml) }}
-{{- $names = concat $names (list "FLEETGATE_ADDR" "FLEETGATE_METRICS_ADDR" "FLEETGATE_CORS_ORIGINS" "FLEETGATE_REDIS_URL" "FLEETGATE_JWT_SECRET" "FLEETGATE_JWT_PUBLIC_KEY_FILE" "FLEETGATE_JWT_PRIVATE_KEY_FILE" "FLEETGATE_JWT_ISSUER" "FLEETGATE_JWT_AUDIENCE" "FLEETGATE_DEMO" "FLEETGATE_DEMO_VEHICLES") }}
+{{- $names = concat $names (list "FLEETGATE_ADDR" "FLEETGATE_METRICS_ADDR" "FLEETGATE_CORS_ORIGINS" "FLEETGATE_REDIS_URL" "FLEETGATE_JWT_SECRET" "FLEETGATE_JWT_SECRETS" "FLEETGATE_JWT_KEYS_DIR" "FLEETGATE_JWT_PUBLIC_KEY_FILE" "FLEETGATE_JWT_PRIVATE_KEY_FILE" "FLEETGATE_JWT_ISSUER" "FLEETGATE_JWT_AUDIENCE" "FLEETGATE_DEMO" "FLEETGATE_DEMO_VEHICLES") }}
 {{- toJson $names }}
 {{- end }}
 
@@ -150,9 +150,13 @@ YAML or JSON, and large ones would otherwise print as 6.048e+08.
 {{- if and .Values.redis.url .Values.redis.clusterNodes (not .Values.redis.existingSecret) }}
 {{- fail "set redis.url (one Redis) or redis.clusterNodes (a Redis Cluster), not both" }}
 {{- end }}
+{{- $rotation := or .Values.jwt.rotatingSecrets.existingSecret .Values.jwt.keysDir.existingSecret }}
 {{- if .Values.demo.enabled }}
 {{- if or (gt (int64 .Values.replicaCount) 1) .Values.autoscaling.enabled }}
 {{- fail "demo.enabled generates a signing key per process: run it with replicaCount 1 and without autoscaling" }}
+{{- end }}
+{{- if $rotation }}
+{{- fail "demo.enabled cannot be combined with jwt.rotatingSecrets or jwt.keysDir: the demo token endpoint mints for anyone and must never sign with real keys (fleetgate refuses to start so)" }}
 {{- end }}
 {{- else if .Values.jwt.existingSecret }}
 {{- if and (include "fleetgate.jwtUsesKey" .) (not .Values.jwt.existingSecretKeys.publicKey) }}
@@ -162,15 +166,15 @@ YAML or JSON, and large ones would otherwise print as 6.048e+08.
 {{- fail "jwt.algorithm HS256 with jwt.existingSecret needs jwt.existingSecretKeys.secret" }}
 {{- end }}
 {{- else if include "fleetgate.jwtUsesKey" . }}
-{{- if not .Values.jwt.publicKey }}
-{{- fail (printf "jwt.algorithm %s needs jwt.publicKey (PEM) or jwt.existingSecret" .Values.jwt.algorithm) }}
+{{- if not (or .Values.jwt.publicKey .Values.jwt.keysDir.existingSecret) }}
+{{- fail (printf "jwt.algorithm %s needs jwt.publicKey (PEM), jwt.existingSecret or jwt.keysDir.existingSecret" .Values.jwt.algorithm) }}
 {{- end }}
 {{- if .Values.jwt.secret }}
 {{- fail (printf "jwt.secret is an HS256 secret but jwt.algorithm is %s: set one or the other" .Values.jwt.algorithm) }}
 {{- end }}
 {{- else }}
-{{- if not .Values.jwt.secret }}
-{{- fail "fleetgate refuses to start without a token key: set jwt.secret (HS256), jwt.algorithm=RS256|ES256 with jwt.publicKey, jwt.existingSecret, or demo.enabled=true" }}
+{{- if not (or .Values.jwt.secret $rotation) }}
+{{- fail "fleetgate refuses to start without a token key: set jwt.secret (HS256), jwt.algorithm=RS256|ES256 with jwt.publicKey, jwt.existingSecret, jwt.rotatingSecrets.existingSecret, jwt.keysDir.existingSecret, or demo.enabled=true" }}
 {{- end }}
 {{- if or .Values.jwt.publicKey .Values.jwt.privateKey }}
 {{- fail "jwt.publicKey/jwt.privateKey are PEM keys for RS256/ES256: set jwt.algorithm accordingly" }}
