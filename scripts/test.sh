@@ -42,10 +42,11 @@ step "rust unit and integration tests"
 cargo build --locked --workspace
 cargo test --locked --workspace
 
-# The vendored Engine.IO transport's own tests (vendor/PATCHES.md), from
-# its own manifest and lock file.
+# The vendored Engine.IO transport's own tests, unit and integration
+# (vendor/PATCHES.md), from its own manifest and lock file.
 step "vendored engineioxide tests"
-CARGO_TARGET_DIR="$PWD/target/vendor" cargo test --locked --manifest-path vendor/engineioxide/Cargo.toml --lib
+CARGO_TARGET_DIR="$PWD/target/vendor" cargo test --locked --manifest-path vendor/engineioxide/Cargo.toml \
+  --features __test_harness,v3 --lib --tests
 
 export FLEETGATE_BIN="$PWD/target/debug/fleetgate"
 

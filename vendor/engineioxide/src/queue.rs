@@ -36,6 +36,8 @@ struct State<T> {
     closed: bool,
     /// The sender is gone: nothing more will come.
     sender_gone: bool,
+    /// The latest volatile item: outside the bound, replaced by the next.
+    volatile: Option<T>,
     rx_waker: Option<Waker>,
 }
 
@@ -85,6 +87,7 @@ pub(crate) fn channel<T>(cap: usize) -> (Sender<T>, Receiver<T>) {
             reserved: 0,
             closed: false,
             sender_gone: false,
+            volatile: None,
             rx_waker: None,
         }),
         cap: cap.max(1),
@@ -178,6 +181,24 @@ impl<T> Sender<T> {
         self.shared.lock().closed
     }
 
+    /// Sets the volatile item, replacing one not taken yet, and wakes the
+    /// receiver, which takes it after the queued items; `false` when the
+    /// queue is closed. It takes no slot: a volatile item is replaced, not
+    /// waited for, when the receiver lags.
+    pub(crate) fn set_volatile(&self, item: T) -> bool {
+        let mut state = self.shared.lock();
+        if state.closed {
+            return false;
+        }
+        state.volatile = Some(item);
+        let waker = state.rx_waker.take();
+        drop(state);
+        if let Some(w) = waker {
+            w.wake();
+        }
+        true
+    }
+
     /// Resolves once the receiver is closed or gone.
     pub(crate) async fn closed(&self) {
         loop {
@@ -215,8 +236,11 @@ pub(crate) struct Receiver<T> {
 }
 
 impl<T> Receiver<T> {
+    /// The next item; the volatile one once the queue is empty.
     fn take(&self, state: &mut State<T>) -> Option<T> {
-        let item = state.items.pop_front()?;
+        let Some(item) = state.items.pop_front() else {
+            return state.volatile.take();
+        };
         if state.items.is_empty() && state.items.capacity() > KEEP {
             state.items = VecDeque::new();
         }

@@ -444,17 +444,10 @@ impl<H: EngineIoHandler> Connection<'_, H> {
         }
     }
 
-    /// Takes what the channel holds, and the volatile packet if a new one
-    /// was set (its sender queues a `Noop` to wake this task).
+    /// Takes what the channel holds (the volatile packet last).
     fn take_queued(&mut self, rx: &mut InternalRx) {
         while let Ok(packets) = rx.buffered_rx.try_recv() {
             self.push(packets);
-        }
-        if rx.volatile_rx.has_changed().unwrap_or(false) {
-            let volatile = rx.volatile_rx.borrow_and_update().clone();
-            if let Some(packets) = volatile {
-                self.push(packets);
-            }
         }
     }
 
