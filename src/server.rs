@@ -134,6 +134,7 @@ async fn run<A: Adapter>(
     }
     let demo_task = config.demo.then(|| tokio::spawn(demo::run(gateway.clone(), config.demo_vehicles)));
     let presence_task = tokio::spawn(gateway::presence::run(gateway.clone()));
+    let deadline_task = tokio::spawn(gateway::deadline::run(gateway.clone()));
     let fanout_tasks = gateway::fanout::spawn(&gateway);
     let limits_task = {
         let limits = gateway.limits.clone();
@@ -176,6 +177,7 @@ async fn run<A: Adapter>(
                 t.abort();
             }
             presence_task.abort();
+            deadline_task.abort();
             limits_task.abort();
             if let Some(t) = conflation_task {
                 t.abort();

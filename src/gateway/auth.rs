@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use socketioxide::{adapter::Adapter, extract::SocketRef};
 
-use super::{Conn, Gateway, Request};
+use super::{Conn, Gateway, Request, deadline::Deadline};
 use crate::{
     error::{ApiError, ErrorCode},
     ids,
@@ -134,20 +134,11 @@ pub(super) fn on_connected<A: Adapter>(socket: &SocketRef<A>, conn: &Arc<Conn>, 
             if let Err(e) = socket.emit("session", &*session) {
                 tracing::debug!(error = %e, "session event not sent");
             }
-            arm_expiry(socket, conn, &session);
+            arm_expiry(gw, socket, conn, &session);
             track_presence(conn, gw, &session);
         }
         None => {
-            let (socket2, conn2) = (socket.clone(), conn.clone());
-            let timeout = gw.config.auth_timeout();
-            let task = tokio::spawn(async move {
-                tokio::time::sleep(timeout).await;
-                if conn2.session().is_none() {
-                    metrics::counter!("fleetgate_auth_timeouts_total").increment(1);
-                    let _ = socket2.disconnect();
-                }
-            });
-            conn.set_timer(task.abort_handle());
+            gw.deadlines.set(socket, conn, Deadline::AuthTimeout, gw.config.auth_timeout());
         }
     }
 }
@@ -162,16 +153,10 @@ fn track_presence<A: Adapter>(conn: &Arc<Conn>, gw: &Arc<Gateway<A>>, session: &
 }
 
 /// Disconnects the socket when its session's lifetime ends.
-fn arm_expiry<A: Adapter>(socket: &SocketRef<A>, conn: &Arc<Conn>, session: &Arc<Session>) {
+fn arm_expiry<A: Adapter>(gw: &Gateway<A>, socket: &SocketRef<A>, conn: &Arc<Conn>, session: &Session) {
     let left = std::time::Duration::from_millis(u64::try_from(session.remaining_ms(ids::now_ms())).unwrap_or(0));
-    let (socket, conn2, id) = (socket.clone(), conn.clone(), session.session_id.clone());
-    let task = tokio::spawn(async move {
-        tokio::time::sleep(left).await;
-        if conn2.session().is_some_and(|s| s.session_id == id) {
-            let _ = socket.disconnect();
-        }
-    });
-    conn.set_timer(task.abort_handle());
+    let deadline = Deadline::SessionEnd { session_id: session.session_id.clone() };
+    gw.deadlines.set(socket, conn, deadline, left);
 }
 
 pub(super) async fn on_authenticate<A: Adapter>(req: Request<A>, conn: Arc<Conn>, gw: Arc<Gateway<A>>) {
@@ -192,7 +177,7 @@ pub(super) async fn on_authenticate<A: Adapter>(req: Request<A>, conn: Arc<Conn>
             }
             req.socket.join(super::session_room(&session.session_id));
             conn.set_session(session.clone());
-            arm_expiry(&req.socket, &conn, &session);
+            arm_expiry(&gw, &req.socket, &conn, &session);
             // The new token's scope applies from here: what the socket
             // watched outside it is dropped before the client hears back.
             super::viewer::narrow_to_session(&req.socket, &conn, &gw).await;

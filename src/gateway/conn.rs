@@ -1,13 +1,14 @@
 //! What fleetgate keeps per socket: its session once authenticated (so no
-//! update asks the store who the socket is), what it watches, and the
-//! timers that end it.
+//! update asks the store who the socket is), what it watches, and its
+//! place in the deadlines that end it.
 
 use std::{
     collections::HashSet,
     sync::{Arc, Mutex, MutexGuard},
 };
 
-use tokio::{sync::oneshot, task::AbortHandle};
+use tokio::sync::oneshot;
+use tokio_util::time::delay_queue::Key;
 
 use super::limits::{EventLimiter, Slot};
 use crate::{geo::BBox, session::Session};
@@ -20,8 +21,9 @@ pub struct Conn {
     slot: Mutex<Option<Slot>>,
     session: Mutex<Option<Arc<Session>>>,
     subscriptions: Mutex<Subscriptions>,
-    /// The auth-timeout or session-expiry timer, whichever applies now.
-    timer: Mutex<Option<AbortHandle>>,
+    /// Its entry in the gateway's deadlines (auth timeout or session end,
+    /// whichever applies now); only `Deadlines` reads or writes it.
+    deadline: Mutex<Option<Key>>,
     /// Chat rooms joined (names inside the fleet).
     rooms: Mutex<HashSet<String>>,
     /// The (fleet, vehicle) this socket keeps online, once it has a vehicle session.
@@ -110,16 +112,19 @@ impl Conn {
         lock(&self.presence).take()
     }
 
-    /// Replaces the running timer (aborting the old one).
-    pub fn set_timer(&self, handle: AbortHandle) {
-        if let Some(old) = lock(&self.timer).replace(handle) {
-            old.abort();
-        }
+    pub(super) fn take_deadline_key(&self) -> Option<Key> {
+        lock(&self.deadline).take()
     }
 
-    pub fn cancel_timer(&self) {
-        if let Some(old) = lock(&self.timer).take() {
-            old.abort();
+    pub(super) fn set_deadline_key(&self, key: Key) {
+        *lock(&self.deadline) = Some(key);
+    }
+
+    /// Forgets `key` if it is still this socket's (its entry expired).
+    pub(super) fn forget_deadline_key(&self, key: Key) {
+        let mut slot = lock(&self.deadline);
+        if *slot == Some(key) {
+            *slot = None;
         }
     }
 }

@@ -5,6 +5,7 @@
 
 mod auth;
 mod conn;
+pub mod deadline;
 pub mod fanout;
 pub mod handshake;
 pub mod limits;
@@ -97,6 +98,7 @@ pub struct Gateway<A: Adapter> {
     pub node_id: String,
     pub local_vehicles: presence::LocalVehicles,
     pub limits: Arc<limits::Limits>,
+    pub deadlines: deadline::Deadlines<A>,
 }
 
 impl<A: Adapter> Gateway<A> {
@@ -115,6 +117,7 @@ impl<A: Adapter> Gateway<A> {
         };
         Self {
             limits: limits::Limits::new(&config),
+            deadlines: deadline::Deadlines::default(),
             config,
             auth,
             store,
@@ -354,7 +357,7 @@ fn attach_handlers<A: Adapter>(socket: &SocketRef<A>, conn: Arc<Conn>, gateway: 
         let (gateway, conn) = (gateway.clone(), conn.clone());
         async move {
             metrics::counter!("fleetgate_connections_closed_total", "reason" => reason_name(reason)).increment(1);
-            conn.cancel_timer();
+            gateway.deadlines.clear(&conn);
             conn.release_slot();
             gateway.fanout.forget_socket(socket.id);
             viewer::forget(&socket, &conn, &gateway).await;
