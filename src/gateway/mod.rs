@@ -308,51 +308,102 @@ fn on_connect<A: Adapter>(socket: SocketRef<A>, gateway: Arc<Gateway<A>>) {
     auth::on_connected(&socket, &conn, &gateway);
 }
 
+/// The client→server events of the namespace (sections 3, 5 and 6).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Route {
+    Authenticate,
+    LocationUpdate,
+    Subscribe,
+    Unsubscribe,
+    ProviderJoin,
+    JoinRoom,
+    LeaveRoom,
+    Chat,
+    History,
+}
+
+impl Route {
+    const ALL: [Route; 9] = [
+        Route::Authenticate,
+        Route::LocationUpdate,
+        Route::Subscribe,
+        Route::Unsubscribe,
+        Route::ProviderJoin,
+        Route::JoinRoom,
+        Route::LeaveRoom,
+        Route::Chat,
+        Route::History,
+    ];
+
+    fn event(self) -> &'static str {
+        match self {
+            Route::Authenticate => "authenticate",
+            Route::LocationUpdate => "locationupdate",
+            Route::Subscribe => "subscribe",
+            Route::Unsubscribe => "unsubscribe",
+            Route::ProviderJoin => "providerjoin",
+            Route::JoinRoom => "join_room",
+            Route::LeaveRoom => "leave_room",
+            Route::Chat => "chat",
+            Route::History => "history",
+        }
+    }
+
+    fn from_event(event: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.event() == event)
+    }
+}
+
+/// Serves the socket's events through one handler that routes them by
+/// name: socketioxide keeps a map of handlers per socket, and nine boxed
+/// handlers in it were about 0.9 KiB of every idle connection. Events with
+/// no route are ignored, as socketioxide ignores events nobody handles.
 fn attach_handlers<A: Adapter>(socket: &SocketRef<A>, conn: Arc<Conn>, gateway: Arc<Gateway<A>>) {
     socket.extensions.insert(conn.clone());
-    macro_rules! route {
-        ($event:literal, $handler:path) => {
-            route!($event, $handler, |_conn: &Conn| None::<conn::Turn>)
-        };
-        ($event:literal, $handler:path, $queue:expr) => {{
+    {
+        let (gateway, conn) = (gateway.clone(), conn.clone());
+        socket.on_fallback(move |req: Request<A>| {
+            // socketioxide calls this synchronously for each packet, in
+            // arrival order, and spawns the future it returns: the event
+            // budget is charged and a place in a queue is taken here, in
+            // order, and a refused event never waits for a turn.
+            let route = Route::from_event(&req.event);
+            let allowed = route.is_none() || conn.allow_event();
+            let turn = match route {
+                Some(Route::LocationUpdate) if allowed => Some(conn.queue_update()),
+                _ => None,
+            };
             let (gateway, conn) = (gateway.clone(), conn.clone());
-            socket.on($event, move |req: Request<A>| {
-                // socketioxide calls this synchronously for each packet, in
-                // arrival order, and spawns the future it returns: the event
-                // budget is charged and a place in a queue is taken here, in
-                // order, and a refused event never waits for a turn.
-                let allowed = conn.allow_event();
-                let turn = if allowed { ($queue)(&conn) } else { None };
-                let (gateway, conn) = (gateway.clone(), conn.clone());
-                async move {
-                    if !allowed {
-                        metrics::counter!("fleetgate_rate_limited_total", "limit" => "events").increment(1);
-                        req.reply::<()>(Err(ApiError::new(ErrorCode::RateLimited, "too many events on this connection")));
-                        return;
-                    }
-                    let _done = match turn {
-                        Some((before, done)) => {
-                            if let Some(before) = before {
-                                let _ = before.await;
-                            }
-                            Some(done)
-                        }
-                        None => None,
-                    };
-                    $handler(req, conn, gateway).await
+            async move {
+                let Some(route) = route else { return };
+                if !allowed {
+                    metrics::counter!("fleetgate_rate_limited_total", "limit" => "events").increment(1);
+                    req.reply::<()>(Err(ApiError::new(ErrorCode::RateLimited, "too many events on this connection")));
+                    return;
                 }
-            });
-        }};
+                let _done = match turn {
+                    Some((before, done)) => {
+                        if let Some(before) = before {
+                            let _ = before.await;
+                        }
+                        Some(done)
+                    }
+                    None => None,
+                };
+                match route {
+                    Route::Authenticate => auth::on_authenticate(req, conn, gateway).await,
+                    Route::LocationUpdate => location::on_location_update(req, conn, gateway).await,
+                    Route::Subscribe => viewer::on_subscribe(req, conn, gateway).await,
+                    Route::Unsubscribe => viewer::on_unsubscribe(req, conn, gateway).await,
+                    Route::ProviderJoin => viewer::on_provider_join(req, conn, gateway).await,
+                    Route::JoinRoom => rooms::on_join(req, conn, gateway).await,
+                    Route::LeaveRoom => rooms::on_leave(req, conn, gateway).await,
+                    Route::Chat => rooms::on_chat(req, conn, gateway).await,
+                    Route::History => rooms::on_history(req, conn, gateway).await,
+                }
+            }
+        });
     }
-    route!("authenticate", auth::on_authenticate);
-    route!("locationupdate", location::on_location_update, |conn: &Conn| Some(conn.queue_update()));
-    route!("subscribe", viewer::on_subscribe);
-    route!("unsubscribe", viewer::on_unsubscribe);
-    route!("providerjoin", viewer::on_provider_join);
-    route!("join_room", rooms::on_join);
-    route!("leave_room", rooms::on_leave);
-    route!("chat", rooms::on_chat);
-    route!("history", rooms::on_history);
     socket.on_disconnect(move |socket: SocketRef<A>, reason: DisconnectReason| {
         let (gateway, conn) = (gateway.clone(), conn.clone());
         async move {
