@@ -108,6 +108,14 @@ impl<A: Adapter> Reply<A> {
     }
 }
 
+// Futures here stay small on purpose: tokio copies a task's whole future
+// when it is spawned and again when it completes, and socketioxide spawns
+// one per event. A handler future that held the store call, the fan-out
+// hand-off and the presence announcement inline measured several KiB, and
+// copying it was most of the instructions the server spent per update
+// (callgrind); so the handler only queues, and the rare or large awaits
+// are boxed.
+
 /// A validated update waiting for its fleet's next store call.
 struct Queued<A: Adapter> {
     position: Position,
@@ -231,8 +239,9 @@ impl<A: Adapter> Gateway<A> {
             Some(gateway) => {
                 tokio::spawn(async move { gateway.run_batches(first).await });
             }
-            // Not registered yet (`register` sets `this`): run here.
-            None => self.run_batches(first).await,
+            // Not registered yet (`register` sets `this`): run here, boxed
+            // so that the caller's future stays small (see below).
+            None => Box::pin(self.run_batches(first)).await,
         }
     }
 
@@ -313,7 +322,10 @@ impl<A: Adapter> Gateway<A> {
                     metrics::histogram!("fleetgate_ingest_seconds")
                         .record((ids::now_ms() - p.received_at).max(0) as f64 / 1000.0);
                     if back_online {
-                        self.announce_online(&p.fleet, &p.vehicle_id).await;
+                        // Boxed: it is rare, and its (adapter's) future is
+                        // large; inline it would be copied with this task's
+                        // state at every spawn.
+                        Box::pin(self.announce_online(&p.fleet, &p.vehicle_id)).await;
                     }
                     round.push(Outgoing {
                         fleet: p.fleet,
