@@ -179,6 +179,28 @@ impl<A: Adapter> Batches<A> {
     }
 }
 
+/// A fleet's batch task while it runs. Should the task end early (the
+/// runtime stopping), the fleet is not left marked busy with updates
+/// queued that nobody will send: they are answered `unavailable` (never
+/// sent, so never stored) and the fleet is free again.
+struct Running<'a, A: Adapter> {
+    batches: &'a Batches<A>,
+    fleet: String,
+    done: bool,
+}
+
+impl<A: Adapter> Drop for Running<'_, A> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let queued = self.batches.lock().remove(&self.fleet).unwrap_or_default();
+        for q in queued {
+            q.reply.send(q.source, Err(ApiError::unavailable()));
+        }
+    }
+}
+
 impl<A: Adapter> Gateway<A> {
     fn window(&self) -> TimeWindow {
         TimeWindow { max_future_ms: self.config.max_future_ms, max_age_ms: self.config.max_age_ms }
@@ -289,13 +311,14 @@ impl<A: Adapter> Gateway<A> {
     /// then each batch that queued during the call before, until the
     /// fleet's queue is empty.
     async fn run_batches(&self, first: Queued<A>) {
-        let fleet = first.position.fleet.clone();
+        let mut running = Running { batches: &self.batches, fleet: first.position.fleet.clone(), done: false };
         let mut batch = Vec::with_capacity(8);
         batch.push(first);
         loop {
-            self.batches.take(&fleet, &mut batch);
-            self.store_batch(&fleet, std::mem::take(&mut batch)).await;
-            if self.batches.finish_if_idle(&fleet) {
+            self.batches.take(&running.fleet, &mut batch);
+            self.store_batch(&running.fleet, std::mem::take(&mut batch)).await;
+            if self.batches.finish_if_idle(&running.fleet) {
+                running.done = true;
                 return;
             }
         }
