@@ -191,6 +191,18 @@ def table(results: Path, stamp: str, p99_max: float, ratio_min: float) -> str:
         row(f"{tag}: p50 / p99 · non-200", {l: f"{fmt(get(pick(l), 'results.latency.p50_ms'), 1)} / {fmt(get(pick(l), 'results.latency.p99_ms'), 1)} ms · {get(pick(l), 'results.non_200')}" for l, _ in SERVERS if pick(l)}, "non-200 = 0")
         row(f"{tag}: server CPU per request", {l: fmt(get(pick(l), "results.server.cpu_us_per_request"), 0, " µs") for l, _ in SERVERS if pick(l)}, "lower")
 
+    # Socket ingest: what an accepted update costs, server and Redis apart.
+    fi = load("fleet-ingest")
+    if fi:
+        pick = lambda label: (fi.get(label) or [None])[-1]  # noqa: E731
+        d0 = next(iter(fi.values()))[0]
+        tag = f"{get(d0, 'params.vehicles')} vehicles × {fmt(get(d0, 'params.hz'), 0)} Hz, {get(d0, 'params.viewers')} viewers"
+        row(f"{tag}: accepted upd/s · ack p99", {l: f"{fmt(get(pick(l), 'results.updates_per_s'), 0)} · {fmt(get(pick(l), 'results.ack.p99_ms'), 1)} ms{tool_note(pick(l))}" for l, _ in SERVERS if pick(l)}, "every update acked")
+        row(f"{tag}: server CPU per accepted update (user / system)", {l: f"{fmt(get(pick(l), 'results.server.cpu_us_per_update'), 1, ' µs')} ({fmt(get(pick(l), 'results.server.user_us_per_update'), 1)} / {fmt(get(pick(l), 'results.server.system_us_per_update'), 1)})" for l, _ in SERVERS if pick(l)}, "≤ 1/8 of the peer")
+        row(f"{tag}: Redis CPU per accepted update", {l: fmt(redis_us_per_update(pick(l)), 1, " µs") for l, _ in SERVERS if pick(l)}, "≤ 1/7 of the peer")
+        row(f"{tag}: latency p50 / p99 · ratio", {l: f"{fmt(get(pick(l), 'results.latency.p50_ms'), 1)} / {fmt(get(pick(l), 'results.latency.p99_ms'), 1)} ms · {fmt(get(pick(l), 'results.delivery_ratio'), 4)}" for l, _ in SERVERS if pick(l)}, f"p99 ≤ {p99_max:g} ms")
+        row(f"{tag}: Redis commands/s (publishes/s)", {l: f"{fmt(get(pick(l), 'results.redis.info.commands_per_s'), 0)} ({fmt(get(pick(l), 'results.redis.info.publish_per_s'), 0)})" for l, _ in SERVERS if pick(l)}, "lower")
+
     # Conflation (fleetgate only; the node column is the same load without conflation).
     con = load("conflation")
     if con:

@@ -33,7 +33,7 @@ ROOT=$PWD
 while IFS= read -r name; do unset "$name"; done < <(compgen -e | grep '^FLEETGATE_' || true)
 
 SERVERS=${SERVERS:-"node fleetgate"}
-SCENARIOS=${SCENARIOS:-"fanout cpu idle storm replicas ingest conflation"}
+SCENARIOS=${SCENARIOS:-"fanout cpu idle storm replicas ingest fleet-ingest conflation"}
 SERVER_CORE=${SERVER_CORE:-0}
 LOAD_CORE=${LOAD_CORE:-1}
 REDIS_CORE=${REDIS_CORE:-$LOAD_CORE}
@@ -57,6 +57,11 @@ STORM_CONCURRENCY=${STORM_CONCURRENCY:-64}
 STORM_RATE=${STORM_RATE:-0}
 INGEST_RATE=${INGEST_RATE:-2000}
 INGEST_CONNECTIONS=${INGEST_CONNECTIONS:-16}
+# fleet-ingest: vehicles × Hz over sockets, in FLEET_INGEST_FLEETS fleets, with a few viewers.
+FLEET_INGEST_VEHICLES=${FLEET_INGEST_VEHICLES:-3000}
+FLEET_INGEST_HZ=${FLEET_INGEST_HZ:-1}
+FLEET_INGEST_FLEETS=${FLEET_INGEST_FLEETS:-3}
+FLEET_INGEST_VIEWERS=${FLEET_INGEST_VIEWERS:-6}
 BATCH_MS=${BATCH_MS:-100}
 # The write-window point of the conflation scenario (the default window is 10).
 WRITE_WINDOW_MS=${WRITE_WINDOW_MS:-25}
@@ -280,6 +285,20 @@ for kind in $SERVERS; do
     start_server "$kind"
     bench ingest "$kind" --server-pid "$SRV_PID" --fleet ingest ingest --url "$SRV_URL" --rate "$INGEST_RATE" \
       -c "$INGEST_CONNECTIONS" --warmup "$WARMUP" --duration "$DURATION" || true
+    stop "$SRV_PID"
+  fi
+
+  if has fleet-ingest; then
+    # The cost of an accepted update, server and Redis apart: Redis is its
+    # own process on REDIS_CORE, read through /proc/<redis pid>/stat.
+    say "$kind: $FLEET_INGEST_VEHICLES vehicles × $FLEET_INGEST_HZ Hz over sockets, $FLEET_INGEST_FLEETS fleets, $FLEET_INGEST_VIEWERS viewers"
+    flush_redis
+    redis-cli -p "$REDIS_PORT" config resetstat >/dev/null 2>&1 || true
+    FG_STORE=redis start_server "$kind"
+    bench fleet-ingest "$kind" --server-pid "$SRV_PID" --fleet fleet-ingest fanout --url "$SRV_URL" \
+      -V "$FLEET_INGEST_VEHICLES" -H "$FLEET_INGEST_HZ" -W "$FLEET_INGEST_VIEWERS" --fleets "$FLEET_INGEST_FLEETS" \
+      --warmup "$WARMUP" --duration "$DURATION" --drain "$DRAIN" --connect-rate "$CONNECT_RATE" || true
+    redis-cli -p "$REDIS_PORT" info commandstats >"$LOGS/fleet-ingest-$kind-commandstats.txt" 2>/dev/null || true
     stop "$SRV_PID"
   fi
 

@@ -19,6 +19,7 @@ pub mod net;
 pub mod position;
 pub mod redis_target;
 pub mod relay;
+pub mod replication;
 pub mod server;
 pub mod session;
 pub mod store;

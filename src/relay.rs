@@ -1,32 +1,17 @@
-//! Positions accepted on other replicas. The store's update script
-//! publishes every accepted position on its fleet's channel; a replica
-//! listens to a fleet's channel only while one of its own sockets watches
-//! that fleet, and hands what arrives to local fan-out.
-//!
-//! The channels are sharded (`SSUBSCRIBE`/`SPUBLISH`, Redis 7+): on a
-//! Redis Cluster a fleet's channel lives on the shard that holds its keys,
-//! so cross-replica traffic spreads over the shards with the fleets, and a
-//! replica hears only the fleets its own clients watch.
-//!
-//! Pub/sub runs on fred's subscriber client, which reconnects with backoff;
-//! the channels are re-subscribed after each reconnect (see
-//! [`resubscribe_on_reconnect`]).
+//! The pub/sub client of Redis: fred's subscriber client, which reconnects
+//! with backoff, with its channels re-subscribed after each reconnect (see
+//! [`resubscribe_on_reconnect`]). Replication ([`crate::replication`]) and
+//! the Socket.IO adapter each run on one.
 
-use std::{collections::HashMap, time::Duration};
+use std::time::Duration;
 
-use bytes::Bytes;
 use fred::{
     clients::SubscriberClient,
-    interfaces::{ClientLike, EventInterface, PubsubInterface},
+    interfaces::{EventInterface, PubsubInterface},
     types::config::ReconnectPolicy,
 };
-use tokio::sync::{Mutex, mpsc};
 
-use crate::{redis_target::RedisTarget, store::redis::position_channel};
-
-/// Messages waiting for fan-out before new ones are dropped (and counted):
-/// a stalled fan-out must not grow memory without bound.
-const INBOX: usize = 8192;
+use crate::redis_target::RedisTarget;
 
 /// Longest a pub/sub command (subscribe, publish by the adapter) may wait.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
@@ -99,88 +84,4 @@ fn resubscribe_on_reconnect(client: &SubscriberClient) {
             tracing::info!("redis pub/sub connected");
         }
     });
-}
-
-/// A position published by a replica, still encoded.
-pub struct Announcement {
-    pub encoded: Bytes,
-}
-
-pub struct Relay {
-    client: SubscriberClient,
-    watched: Mutex<HashMap<String, usize>>,
-}
-
-impl Relay {
-    /// Connects and starts forwarding other replicas' announcements (those
-    /// not prefixed with `node_id`) to the returned receiver.
-    pub async fn start(
-        target: &RedisTarget,
-        node_id: String,
-    ) -> Result<(Self, mpsc::Receiver<Announcement>), fred::error::Error> {
-        let client = subscriber_client(target)?;
-        client.init().await?;
-        let (tx, rx) = mpsc::channel(INBOX);
-        let mut messages = client.message_rx();
-        let own_prefix = format!("{node_id} ");
-        tokio::spawn(async move {
-            use tokio::sync::broadcast::error::RecvError;
-            loop {
-                let msg = match messages.recv().await {
-                    Ok(msg) => msg,
-                    Err(RecvError::Lagged(n)) => {
-                        metrics::counter!("fleetgate_relay_dropped_total").increment(n);
-                        continue;
-                    }
-                    Err(RecvError::Closed) => return,
-                };
-                let Some(bytes) = msg.value.into_owned_bytes() else { continue };
-                if bytes.starts_with(own_prefix.as_bytes()) {
-                    continue;
-                }
-                let Some(space) = bytes.iter().position(|b| *b == b' ') else { continue };
-                let encoded = Bytes::from(bytes).slice(space + 1..);
-                metrics::counter!("fleetgate_relay_received_total").increment(1);
-                if tx.try_send(Announcement { encoded }).is_err() {
-                    metrics::counter!("fleetgate_relay_dropped_total").increment(1);
-                }
-            }
-        });
-        Ok((Self { client, watched: Mutex::new(HashMap::new()) }, rx))
-    }
-
-    /// Starts listening to a fleet's positions (counted: one call per watcher).
-    pub async fn watch(&self, fleet: &str) -> Result<(), fred::error::Error> {
-        let mut watched = self.watched.lock().await;
-        if let Some(n) = watched.get_mut(fleet) {
-            *n += 1;
-            return Ok(());
-        }
-        if let Err(e) = self.client.ssubscribe(position_channel(fleet)).await {
-            metrics::counter!("fleetgate_redis_errors_total", "op" => "subscribe").increment(1);
-            return Err(e);
-        }
-        watched.insert(fleet.to_owned(), 1);
-        Ok(())
-    }
-
-    /// Stops listening once the fleet's last local watcher is gone.
-    pub async fn unwatch(&self, fleet: &str) {
-        let mut watched = self.watched.lock().await;
-        let Some(n) = watched.get_mut(fleet) else { return };
-        *n -= 1;
-        if *n == 0 {
-            watched.remove(fleet);
-            if let Err(e) = self.client.sunsubscribe(position_channel(fleet)).await {
-                // The subscription is gone from fred's tracked set either way,
-                // so it will not come back after a reconnect.
-                tracing::debug!(error = %e, "unsubscribe failed");
-            }
-        }
-    }
-
-    pub async fn close(&self) {
-        // A courtesy to Redis; not worth delaying the exit for.
-        let _ = tokio::time::timeout(Duration::from_millis(300), self.client.quit()).await;
-    }
 }

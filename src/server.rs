@@ -24,7 +24,8 @@ use crate::{
     http::{self, HttpState},
     ids,
     redis_target::RedisTarget,
-    relay::{self, Announcement, Relay},
+    relay,
+    replication::{self, Announcement, Relay},
     store::{Retention, Store, memory::MemoryStore, redis::RedisStore},
 };
 
@@ -124,13 +125,8 @@ async fn run<A: Adapter>(
     stop: watch::Sender<bool>,
     exporter: &crate::metrics::Exporter,
 ) -> Result<(), ServeError> {
-    if let Some(mut inbox) = inbox {
-        let gw = gateway.clone();
-        tokio::spawn(async move {
-            while let Some(a) = inbox.recv().await {
-                gw.deliver_announcement(a).await;
-            }
-        });
+    if let Some(inbox) = inbox {
+        tokio::spawn(replication::run_inbox(gateway.clone(), inbox));
     }
     let demo_task = config.demo.then(|| tokio::spawn(demo::run(gateway.clone(), config.demo_vehicles)));
     let presence_task = tokio::spawn(gateway::presence::run(gateway.clone()));

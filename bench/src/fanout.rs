@@ -298,6 +298,8 @@ pub async fn run(common: &Common, p: Params) -> anyhow::Result<Report> {
     let server_system = srv1.system.saturating_sub(srv0.system).as_secs_f64();
     let per_delivery = |cpu: f64| (delivered > 0 && !procs.is_empty()).then(|| cpu * 1e6 / delivered as f64);
     let per_delivery_us = per_delivery(server_cpu);
+    let per_update =
+        |cpu: f64| (accepted_in_window > 0 && !procs.is_empty()).then(|| cpu * 1e6 / accepted_in_window as f64);
     let per_cpu_ms = (server_cpu > 0.0).then(|| delivered as f64 / (server_cpu * 1e3));
     let lag_p99 = s.schedule_lag.quantile_ms(0.99);
     // Late by more than a fifth of the period at p99: the offered rate is not what was asked for.
@@ -335,7 +337,9 @@ pub async fn run(common: &Common, p: Params) -> anyhow::Result<Report> {
             "user_us_per_delivery": per_delivery(server_user),
             "system_us_per_delivery": per_delivery(server_system),
             "deliveries_per_cpu_ms": per_cpu_ms,
-            "cpu_us_per_update": (accepted_in_window > 0 && !procs.is_empty()).then(|| server_cpu * 1e6 / accepted_in_window as f64),
+            "cpu_us_per_update": per_update(server_cpu),
+            "user_us_per_update": per_update(server_user),
+            "system_us_per_update": per_update(server_system),
             "rss_bytes": rss_each.iter().sum::<u64>(),
             "rss_bytes_each": rss_each,
             "fds": srv1.fds,
@@ -345,6 +349,8 @@ pub async fn run(common: &Common, p: Params) -> anyhow::Result<Report> {
             "cpu_s": redis_cpu,
             "cpu_s_each": red_each,
             "cpu_util": redis_cpu / wall,
+            "cpu_us_per_update": (accepted_in_window > 0 && !redis_procs.is_empty())
+                .then(|| redis_cpu * 1e6 / accepted_in_window as f64),
             "rss_bytes": red1.rss,
             "info": redis_rates,
         },

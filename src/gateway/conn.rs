@@ -28,10 +28,11 @@ pub struct Conn {
     rooms: Mutex<HashSet<String>>,
     /// The (fleet, vehicle) this socket keeps online, once it has a vehicle session.
     presence: Mutex<Option<(String, String)>>,
-    /// Ends when this socket's latest `locationupdate` is done: each update
-    /// waits for the one before, so a socket's updates reach the store in
-    /// the order they arrived (handlers otherwise run concurrently, and the
-    /// store's compare-and-set would refuse the older of two as stale).
+    /// Ends when this socket's latest `locationupdate` is queued for the
+    /// store: each update waits for the one before, so a socket's updates
+    /// join their fleet's queue, and so reach the store, in the order they
+    /// arrived (handlers otherwise run concurrently, and the store's
+    /// compare-and-set would refuse the older of two as stale).
     last_update: Mutex<Option<oneshot::Receiver<()>>>,
 }
 

@@ -1,7 +1,7 @@
-//! The Socket.IO side: the `/fleet` namespace, its handlers, and the path
-//! every accepted position takes (validate → store → fan out), shared with
-//! the HTTP API. Handlers are generic over the adapter so the embedded node
-//! and the Redis-backed replicas run the same code.
+//! The Socket.IO side: the `/fleet` namespace and its handlers. The path
+//! every position takes (parse → validate → store → fan out), shared with
+//! the HTTP API, is [`publish`]. Handlers are generic over the adapter so
+//! the embedded node and the Redis-backed replicas run the same code.
 
 mod auth;
 mod conn;
@@ -11,75 +11,28 @@ pub mod handshake;
 pub mod limits;
 mod location;
 pub mod presence;
+pub mod publish;
 mod request;
 pub mod rooms;
 pub mod viewer;
 
 use std::sync::Arc;
 
-use serde::Serialize;
-use serde_json::value::RawValue;
 use socketioxide::{
     SocketIo, TransportType, adapter::Adapter, extract::SocketRef, handler::ConnectHandler, socket::DisconnectReason,
 };
 
 pub use conn::Conn;
 pub use fanout::Fanout;
+pub use publish::{Accepted, Source};
 pub use request::Request;
 
 use crate::{
     auth::{Authenticator, Role},
     config::Config,
     error::{ApiError, ErrorCode},
-    ids,
-    position::{Position, PositionKey, PositionUpdate, TimeWindow},
-    relay::Announcement,
-    session::Session,
-    store::{PutOutcome, Store},
+    store::Store,
 };
-
-/// Where an update came from, for metrics.
-#[derive(Debug, Clone, Copy)]
-pub enum Source {
-    Socket,
-    Http,
-    /// The built-in demo fleet.
-    Simulator,
-}
-
-impl Source {
-    fn as_str(self) -> &'static str {
-        match self {
-            Source::Socket => "socket",
-            Source::Http => "http",
-            Source::Simulator => "demo",
-        }
-    }
-}
-
-/// The `data` of a `locationupdate` ack.
-#[derive(Debug, Serialize, PartialEq, Eq)]
-pub struct Accepted {
-    pub accepted: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<&'static str>,
-}
-
-fn count_update(source: Source, result: &Result<Accepted, ApiError>) {
-    let outcome = match result {
-        Ok(a) if a.accepted => "accepted",
-        Ok(_) => "stale",
-        Err(e) => match e.code {
-            ErrorCode::InvalidPayload | ErrorCode::PayloadTooLarge => "invalid",
-            ErrorCode::Forbidden => "forbidden",
-            ErrorCode::RateLimited => "rate_limited",
-            ErrorCode::Unavailable => "unavailable",
-            _ => "error",
-        },
-    };
-    metrics::counter!("fleetgate_position_updates_total", "source" => source.as_str(), "outcome" => outcome)
-        .increment(1);
-}
 
 /// Counts a cross-replica operation of the adapter that failed.
 fn adapter_failed(op: &'static str, e: &dyn std::fmt::Display) {
@@ -99,6 +52,10 @@ pub struct Gateway<A: Adapter> {
     pub local_vehicles: presence::LocalVehicles,
     pub limits: Arc<limits::Limits>,
     pub deadlines: deadline::Deadlines<A>,
+    /// Updates queued behind their fleet's store call in flight.
+    batches: publish::Batches<A>,
+    /// This gateway, for the batch tasks it starts.
+    this: publish::This<A>,
 }
 
 impl<A: Adapter> Gateway<A> {
@@ -107,7 +64,7 @@ impl<A: Adapter> Gateway<A> {
         auth: Arc<Authenticator>,
         store: Arc<dyn Store>,
         io: SocketIo<A>,
-        relay: Option<crate::relay::Relay>,
+        relay: Option<crate::replication::Relay>,
         node_id: String,
     ) -> Self {
         let settings = fanout::Settings {
@@ -125,6 +82,8 @@ impl<A: Adapter> Gateway<A> {
             io,
             node_id,
             local_vehicles: presence::LocalVehicles::default(),
+            batches: publish::Batches::default(),
+            this: publish::This::new(),
         }
     }
 }
@@ -135,103 +94,6 @@ pub fn session_room(session_id: &str) -> String {
 }
 
 impl<A: Adapter> Gateway<A> {
-    fn window(&self) -> TimeWindow {
-        TimeWindow { max_future_ms: self.config.max_future_ms, max_age_ms: self.config.max_age_ms }
-    }
-
-    /// Parses, authorises, stores and fans out one `locationupdate` payload
-    /// on behalf of `session`.
-    pub async fn publish(
-        &self,
-        session: &Session,
-        payload: &serde_json::Value,
-        source: Source,
-    ) -> Result<Accepted, ApiError> {
-        let result = match PositionUpdate::parse(payload) {
-            Ok(update) => self.try_publish(session, update).await,
-            Err(e) => Err(e),
-        };
-        count_update(source, &result);
-        result
-    }
-
-    /// Like [`Gateway::publish`], for an update built in process.
-    pub async fn publish_update(
-        &self,
-        session: &Session,
-        update: PositionUpdate,
-        source: Source,
-    ) -> Result<Accepted, ApiError> {
-        let result = self.try_publish(session, update).await;
-        count_update(source, &result);
-        result
-    }
-
-    async fn try_publish(&self, session: &Session, update: PositionUpdate) -> Result<Accepted, ApiError> {
-        let vehicle_id = match session.role {
-            Role::Viewer => return Err(ApiError::forbidden("viewers cannot publish positions")),
-            Role::Vehicle => {
-                let own = session.vehicle.as_deref().unwrap_or(&session.sub);
-                match update.vehicle_id.as_deref() {
-                    Some(v) if v != own => {
-                        return Err(ApiError::forbidden("a vehicle token publishes only its own vehicle"));
-                    }
-                    _ => own.to_owned(),
-                }
-            }
-            Role::Dispatcher => {
-                update.vehicle_id.clone().ok_or_else(|| ApiError::invalid("vehicleId: required for dispatchers"))?
-            }
-        };
-        let now = ids::now_ms();
-        let ts = update.fix_time(now, self.window())?;
-        self.limits.check_vehicle(&session.fleet, &vehicle_id).inspect_err(|_| {
-            metrics::counter!("fleetgate_rate_limited_total", "limit" => "vehicle").increment(1);
-        })?;
-        let position = Position {
-            fleet: session.fleet.clone(),
-            vehicle_id,
-            lat: update.lat,
-            lon: update.lon,
-            ts,
-            heading: update.heading,
-            speed: update.speed,
-            accuracy: update.accuracy,
-            received_at: now,
-        };
-        // Encoded once: the store keeps these bytes, other replicas receive
-        // them, and local sockets get them without re-serialisation.
-        let encoded = serde_json::value::to_raw_value(&position)
-            .map_err(|_| ApiError::invalid("payload: not representable as JSON"))?;
-        match self.store.put_position(&position, encoded.get()).await {
-            Ok(PutOutcome::Accepted { back_online }) => {
-                metrics::histogram!("fleetgate_ingest_seconds").record((ids::now_ms() - now).max(0) as f64 / 1000.0);
-                if back_online {
-                    self.announce_online(&position.fleet, &position.vehicle_id).await;
-                }
-                self.fanout
-                    .deliver(fanout::Outgoing {
-                        fleet: position.fleet,
-                        vehicle: position.vehicle_id,
-                        lon: position.lon,
-                        lat: position.lat,
-                        ts: position.ts,
-                        encoded,
-                        received_at: now,
-                        relayed: false,
-                        wire: Default::default(),
-                    })
-                    .await;
-                Ok(Accepted { accepted: true, reason: None })
-            }
-            Ok(PutOutcome::Stale) => Ok(Accepted { accepted: false, reason: Some("stale") }),
-            Err(e) => {
-                tracing::warn!(error = %e, "position not stored");
-                Err(ApiError::unavailable())
-            }
-        }
-    }
-
     /// Revokes a session: deletes it and disconnects its sockets on every
     /// replica. Whether it existed.
     pub async fn revoke(&self, session_id: &str) -> Result<bool, ApiError> {
@@ -248,25 +110,6 @@ impl<A: Adapter> Gateway<A> {
         metrics::counter!("fleetgate_sessions_revoked_total").increment(1);
         Ok(existed)
     }
-
-    /// Fans out a position another replica accepted.
-    pub async fn deliver_announcement(&self, a: Announcement) {
-        let Ok(key) = serde_json::from_slice::<PositionKey>(&a.encoded) else { return };
-        let Ok(encoded) = serde_json::from_slice::<Box<RawValue>>(&a.encoded) else { return };
-        self.fanout
-            .deliver(fanout::Outgoing {
-                fleet: key.fleet.into_owned(),
-                vehicle: key.vehicle_id.into_owned(),
-                lon: key.lon,
-                lat: key.lat,
-                ts: key.ts,
-                encoded,
-                received_at: key.received_at,
-                relayed: true,
-                wire: Default::default(),
-            })
-            .await;
-    }
 }
 
 /// Registers the `/fleet` namespace. With a Redis adapter the returned
@@ -275,6 +118,7 @@ pub fn register<A: Adapter + socketioxide_core::adapter::DefinedAdapter>(
     io: &SocketIo<A>,
     gateway: Arc<Gateway<A>>,
 ) -> A::InitRes {
+    publish::bind(&gateway);
     let on_connect = {
         let gateway = gateway.clone();
         move |socket: SocketRef<A>| {
@@ -390,16 +234,19 @@ fn attach_handlers<A: Adapter>(socket: &SocketRef<A>, conn: Arc<Conn>, gateway: 
                     }
                     None => None,
                 };
+                // The hot route runs inline; the others are boxed, so the
+                // future spawned for every position stays as small as its
+                // own path (tokio moves it several times before it runs).
                 match route {
-                    Route::Authenticate => auth::on_authenticate(req, conn, gateway).await,
                     Route::LocationUpdate => location::on_location_update(req, conn, gateway).await,
-                    Route::Subscribe => viewer::on_subscribe(req, conn, gateway).await,
-                    Route::Unsubscribe => viewer::on_unsubscribe(req, conn, gateway).await,
-                    Route::ProviderJoin => viewer::on_provider_join(req, conn, gateway).await,
-                    Route::JoinRoom => rooms::on_join(req, conn, gateway).await,
-                    Route::LeaveRoom => rooms::on_leave(req, conn, gateway).await,
-                    Route::Chat => rooms::on_chat(req, conn, gateway).await,
-                    Route::History => rooms::on_history(req, conn, gateway).await,
+                    Route::Authenticate => Box::pin(auth::on_authenticate(req, conn, gateway)).await,
+                    Route::Subscribe => Box::pin(viewer::on_subscribe(req, conn, gateway)).await,
+                    Route::Unsubscribe => Box::pin(viewer::on_unsubscribe(req, conn, gateway)).await,
+                    Route::ProviderJoin => Box::pin(viewer::on_provider_join(req, conn, gateway)).await,
+                    Route::JoinRoom => Box::pin(rooms::on_join(req, conn, gateway)).await,
+                    Route::LeaveRoom => Box::pin(rooms::on_leave(req, conn, gateway)).await,
+                    Route::Chat => Box::pin(rooms::on_chat(req, conn, gateway)).await,
+                    Route::History => Box::pin(rooms::on_history(req, conn, gateway)).await,
                 }
             }
         });

@@ -136,6 +136,10 @@ fn describe() {
     describe_counter!("fleetgate_rate_limited_total", "Events and connections refused by a limit, by limit.");
     describe_counter!("fleetgate_relay_received_total", "Positions received from other replicas.");
     describe_counter!("fleetgate_relay_dropped_total", "Positions from other replicas dropped before local fan-out.");
+    describe_counter!(
+        "fleetgate_ingest_batches_total",
+        "Store calls carrying position updates: updates per call = fleetgate_position_updates_total that reached the store ÷ this."
+    );
     describe_histogram!(
         "fleetgate_ingest_seconds",
         Unit::Seconds,
@@ -218,6 +222,7 @@ fn preregister() {
         "fleetgate_write_timeouts_total",
         "fleetgate_relay_received_total",
         "fleetgate_relay_dropped_total",
+        "fleetgate_ingest_batches_total",
         "fleetgate_chat_messages_total",
     ] {
         metrics::counter!(name).increment(0);

@@ -10,7 +10,7 @@ use std::{
 
 use async_trait::async_trait;
 
-use super::{ChatMessage, Offline, PutOutcome, Retention, Scope, Store, StoreError};
+use super::{ChatMessage, Offline, PositionWrite, PutOutcome, Retention, Scope, Store, StoreError};
 use crate::{ids::now_ms, position::Position, session::Session};
 
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
@@ -64,6 +64,35 @@ impl MemoryStore {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The compare-and-set of one position, as Redis's script does it.
+    fn put_one(&self, state: &mut State, fleet: &str, p: &Position, encoded: &str, now: i64) -> PutOutcome {
+        let vehicles = match state.fleets.get_mut(fleet) {
+            Some(v) => v,
+            None => state.fleets.entry(fleet.to_owned()).or_default(),
+        };
+        if vehicles.get(&p.vehicle_id).is_some_and(|e| e.expires_at > now && e.ts >= p.ts) {
+            return PutOutcome::Stale;
+        }
+        vehicles.insert(
+            p.vehicle_id.clone(),
+            Entry {
+                ts: p.ts,
+                expires_at: now.saturating_add(self.retention.location_ttl_ms),
+                encoded: encoded.to_owned(),
+            },
+        );
+        let stale_after = self.retention.stale_after_ms;
+        let back_online = match state.presence.get_mut(&(fleet.to_owned(), p.vehicle_id.clone())) {
+            Some(presence) if presence.nodes.values().any(|until| *until > now) => {
+                let was_online = presence.online_until.is_some();
+                presence.online_until = Some(now + stale_after);
+                !was_online
+            }
+            _ => false,
+        };
+        PutOutcome::Accepted { back_online }
+    }
+
     fn sweep_once(&self) {
         let now = now_ms();
         let mut state = self.lock();
@@ -89,31 +118,10 @@ async fn sweep(store: Weak<MemoryStore>) {
 
 #[async_trait]
 impl Store for MemoryStore {
-    async fn put_position(&self, p: &Position, encoded: &str) -> Result<PutOutcome, StoreError> {
+    async fn put_positions(&self, fleet: &str, writes: &[PositionWrite<'_>]) -> Vec<Result<PutOutcome, StoreError>> {
         let now = now_ms();
         let mut state = self.lock();
-        let vehicles = state.fleets.entry(p.fleet.clone()).or_default();
-        if vehicles.get(&p.vehicle_id).is_some_and(|e| e.expires_at > now && e.ts >= p.ts) {
-            return Ok(PutOutcome::Stale);
-        }
-        vehicles.insert(
-            p.vehicle_id.clone(),
-            Entry {
-                ts: p.ts,
-                expires_at: now.saturating_add(self.retention.location_ttl_ms),
-                encoded: encoded.to_owned(),
-            },
-        );
-        let stale_after = self.retention.stale_after_ms;
-        let back_online = match state.presence.get_mut(&(p.fleet.clone(), p.vehicle_id.clone())) {
-            Some(presence) if presence.nodes.values().any(|until| *until > now) => {
-                let was_online = presence.online_until.is_some();
-                presence.online_until = Some(now + stale_after);
-                !was_online
-            }
-            _ => false,
-        };
-        Ok(PutOutcome::Accepted { back_online })
+        writes.iter().map(|w| Ok(self.put_one(&mut state, fleet, w.position, w.encoded, now))).collect()
     }
 
     async fn positions(&self, fleet: &str, scope: Scope<'_>) -> Result<Vec<String>, StoreError> {

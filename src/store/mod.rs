@@ -10,8 +10,9 @@ use async_trait::async_trait;
 use crate::{position::Position, session::Session};
 
 /// Why the store could not answer. Every variant means the same thing to
-/// a client (`unavailable`); the detail is for logs and metrics.
-#[derive(Debug, thiserror::Error)]
+/// a client (`unavailable`); the detail is for logs and metrics. Cloned
+/// when one failed call answers every update of a batch.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("redis: {0}")]
     Redis(#[from] ::redis::RedisError),
@@ -30,6 +31,19 @@ pub enum PutOutcome {
     Accepted { back_online: bool },
     /// Not newer than the stored position: dropped.
     Stale,
+}
+
+/// One position offered to the store as part of a fleet's batch
+/// ([`Store::put_positions`]).
+#[derive(Debug, Clone, Copy)]
+pub struct PositionWrite<'a> {
+    pub position: &'a Position,
+    /// Its position event, encoded once: what the store keeps and announces.
+    pub encoded: &'a str,
+    /// When its sender began waiting: the write's fence counts from here,
+    /// so an update that queued behind a slow call is fenced as early as
+    /// one sent alone.
+    pub started: std::time::Instant,
 }
 
 /// What a snapshot covers.
@@ -94,10 +108,19 @@ pub fn is_message_id(s: &str) -> bool {
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Stores `position` (whose encoded event is `encoded`) if its `ts` is
-    /// newer than the stored one, atomically, and on success announces it
-    /// to the other replicas, all in one round trip.
-    async fn put_position(&self, position: &Position, encoded: &str) -> Result<PutOutcome, StoreError>;
+    /// Offers a batch of one fleet's positions, in order: each is stored if
+    /// its `ts` is newer than its vehicle's stored one (a later write of the
+    /// same vehicle meets the earlier one's result), and those stored are
+    /// announced to the other replicas together, all in one round trip and
+    /// atomically. One result per write, in order; a write answered with an
+    /// error was not stored and never will be.
+    async fn put_positions(&self, fleet: &str, writes: &[PositionWrite<'_>]) -> Vec<Result<PutOutcome, StoreError>>;
+
+    /// [`Store::put_positions`] of one position.
+    async fn put_position(&self, position: &Position, encoded: &str) -> Result<PutOutcome, StoreError> {
+        let write = PositionWrite { position, encoded, started: std::time::Instant::now() };
+        self.put_positions(&position.fleet, &[write]).await.pop().unwrap_or(Err(StoreError::Timeout))
+    }
 
     /// Last-known, unexpired positions of a fleet, as encoded events.
     async fn positions(&self, fleet: &str, scope: Scope<'_>) -> Result<Vec<String>, StoreError>;

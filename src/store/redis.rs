@@ -1,14 +1,16 @@
 //! The shared store: sessions and positions in Redis, so any replica can
 //! serve any client. The position compare-and-set, its TTL, the fleet index
-//! and the announcement to other replicas happen in one Lua script: one
-//! round trip per update, atomic across replicas.
+//! and the announcement to other replicas happen in one Lua script, called
+//! once for a batch of one fleet's updates (see [`crate::gateway::publish`]):
+//! one round trip per batch, atomic across replicas.
 //!
 //! Key layout (`{fleet}` is a hash tag, so a fleet's keys share a slot on a
 //! Redis Cluster and the script stays single-slot):
 //! - `fg:{<fleet>}:pos:<vehicle>`: hash `t` (fix time), `p` (encoded event), TTL
 //! - `fg:{<fleet>}:idx`: sorted set of vehicle ids scored by expiry (ms)
 //! - `fg:{<fleet>}:positions`: the sharded channel (`SPUBLISH`) other
-//!   replicas listen on, in the fleet's slot like its keys
+//!   replicas listen on, in the fleet's slot like its keys (named, and its
+//!   messages' format stated, in [`crate::replication::wire`])
 //! - `fg:{<fleet>}:presence`: sorted set of online vehicles scored by when
 //!   they go stale (ms)
 //! - `fg:{<fleet>}:conns:<vehicle>`: sorted set of replicas holding a socket
@@ -20,10 +22,14 @@
 //! The same store runs on one Redis or on a Redis Cluster (`Conn`): every
 //! script's keys share their fleet's slot, and the one multi-key pipeline
 //! (presence refresh) is split per fleet on a cluster.
+//!
+//! (Splitting this file by concern — scripts as `.lua` files, key names,
+//! connections and fencing, the `Store` impl — waits for the TLS/Sentinel
+//! work on its connection code to land.)
 
 use std::{future::Future, time::Duration};
 
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use redis::{
@@ -34,11 +40,11 @@ use redis::{
     cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo},
 };
 
-use super::{ChatMessage, Offline, PutOutcome, Retention, Scope, Store, StoreError};
+use super::{ChatMessage, Offline, PositionWrite, PutOutcome, Retention, Scope, Store, StoreError};
 use crate::{
     ids::now_ms,
-    position::Position,
     redis_target::{RedisTarget, SeedNode},
+    replication::wire::position_channel,
     session::Session,
 };
 
@@ -46,7 +52,7 @@ use crate::{
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long before the caller gives up a position write stops being
-/// applied (see [`PUT_POSITION`]): room for the reply to travel back and
+/// applied (see [`PUT_POSITIONS`]): room for the reply to travel back and
 /// for the error of the clock offset estimate.
 const FENCE_MARGIN: Duration = Duration::from_millis(500);
 
@@ -54,46 +60,77 @@ const FENCE_MARGIN: Duration = Duration::from_millis(500);
 /// leaves time for the others within the sweep's own bound.
 const FLEET_SWEEP_TIMEOUT: Duration = Duration::from_millis(1500);
 
+/// One batch in this many also drops the expired members of its fleet's
+/// index. Readers skip expired members anyway and the index expires with
+/// its fleet's last write, so pruning on every write only cost a command.
+const PRUNE_EVERY: u64 = 16;
+
 /// Replies slower than this round trip do not recalibrate the clock offset.
 const CALIBRATION_MAX_RTT: Duration = Duration::from_millis(250);
 
-/// The position compare-and-set. It is fenced: a call that reaches Redis
-/// after `ARGV[9]` (a deadline on Redis's clock, set just before the
-/// caller gives up and answers `unavailable`) changes nothing. Without the
-/// fence, a write that waited out a stalled Redis (paused, swapping, a
-/// partition that heals) would still be applied and announced when Redis
-/// resumed: a position stored and shown to watchers after its sender was
-/// told it was not. Returns `{outcome, redis_now_ms}` (outcome -1: past
-/// the deadline, 0: stale, 1: stored, 2: stored and back online); Redis's
-/// time calibrates the deadline of later calls.
-const PUT_POSITION: &str = r#"
+/// The position compare-and-set of a batch of one fleet's updates, and
+/// their announcement. Each update is fenced: one that reaches Redis after
+/// its own deadline (on Redis's clock, set just before its sender gives up
+/// and is answered `unavailable`) changes nothing. Without the fence, a
+/// write that waited out a stalled Redis (paused, swapping, a partition
+/// that heals) would still be applied and announced when Redis resumed: a
+/// position stored and shown to watchers after its sender was told it was
+/// not. Updates are applied in order, so two of one vehicle meet each
+/// other's result. Those stored leave in ONE message on the fleet's
+/// sharded channel, in the format of [`crate::replication::wire`].
+///
+/// KEYS: index, presence, then per update its position key and conns key.
+/// ARGV: ttl, now (ms), stale-after, channel, node id, prune (`1`: drop the
+/// index's expired members too), then per update ts, event, vehicle,
+/// deadline. Returns `{redis_now_ms, outcome...}` (outcome -1: past its
+/// deadline, 0: stale, 1: stored, 2: stored and back online); Redis's time
+/// calibrates the deadlines of later calls.
+const PUT_POSITIONS: &str = r#"
 local t = redis.call('TIME')
 local rnow = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if rnow > tonumber(ARGV[9]) then
-  return {-1, rnow}
+local ttl = tonumber(ARGV[1])
+local now = tonumber(ARGV[2])
+local stale = tonumber(ARGV[3])
+local out = {rnow}
+local events = {}
+local index = {}
+for i = 1, (#KEYS - 2) / 2 do
+  local a = 6 + (i - 1) * 4
+  local pos, conns = KEYS[1 + 2 * i], KEYS[2 + 2 * i]
+  local outcome = -1
+  if rnow <= tonumber(ARGV[a + 4]) then
+    local cur = redis.call('HGET', pos, 't')
+    if cur and tonumber(cur) >= tonumber(ARGV[a + 1]) then
+      outcome = 0
+    else
+      local vehicle = ARGV[a + 3]
+      redis.call('HSET', pos, 't', ARGV[a + 1], 'p', ARGV[a + 2])
+      redis.call('PEXPIRE', pos, ttl)
+      index[#index + 1] = now + ttl
+      index[#index + 1] = vehicle
+      events[#events + 1] = ARGV[a + 2]
+      outcome = 1
+      if redis.call('ZCOUNT', conns, now, '+inf') > 0 then
+        if not redis.call('ZSCORE', KEYS[2], vehicle) then outcome = 2 end
+        redis.call('ZADD', KEYS[2], now + stale, vehicle)
+      end
+    end
+  end
+  out[i + 1] = outcome
 end
-local cur = redis.call('HGET', KEYS[1], 't')
-if cur and tonumber(cur) >= tonumber(ARGV[1]) then
-  return {0, rnow}
+if ARGV[6] == '1' then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 end
-local ttl = tonumber(ARGV[3])
-local now = tonumber(ARGV[4])
-redis.call('HSET', KEYS[1], 't', ARGV[1], 'p', ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ttl)
-redis.call('ZADD', KEYS[2], now + ttl, ARGV[5])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-redis.call('PEXPIRE', KEYS[2], ttl)
-redis.call('SPUBLISH', ARGV[6], ARGV[7] .. ' ' .. ARGV[2])
-local back = 0
-if redis.call('ZCOUNT', KEYS[4], now, '+inf') > 0 then
-  if not redis.call('ZSCORE', KEYS[3], ARGV[5]) then back = 1 end
-  redis.call('ZADD', KEYS[3], now + tonumber(ARGV[8]), ARGV[5])
+if #events > 0 then
+  redis.call('ZADD', KEYS[1], unpack(index))
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('SPUBLISH', ARGV[4], ARGV[5] .. ' ' .. table.concat(events, '\n'))
 end
-return {1 + back, rnow}
+return out
 "#;
 
 /// Appends a chat message to its room's capped stream, fenced like
-/// [`PUT_POSITION`] (`ARGV[5]`: the deadline on Redis's clock), so a message
+/// [`PUT_POSITIONS`] (`ARGV[5]`: the deadline on Redis's clock), so a message
 /// answered `unavailable` never lands in the history later. Returns
 /// `{id, redis_now_ms}`, or `{false, redis_now_ms}` past the deadline.
 const APPEND_MESSAGE: &str = r#"
@@ -176,10 +213,6 @@ pub fn position_key(fleet: &str, vehicle: &str) -> String {
     format!("fg:{{{fleet}}}:pos:{vehicle}")
 }
 
-pub fn position_channel(fleet: &str) -> String {
-    format!("fg:{{{fleet}}}:positions")
-}
-
 fn index_key(fleet: &str) -> String {
     format!("fg:{{{fleet}}}:idx")
 }
@@ -243,7 +276,10 @@ pub struct RedisStore {
     /// A pipeline may only carry keys of one slot on a cluster.
     cluster: bool,
     next: AtomicUsize,
-    put_position: Script,
+    put_positions: Script,
+    /// Batches sent since start; every [`PRUNE_EVERY`]th also prunes its
+    /// fleet's index.
+    batches: AtomicU64,
     append_message: Script,
     positions: Script,
     vehicle_connected: Script,
@@ -277,7 +313,8 @@ impl RedisStore {
             connections,
             cluster: target.is_cluster(),
             next: AtomicUsize::new(0),
-            put_position: Script::new(PUT_POSITION),
+            put_positions: Script::new(PUT_POSITIONS),
+            batches: AtomicU64::new(0),
             append_message: Script::new(APPEND_MESSAGE),
             positions: Script::new(POSITIONS),
             vehicle_connected: Script::new(VEHICLE_CONNECTED),
@@ -407,6 +444,21 @@ impl RedisStore {
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
     {
+        self.bounded_until(op, tokio::time::Instant::now() + CALL_TIMEOUT, call).await
+    }
+
+    /// [`RedisStore::bounded`] with its own end: a batch ends when its
+    /// newest update's sender would give up.
+    async fn bounded_until<T, F, Fut>(
+        &self,
+        op: &'static str,
+        until: tokio::time::Instant,
+        call: F,
+    ) -> Result<T, StoreError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
         let started = std::time::Instant::now();
         let tries = self.connections.len() + 1;
         let attempts = async {
@@ -418,8 +470,7 @@ impl RedisStore {
                 }
             }
         };
-        let result =
-            tokio::time::timeout(CALL_TIMEOUT, attempts).await.map_err(|_| StoreError::Timeout).and_then(|r| r);
+        let result = tokio::time::timeout_at(until, attempts).await.map_err(|_| StoreError::Timeout).and_then(|r| r);
         metrics::histogram!("fleetgate_redis_command_seconds", "op" => op).record(started.elapsed().as_secs_f64());
         if result.is_err() {
             metrics::counter!("fleetgate_redis_errors_total", "op" => op).increment(1);
@@ -429,7 +480,7 @@ impl RedisStore {
 }
 
 impl RedisStore {
-    /// A fenced script call (see [`PUT_POSITION`]) under [`RedisStore::bounded`]:
+    /// A fenced script call (see [`PUT_POSITIONS`]) under [`RedisStore::bounded`]:
     /// `invoke` gets a connection, the send time and the deadline on
     /// Redis's clock, and returns the script's outcome (`None`: refused past
     /// the deadline) with Redis's time, which recalibrates the clock offset.
@@ -470,34 +521,86 @@ impl RedisStore {
 
 #[async_trait]
 impl Store for RedisStore {
-    async fn put_position(&self, p: &Position, encoded: &str) -> Result<PutOutcome, StoreError> {
-        let stored = self
-            .fenced("put_position", |mut conn, sent_ms, deadline| async move {
-                let (stored, redis_now): (i64, i64) = self
-                    .put_position
-                    .key(position_key(&p.fleet, &p.vehicle_id))
-                    .key(index_key(&p.fleet))
-                    .key(presence_key(&p.fleet))
-                    .key(conns_key(&p.fleet, &p.vehicle_id))
-                    .arg(p.ts)
-                    .arg(encoded)
-                    .arg(self.retention.location_ttl_ms)
-                    .arg(sent_ms)
-                    .arg(&p.vehicle_id)
-                    .arg(position_channel(&p.fleet))
-                    .arg(&self.node_id)
-                    .arg(self.retention.stale_after_ms)
-                    .arg(deadline)
-                    .invoke_async(&mut conn)
-                    .await?;
-                // -1: past the deadline.
-                Ok(((stored >= 0).then_some(stored), redis_now))
-            })
-            .await?;
-        Ok(match stored {
-            0 => PutOutcome::Stale,
-            n => PutOutcome::Accepted { back_online: n == 2 },
-        })
+    async fn put_positions(&self, fleet: &str, writes: &[PositionWrite<'_>]) -> Vec<Result<PutOutcome, StoreError>> {
+        let mut outcomes: Vec<Option<Result<PutOutcome, StoreError>>> = vec![None; writes.len()];
+        // The newest sender gives up CALL_TIMEOUT after it began: no
+        // answer may come later than that, and none of the writes may be
+        // answered `unavailable` before its own fence has passed (all fences
+        // fall before that time).
+        let newest = writes.iter().map(|w| w.started).max().unwrap_or_else(std::time::Instant::now);
+        let give_up = tokio::time::Instant::from_std(newest + CALL_TIMEOUT);
+        let fence = CALL_TIMEOUT - FENCE_MARGIN;
+        let mut todo: Vec<usize> = (0..writes.len()).collect();
+        let mut retried = false;
+        let (index, presence, channel) = (index_key(fleet), presence_key(fleet), position_channel(fleet));
+        while !todo.is_empty() {
+            let sent = std::time::Instant::now();
+            let sent_ms = now_ms();
+            let offset = self.clock_offset_ms.load(Ordering::Relaxed);
+            let prune = self.batches.fetch_add(1, Ordering::Relaxed).is_multiple_of(PRUNE_EVERY);
+            let mut call = self.put_positions.key(&index);
+            call.key(&presence)
+                .arg(self.retention.location_ttl_ms)
+                .arg(sent_ms)
+                .arg(self.retention.stale_after_ms)
+                .arg(&channel)
+                .arg(&self.node_id)
+                .arg(if prune { "1" } else { "0" });
+            let mut sending = Vec::with_capacity(todo.len());
+            for i in todo.drain(..) {
+                let w = &writes[i];
+                // A write whose fence passed while it queued is not sent.
+                let Some(left) = fence.checked_sub(w.started.elapsed()).filter(|l| !l.is_zero()) else {
+                    outcomes[i] = Some(Err(StoreError::Timeout));
+                    continue;
+                };
+                let deadline = sent_ms + offset + i64::try_from(left.as_millis()).unwrap_or(0);
+                call.key(position_key(fleet, &w.position.vehicle_id))
+                    .key(conns_key(fleet, &w.position.vehicle_id))
+                    .arg(w.position.ts)
+                    .arg(w.encoded)
+                    .arg(&w.position.vehicle_id)
+                    .arg(deadline);
+                sending.push(i);
+            }
+            if sending.is_empty() {
+                break;
+            }
+            let reply: Result<Vec<i64>, StoreError> = self
+                .bounded_until("put_position", give_up, || async {
+                    let mut conn = self.conn().await?;
+                    Ok(call.invoke_async(&mut conn).await?)
+                })
+                .await;
+            let reply = match reply {
+                Ok(reply) => reply,
+                Err(e) => {
+                    sending.into_iter().for_each(|i| outcomes[i] = Some(Err(e.clone())));
+                    break;
+                }
+            };
+            let rtt = sent.elapsed();
+            if let Some(&redis_now) = reply.first() {
+                self.calibrate(redis_now, sent_ms, rtt);
+            }
+            for (k, i) in sending.into_iter().enumerate() {
+                outcomes[i] = match reply.get(k + 1) {
+                    Some(0) => Some(Ok(PutOutcome::Stale)),
+                    Some(&n) if n > 0 => Some(Ok(PutOutcome::Accepted { back_online: n == 2 })),
+                    // A refusal that is back quickly says the offset was off
+                    // (clocks apart), not that the call was late: nothing
+                    // was written, so try once more with the offset just
+                    // learnt.
+                    Some(-1) if !retried && rtt <= CALIBRATION_MAX_RTT => {
+                        todo.push(i);
+                        None
+                    }
+                    _ => Some(Err(StoreError::Timeout)),
+                };
+            }
+            retried = true;
+        }
+        outcomes.into_iter().map(|o| o.unwrap_or(Err(StoreError::Timeout))).collect()
     }
 
     async fn positions(&self, fleet: &str, scope: Scope<'_>) -> Result<Vec<String>, StoreError> {
@@ -773,8 +876,8 @@ mod tests {
     #[test]
     fn every_measured_operation_is_listed() {
         let source = include_str!("redis.rs");
-        // Calls measured by `bounded`, directly or through `fenced`.
-        let measured: Vec<&str> = ["bounded(\"", "fenced(\""]
+        // Calls measured by `bounded` (or `bounded_until`), directly or through `fenced`.
+        let measured: Vec<&str> = ["bounded(\"", "bounded_until(\"", "fenced(\""]
             .iter()
             .flat_map(|call| source.split(call).skip(1).filter_map(|rest| rest.split('"').next()))
             .collect();

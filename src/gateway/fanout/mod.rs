@@ -7,8 +7,10 @@
 //! sockets of all three kinds come out of one deduplicated room lookup.
 //!
 //! Positions reach sockets through a few fan-out tasks (one per worker
-//! thread, a fleet always on the same one) fed by bounded queues. A task
-//! takes everything queued at once and hands it to the sockets. Each
+//! thread, a fleet always on the same one) fed by bounded queues of
+//! rounds: the positions one store call accepted, or one message from
+//! another replica, travel together. A task takes everything queued at once
+//! and hands it to the sockets. Each
 //! position is encoded once into the Socket.IO packet its viewers receive
 //! ([`Outgoing::wire`]); handing it to a socket is a reference-count
 //! increment and a push onto the socket's queue. The websocket connection
@@ -45,18 +47,19 @@ use slow::SlowViewers;
 use crate::{
     error::ApiError,
     geo::{self, BBox, Cell},
-    relay::Relay,
+    replication::Relay,
 };
 
 pub const NAMESPACE: &str = "/fleet";
 
-/// Positions waiting for a fan-out task before publishers wait too: the
+/// Rounds waiting for a fan-out task before publishers wait too: the
 /// queue is bounded so a stalled fan-out slows intake instead of growing
-/// memory, and nothing accepted is dropped on the way.
-const QUEUE: usize = 16_384;
+/// memory, and nothing accepted is dropped on the way. A round holds at
+/// most one batch ([`crate::gateway::publish::MAX_BATCH`] positions).
+const QUEUE: usize = 1_024;
 
-/// The most positions one fan-out round takes from its queue.
-const ROUND: usize = 4_096;
+/// The most rounds one fan-out task takes from its queue at once.
+const ROUNDS: usize = 256;
 
 /// Room of a fleet's whole-fleet watchers. `/` is outside the id grammar,
 /// so no fleet/vehicle pair can spell another pair's room.
@@ -113,9 +116,9 @@ impl Outgoing {
 enum Mode {
     /// One `locationupdate` per position, through the fan-out tasks' queues.
     Immediate {
-        queues: Vec<mpsc::Sender<Arc<Outgoing>>>,
-        /// Taken by [`run`] when the tasks start.
-        receivers: Mutex<Vec<mpsc::Receiver<Arc<Outgoing>>>>,
+        queues: Vec<mpsc::Sender<Vec<Arc<Outgoing>>>>,
+        /// Taken by [`spawn`] when the tasks start.
+        receivers: Mutex<Vec<mpsc::Receiver<Vec<Arc<Outgoing>>>>>,
     },
     /// One `locations` batch per window and socket.
     Conflate(Mutex<conflate::Pending>),
@@ -187,17 +190,20 @@ impl<A: Adapter> Fanout<A> {
         ns.local().to(self.rooms_for(&p.fleet, &p.vehicle, p.lon, p.lat)).sockets()
     }
 
-    /// Sends an accepted position to every local socket that watches it:
-    /// through the fan-out queue of its fleet, or at the end of the window
-    /// when conflating. Waits only when that queue is full.
-    pub async fn deliver(&self, p: Outgoing) {
+    /// Sends a round of one fleet's accepted positions to every local
+    /// socket that watches them: through the fan-out queue of its fleet, or
+    /// at the end of the window when conflating. Waits only when that
+    /// queue is full.
+    pub async fn deliver_round(&self, round: Vec<Outgoing>) {
+        let Some(first) = round.first() else { return };
         match &self.mode {
-            Mode::Conflate(pending) => conflate::add(pending, p),
+            Mode::Conflate(pending) => round.into_iter().for_each(|p| conflate::add(pending, p)),
             Mode::Immediate { queues, .. } => {
-                let queue = &queues[(self.hasher.hash_one(&p.fleet) % queues.len() as u64) as usize];
-                if let Err(mpsc::error::SendError(p)) = queue.send(Arc::new(p)).await {
+                let queue = &queues[(self.hasher.hash_one(&first.fleet) % queues.len() as u64) as usize];
+                let round: Vec<Arc<Outgoing>> = round.into_iter().map(Arc::new).collect();
+                if let Err(mpsc::error::SendError(round)) = queue.send(round).await {
                     // No fan-out task (it has not started, or the process is stopping).
-                    self.send_now(&p);
+                    round.iter().for_each(|p| self.send_now(p));
                 }
             }
         }
@@ -287,10 +293,10 @@ pub fn spawn<A: Adapter>(gw: &Arc<super::Gateway<A>>) -> Vec<tokio::task::JoinHa
     tasks
 }
 
-async fn run_queue<A: Adapter>(gw: Arc<super::Gateway<A>>, mut rx: mpsc::Receiver<Arc<Outgoing>>) {
-    let mut round = Vec::with_capacity(ROUND);
-    while rx.recv_many(&mut round, ROUND).await > 0 {
-        for p in round.drain(..) {
+async fn run_queue<A: Adapter>(gw: Arc<super::Gateway<A>>, mut rx: mpsc::Receiver<Vec<Arc<Outgoing>>>) {
+    let mut rounds = Vec::with_capacity(ROUNDS);
+    while rx.recv_many(&mut rounds, ROUNDS).await > 0 {
+        for p in rounds.drain(..).flatten() {
             gw.fanout.send_now(&p);
         }
         // Let the connections write before the next round, so what queues
