@@ -110,11 +110,16 @@ fn preregister() {
         "fleetgate_mqtt_replies_dropped_total",
         "Outcomes not published to an MQTT ack topic because the client's queue was full."
     );
+    metrics::describe_gauge!(
+        "fleetgate_mqtt_subscribed",
+        "1 while this replica is connected to the MQTT broker with its subscription granted, else 0."
+    );
     for source in SOURCES {
         metrics::counter!("fleetgate_device_auth_failures_total", "source" => source.as_str()).increment(0);
     }
     metrics::counter!("fleetgate_mqtt_connection_errors_total").increment(0);
     metrics::counter!("fleetgate_mqtt_replies_dropped_total").increment(0);
+    metrics::gauge!("fleetgate_mqtt_subscribed").set(0.0);
 }
 
 fn count_auth_failure(source: Source) {

@@ -222,6 +222,8 @@ pub async fn run(settings: Settings, ingest: Arc<dyn Ingest>, mut stop: watch::R
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
                 if ack.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
                     tracing::error!("the broker refused the subscription (check its ACL for fleetgate's user)");
+                } else {
+                    metrics::gauge!("fleetgate_mqtt_subscribed").set(1.0);
                 }
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
@@ -232,6 +234,7 @@ pub async fn run(settings: Settings, ingest: Arc<dyn Ingest>, mut stop: watch::R
             }
             Ok(_) => {}
             Err(e) => {
+                metrics::gauge!("fleetgate_mqtt_subscribed").set(0.0);
                 metrics::counter!("fleetgate_mqtt_connection_errors_total").increment(1);
                 tracing::warn!(error = %e, broker = %settings.redacted_url(), retry_in_ms = backoff.as_millis() as u64, "mqtt connection lost");
                 tokio::select! {
@@ -242,6 +245,7 @@ pub async fn run(settings: Settings, ingest: Arc<dyn Ingest>, mut stop: watch::R
             }
         }
     }
+    metrics::gauge!("fleetgate_mqtt_subscribed").set(0.0);
     // Unacknowledged messages stay in the session for the next start.
     let _ = client.try_disconnect();
     let _ = tokio::time::timeout(Duration::from_secs(1), async { while events.poll().await.is_ok() {} }).await;

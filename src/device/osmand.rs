@@ -152,6 +152,17 @@ fn known(value: Option<f64>) -> Option<f64> {
     value.filter(|v| *v >= 0.0)
 }
 
+/// The range checks of 5.1, made here too so a refusal names the field the
+/// device sent (`bearing`, `location.coords.longitude`), not the 5.1 one.
+fn in_range(value: Option<f64>, range: std::ops::Range<f64>, field: &str) -> Result<Option<f64>, ApiError> {
+    match value {
+        Some(v) if !range.contains(&v) => {
+            Err(ApiError::invalid(format!("{field}: must be in [{}, {})", range.start, range.end)))
+        }
+        _ => Result::Ok(value),
+    }
+}
+
 fn insert(obj: &mut Map<String, Value>, key: &str, value: Option<f64>) {
     if let Some(n) = value.and_then(serde_json::Number::from_f64) {
         obj.insert(key.into(), Value::Number(n));
@@ -180,10 +191,10 @@ fn from_params(params: &HashMap<String, String>) -> Result<Map<String, Value>, A
     // Knots on this form (OsmAnd's unit), m/s in the contract.
     insert(&mut obj, "speed", known(optional(params, "speed")?).map(|knots| knots * KNOT_MPS));
     let bearing = match param(params, "bearing") {
-        Some(_) => optional(params, "bearing")?,
-        None => optional(params, "heading")?,
+        Some(_) => in_range(known(optional(params, "bearing")?), 0.0..360.0, "bearing")?,
+        None => in_range(known(optional(params, "heading")?), 0.0..360.0, "heading")?,
     };
-    insert(&mut obj, "heading", known(bearing));
+    insert(&mut obj, "heading", bearing);
     insert(&mut obj, "accuracy", known(optional(params, "accuracy")?));
     // Read so a garbled value is reported, but not kept: positions (5.2)
     // carry no altitude or battery level.
@@ -240,6 +251,12 @@ fn from_location(location: &Map<String, Value>, field: &str) -> Result<Map<Strin
         .ok_or_else(|| ApiError::invalid(format!("{coords_field}.latitude: required")))?;
     let lon = json_number(coords, "longitude", &coords_field)?
         .ok_or_else(|| ApiError::invalid(format!("{coords_field}.longitude: required")))?;
+    if !(-90.0..=90.0).contains(&lat) {
+        return Err(ApiError::invalid(format!("{coords_field}.latitude: must be in [-90, 90]")));
+    }
+    if !(-180.0..=180.0).contains(&lon) {
+        return Err(ApiError::invalid(format!("{coords_field}.longitude: must be in [-180, 180]")));
+    }
     let mut obj = Map::new();
     insert(&mut obj, "lat", Some(lat));
     insert(&mut obj, "lon", Some(lon));
@@ -254,7 +271,8 @@ fn from_location(location: &Map<String, Value>, field: &str) -> Result<Map<Strin
     }
     // Already m/s on this form.
     insert(&mut obj, "speed", known(json_number(coords, "speed", &coords_field)?));
-    insert(&mut obj, "heading", known(json_number(coords, "heading", &coords_field)?));
+    let heading = known(json_number(coords, "heading", &coords_field)?);
+    insert(&mut obj, "heading", in_range(heading, 0.0..360.0, &format!("{coords_field}.heading"))?);
     insert(&mut obj, "accuracy", known(json_number(coords, "accuracy", &coords_field)?));
     json_number(coords, "altitude", &coords_field)?;
     Result::Ok(obj)

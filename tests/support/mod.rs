@@ -168,6 +168,15 @@ impl Server {
     }
 
     pub fn start_with_args(envs: &[(&str, String)], args: &[&str]) -> Self {
+        Self::start_inner(envs, args, Stdio::inherit())
+    }
+
+    /// [`Server::start`] with the process's log (stderr) written to `log`.
+    pub fn start_logged(envs: &[(&str, String)], log: &std::path::Path) -> Self {
+        Self::start_inner(envs, &[], std::fs::File::create(log).expect("log file").into())
+    }
+
+    fn start_inner(envs: &[(&str, String)], args: &[&str], stderr: Stdio) -> Self {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetgate"));
@@ -178,7 +187,8 @@ impl Server {
             .env("FLEETGATE_METRICS_ADDR", metrics_addr.to_string())
             .env("FLEETGATE_JWT_SECRET", SECRET)
             .env("FLEETGATE_LOG", "warn")
-            .stdout(Stdio::null());
+            .stdout(Stdio::null())
+            .stderr(stderr);
         // An empty value removes the variable (e.g. the default secret).
         for (k, v) in envs {
             if v.is_empty() {
