@@ -107,6 +107,10 @@ fn preregister() {
         "Times the connection to the MQTT broker failed or was lost (each is retried with backoff)."
     );
     metrics::describe_counter!(
+        "fleetgate_mqtt_messages_total",
+        "Messages taken from the MQTT broker (redeliveries included)."
+    );
+    metrics::describe_counter!(
         "fleetgate_mqtt_replies_dropped_total",
         "Outcomes not published to an MQTT ack topic because the client's queue was full."
     );
@@ -119,6 +123,7 @@ fn preregister() {
     }
     metrics::counter!("fleetgate_mqtt_connection_errors_total").increment(0);
     metrics::counter!("fleetgate_mqtt_replies_dropped_total").increment(0);
+    metrics::counter!("fleetgate_mqtt_messages_total").increment(0);
     metrics::gauge!("fleetgate_mqtt_subscribed").set(0.0);
 }
 

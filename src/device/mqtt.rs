@@ -227,6 +227,7 @@ pub async fn run(settings: Settings, ingest: Arc<dyn Ingest>, mut stop: watch::R
                 }
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
+                metrics::counter!("fleetgate_mqtt_messages_total").increment(1);
                 let shard = shard_of(&publish.topic, workers.len());
                 if workers[shard].send(publish).await.is_err() {
                     break;

@@ -417,3 +417,74 @@ impl Client {
         *self.disconnected.lock().unwrap()
     }
 }
+
+/// A private mosquitto broker on a free port (never the host's own on
+/// 1883), without persistence, killed on drop.
+pub struct Mosquitto {
+    pub port: u16,
+    dir: std::path::PathBuf,
+    child: Option<Child>,
+}
+
+impl Mosquitto {
+    pub fn start() -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("fleetgate-mosquitto-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("broker directory");
+        // mosquitto 2 listens only on loopback, and refuses anonymous
+        // clients, unless its configuration says otherwise.
+        let conf = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\nlog_dest stderr\nlog_type error\n"
+        );
+        std::fs::write(dir.join("mosquitto.conf"), conf).expect("broker configuration");
+        let mut broker = Self { port, dir, child: None };
+        broker.spawn();
+        broker
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let bin = std::env::var("MOSQUITTO").unwrap_or_else(|_| {
+            if std::path::Path::new("/usr/sbin/mosquitto").exists() {
+                "/usr/sbin/mosquitto".into()
+            } else {
+                "mosquitto".into()
+            }
+        });
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(self.dir.join("mosquitto.conf"))
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("mosquitto must be installed (the test script installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + WAIT;
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "mosquitto did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills the broker and starts it again on the same port: every
+    /// session and subscription is gone (no persistence).
+    pub fn restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.spawn();
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
