@@ -296,3 +296,184 @@ async fn a_broker_restart_is_survived() {
     assert_eq!(ack["data"]["accepted"], true, "{ack}");
     assert_eq!(fleet(&server, "f")["bus-r"]["ts"], ts + 1);
 }
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl").current_dir(dir).args(args).output().expect("openssl");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A CA (`<name>-ca.pem`) and, signed by it, a certificate for localhost.
+fn certificates(dir: &std::path::Path) {
+    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
+    for args in [
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=fleetgate test CA",
+        ][..],
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "san.ext",
+        ],
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "other.key",
+            "-out",
+            "other-ca.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=someone else",
+        ],
+    ] {
+        openssl(dir, args);
+    }
+}
+
+const BROKER_PASSWORD: &str = "br0ker:p@ss";
+
+#[tokio::test]
+async fn tls_and_a_password_reach_a_broker_that_requires_them() {
+    let broker = Mosquitto::start_with(|dir| {
+        certificates(dir);
+        let passwd = dir.join("passwd");
+        for (user, password) in [("fleetgate", BROKER_PASSWORD), ("tracker", "tracker-pass")] {
+            let create: &[&str] = if passwd.exists() { &[] } else { &["-c"] };
+            let ok = std::process::Command::new("mosquitto_passwd")
+                .args(create)
+                .arg("-b")
+                .arg(&passwd)
+                .args([user, password])
+                .status()
+                .expect("mosquitto_passwd (package mosquitto)");
+            assert!(ok.success());
+        }
+        // mosquitto started as root drops to its own user: it must be able to read them.
+        for entry in std::fs::read_dir(dir).unwrap() {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(entry.unwrap().path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let d = dir.display();
+        format!(
+            "cafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\nallow_anonymous false\npassword_file {d}/passwd\n"
+        )
+    });
+    let dir = broker.dir().to_owned();
+    let url = format!(
+        "mqtts://fleetgate:{}@localhost:{}",
+        BROKER_PASSWORD.replace(':', "%3A").replace('@', "%40"),
+        broker.port
+    );
+    let log = dir.join("fleetgate.log");
+    let env = [
+        ("FLEETGATE_MQTT_URL", url.clone()),
+        ("FLEETGATE_MQTT_CLIENT_ID", "replica-tls".into()),
+        ("FLEETGATE_MQTT_TLS_CA_FILE", dir.join("ca.pem").display().to_string()),
+        ("FLEETGATE_LOG", "debug".into()),
+    ];
+    let server = Server::start_logged(&env, &log);
+    wait_subscribed(&server);
+
+    // A tracker over the same TLS listener, with its own user.
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::pem::PemObject::pem_file_iter(dir.join("ca.pem")).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let tls =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let mut options = MqttOptions::new("tracker-1", "localhost", broker.port);
+    options.set_credentials("tracker", "tracker-pass").set_transport(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(tls)),
+    ));
+    let (client, mut events) = AsyncClient::new(options, 10);
+    client.subscribe("fleetgate/f/bus-tls/ack", QoS::AtMostOnce).await.unwrap();
+    client
+        .publish("fleetgate/f/bus-tls/position", QoS::AtLeastOnce, false, position(37.5, now_ms() - 1000))
+        .await
+        .unwrap();
+    let ack = tokio::time::timeout(WAIT, async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => break serde_json::from_slice::<Value>(&p.payload).unwrap(),
+                Ok(_) => {}
+                Err(e) => panic!("tracker: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("an outcome over TLS");
+    assert_eq!(ack, json!({"ok": true, "data": {"accepted": true}}));
+    assert!(fleet(&server, "f").contains_key("bus-tls"));
+    drop(server);
+
+    // A broker certificate the configured CA did not sign: never connected, and said so.
+    let env = [
+        ("FLEETGATE_MQTT_URL", url),
+        ("FLEETGATE_MQTT_CLIENT_ID", "replica-tls-2".into()),
+        ("FLEETGATE_MQTT_TLS_CA_FILE", dir.join("other-ca.pem").display().to_string()),
+        ("FLEETGATE_LOG", "debug".into()),
+    ];
+    let log2 = dir.join("fleetgate-2.log");
+    let server = Server::start_logged(&env, &log2);
+    let deadline = Instant::now() + WAIT;
+    while server.metric("fleetgate_mqtt_connection_errors_total") < 1.0 {
+        assert!(Instant::now() < deadline, "an unverified broker was not refused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(server.metric("fleetgate_mqtt_subscribed"), 0.0);
+    drop(server);
+    for log in [&log, &log2] {
+        let text = std::fs::read_to_string(log).unwrap();
+        assert!(text.contains("mqtt"), "the log was captured");
+        assert!(
+            !text.contains(BROKER_PASSWORD) && !text.contains("br0ker%3Ap%40ss"),
+            "the broker password reached the log"
+        );
+    }
+    let text = std::fs::read_to_string(&log2).unwrap();
+    assert!(text.to_lowercase().contains("certificate"), "the refusal names the certificate: {text}");
+}

@@ -428,13 +428,20 @@ pub struct Mosquitto {
 
 impl Mosquitto {
     pub fn start() -> Self {
+        Self::start_with(|_| "allow_anonymous true\n".into())
+    }
+
+    /// A broker whose listener takes the settings `conf` writes for its
+    /// directory (TLS files, a password file, …).
+    pub fn start_with(conf: impl FnOnce(&std::path::Path) -> String) -> Self {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("fleetgate-mosquitto-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("broker directory");
         // mosquitto 2 listens only on loopback, and refuses anonymous
         // clients, unless its configuration says otherwise.
         let conf = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\nlog_dest stderr\nlog_type error\n"
+            "listener {port} 127.0.0.1\n{}persistence false\nmax_queued_messages 100000\nlog_dest stderr\nlog_type error\n",
+            conf(&dir)
         );
         std::fs::write(dir.join("mosquitto.conf"), conf).expect("broker configuration");
         let mut broker = Self { port, dir, child: None };
@@ -444,6 +451,11 @@ impl Mosquitto {
 
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// The broker's directory (its configuration, certificates, password file).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
     }
 
     fn spawn(&mut self) {
