@@ -202,6 +202,11 @@ pub async fn run(settings: Settings, ingest: Arc<dyn Ingest>, mut stop: watch::R
         }
     };
     let (client, mut events) = AsyncClient::new(options, QUEUE);
+    // Acks and replies are small and each waited for: Nagle's algorithm
+    // would hold them back for a delayed ACK (tens of ms) apiece.
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    events.set_network_options(network);
     let workers = spawn_workers(&client, &ingest, settings.max_payload, &stop);
     let filters = settings.filters();
     let mut backoff = BACKOFF_MIN;
