@@ -156,6 +156,8 @@ fn bad_and_unknown_device_ids_are_refused_and_never_stored() {
     .unwrap();
     let cases = [
         ("GET /?lat=37.5&lon=127.0 HTTP/1.1".to_owned(), 401, "unauthenticated"),
+        // Without a valid token nothing about the values is told.
+        ("GET /?id=garbage&lat=999&lon=x HTTP/1.1".to_owned(), 401, "invalid_token"),
         ("GET /?id=&lat=37.5&lon=127.0 HTTP/1.1".to_owned(), 401, "unauthenticated"),
         ("GET /?id=357207059646786&lat=37.5&lon=127.0 HTTP/1.1".to_owned(), 401, "invalid_token"),
         (format!("GET /?id={forged}&lat=37.5&lon=127.0 HTTP/1.1"), 401, "invalid_token"),

@@ -9,7 +9,7 @@ pub mod mqtt;
 pub mod osmand;
 mod timestamp;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use serde_json::Value;
@@ -57,7 +57,8 @@ pub enum DeviceError {
 /// The running device listeners; [`Devices::stop`] ends them.
 pub struct Devices {
     stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    /// Held for as long as the server runs.
+    _tasks: Vec<JoinHandle<()>>,
 }
 
 impl Devices {
@@ -66,13 +67,6 @@ impl Devices {
     /// acknowledged, stay with the broker).
     pub fn stop(&self) {
         let _ = self.stop.send(true);
-    }
-
-    /// Waits for the listeners to end after [`Devices::stop`].
-    pub async fn join(self) {
-        for task in self.tasks {
-            let _ = task.await;
-        }
     }
 }
 
@@ -83,6 +77,8 @@ pub async fn start(config: &Config, ingest: Arc<dyn Ingest>) -> Result<Devices, 
     let mut tasks = Vec::new();
     if let Some(addr) = config.osmand_addr {
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|err| DeviceError::Bind { addr, err })?;
+        // The main listener's guard against peers that stop reading.
+        let listener = crate::net::Listener::new(listener, Duration::from_secs(config.write_timeout_secs.max(1)));
         tracing::info!(%addr, "osmand listening");
         tasks.push(tokio::spawn(osmand::serve(listener, ingest.clone(), config.max_message_bytes, stopped.clone())));
     }
@@ -90,7 +86,7 @@ pub async fn start(config: &Config, ingest: Arc<dyn Ingest>) -> Result<Devices, 
         tracing::info!(broker = %settings.redacted_url(), client_id = %settings.client_id, "mqtt ingest on");
         tasks.push(tokio::spawn(mqtt::run(settings, ingest, stopped)));
     }
-    Ok(Devices { stop, tasks })
+    Ok(Devices { stop, _tasks: tasks })
 }
 
 /// The sources of this module, as the auth-failure metric labels them.

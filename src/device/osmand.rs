@@ -41,7 +41,7 @@ struct OsmandState {
 
 /// Serves the listener until `stop` turns true.
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    listener: crate::net::Listener,
     ingest: Arc<dyn Ingest>,
     max_body: usize,
     mut stop: watch::Receiver<bool>,
@@ -67,8 +67,10 @@ pub fn router(ingest: Arc<dyn Ingest>, max_body: usize) -> Router {
 struct Report {
     /// The `id` / `device_id`: the vehicle token.
     token: Option<String>,
-    /// Section 5.1 objects, in the order the device recorded them.
-    positions: Vec<Value>,
+    /// Section 5.1 objects, in the order the device recorded them; read
+    /// apart from the token, so a request without a valid one learns
+    /// nothing about its values.
+    positions: Result<Vec<Value>, ApiError>,
 }
 
 async fn receive(
@@ -87,11 +89,13 @@ async fn receive(
 }
 
 async fn handle(state: &OsmandState, query: &str, headers: &HeaderMap, body: &[u8]) -> Result<Accepted, ApiError> {
-    let report = read_report(query, headers, body).inspect_err(|e| {
+    let unreadable = |e: ApiError| {
         if e.code == ErrorCode::InvalidPayload {
             count_unreadable(SOURCE);
         }
-    })?;
+        e
+    };
+    let report = read_report(query, headers, body).map_err(unreadable)?;
     let Some(token) = report.token.filter(|t| !t.is_empty()) else {
         super::count_auth_failure(SOURCE);
         return Err(ApiError::new(
@@ -100,10 +104,11 @@ async fn handle(state: &OsmandState, query: &str, headers: &HeaderMap, body: &[u
         ));
     };
     let session = device_session(state.ingest.authenticator(), &token, SOURCE)?;
+    let positions = report.positions.map_err(unreadable)?;
     let mut last = Accepted { accepted: false, reason: Some("stale") };
     // In order: the compare-and-set keeps the newest of a batch either way,
     // and the first refusal answers for the request (the app sends it again).
-    for position in &report.positions {
+    for position in &positions {
         last = state.ingest.publish(&session, position, SOURCE).await?;
     }
     Result::Ok(last)
@@ -128,7 +133,7 @@ fn read_report(query: &str, headers: &HeaderMap, body: &[u8]) -> Result<Report, 
         params.insert(k.into_owned(), v.into_owned());
     }
     let token = params.get("id").or_else(|| params.get("deviceid")).cloned();
-    Result::Ok(Report { token, positions: vec![Value::Object(from_params(&params)?)] })
+    Result::Ok(Report { token, positions: from_params(&params).map(|p| vec![Value::Object(p)]) })
 }
 
 /// A parameter that is present and not empty.
@@ -213,8 +218,13 @@ fn read_json(body: &[u8]) -> Result<Report, ApiError> {
         Some(Value::String(s)) => Some(s.clone()),
         Some(_) => return Err(ApiError::invalid("device_id: must be a string (the vehicle token)")),
     };
-    let positions = match obj.get("location") {
-        Some(Value::Object(location)) => vec![Value::Object(from_location(location, "location")?)],
+    Result::Ok(Report { token, positions: locations(obj.get("location")) })
+}
+
+/// The `location` member: one object, or an array of them (a batch upload).
+fn locations(location: Option<&Value>) -> Result<Vec<Value>, ApiError> {
+    match location {
+        Some(Value::Object(location)) => Result::Ok(vec![Value::Object(from_location(location, "location")?)]),
         Some(Value::Array(items)) if !items.is_empty() => {
             if items.len() > MAX_BATCH {
                 return Err(ApiError::new(ErrorCode::PayloadTooLarge, format!("location: at most {MAX_BATCH}")));
@@ -226,11 +236,10 @@ fn read_json(body: &[u8]) -> Result<Report, ApiError> {
                     item.as_object().ok_or_else(|| ApiError::invalid(format!("{field}: must be an object")))?;
                 out.push(Value::Object(from_location(location, &field)?));
             }
-            out
+            Result::Ok(out)
         }
-        _ => return Err(ApiError::invalid("location: required object")),
-    };
-    Result::Ok(Report { token, positions })
+        _ => Err(ApiError::invalid("location: required object")),
+    }
 }
 
 fn json_number(obj: &Map<String, Value>, key: &str, field: &str) -> Result<Option<f64>, ApiError> {
@@ -315,7 +324,7 @@ mod tests {
         let body = br#"{"location":{"timestamp":"2024-11-21T14:40:00.000Z","coords":{"latitude":1.5,"longitude":2.5,"speed":3,"heading":-1,"accuracy":4}},"device_id":"t"}"#;
         let report = read_json(body).unwrap();
         assert_eq!(report.token.as_deref(), Some("t"));
-        let p = &report.positions[0];
+        let p = &report.positions.unwrap()[0];
         assert_eq!(p["speed"], 3.0);
         assert_eq!(p["ts"], 1_732_200_000_000i64);
         assert!(p.get("heading").is_none());
