@@ -202,6 +202,21 @@ def table(results: Path, stamp: str, p99_max: float, ratio_min: float) -> str:
         row(f"{tag}: Redis CPU per accepted update", {l: fmt(redis_us_per_update(pick(l)), 1, " µs") for l, _ in SERVERS if pick(l)}, "≤ 1/7 of the peer")
         row(f"{tag}: latency p50 / p99 · ratio", {l: f"{fmt(get(pick(l), 'results.latency.p50_ms'), 1)} / {fmt(get(pick(l), 'results.latency.p99_ms'), 1)} ms · {fmt(get(pick(l), 'results.delivery_ratio'), 4)}" for l, _ in SERVERS if pick(l)}, f"p99 ≤ {p99_max:g} ms")
         row(f"{tag}: Redis commands/s (publishes/s)", {l: f"{fmt(get(pick(l), 'results.redis.info.commands_per_s'), 0)} ({fmt(get(pick(l), 'results.redis.info.publish_per_s'), 0)})" for l, _ in SERVERS if pick(l)}, "lower")
+    # Device ingest (fleetgate only): the same update rate through each way in.
+    dev = load("devices")
+    if dev:
+        ways = (
+            ("fleetgate:socket", "vehicle sockets", "results.server.cpu_us_per_update", "results.ack.p99_ms"),
+            ("fleetgate:osmand", "OsmAnd (Traccar Client)", "results.server.cpu_us_per_request", "results.latency.p99_ms"),
+            ("fleetgate:mqtt", "MQTT (publish → ack topic)", "results.server.cpu_us_per_request", "results.latency.p99_ms"),
+        )
+        for label, name, cpu_field, p99_field in ways:
+            d = (dev.get(label) or [None])[-1]
+            if not d:
+                continue
+            rate = get(d, "params.rate") or get(d, "results.target_updates_per_s")
+            cells = {"fleetgate": f"{fmt(get(d, cpu_field), 1, ' µs')} · p99 {fmt(get(d, p99_field), 1)} ms{tool_note(d)}"}
+            row(f"Ingest via {name} at {fmt(rate, 0)} upd/s: server CPU per update · p99", cells, "lower")
 
     # Conflation (fleetgate only; the node column is the same load without conflation).
     con = load("conflation")

@@ -33,7 +33,7 @@ ROOT=$PWD
 while IFS= read -r name; do unset "$name"; done < <(compgen -e | grep '^FLEETGATE_' || true)
 
 SERVERS=${SERVERS:-"node fleetgate"}
-SCENARIOS=${SCENARIOS:-"fanout cpu idle storm replicas ingest fleet-ingest conflation"}
+SCENARIOS=${SCENARIOS:-"fanout cpu idle storm replicas ingest fleet-ingest conflation devices"}
 SERVER_CORE=${SERVER_CORE:-0}
 LOAD_CORE=${LOAD_CORE:-1}
 REDIS_CORE=${REDIS_CORE:-$LOAD_CORE}
@@ -63,6 +63,10 @@ FLEET_INGEST_HZ=${FLEET_INGEST_HZ:-1}
 FLEET_INGEST_FLEETS=${FLEET_INGEST_FLEETS:-3}
 FLEET_INGEST_VIEWERS=${FLEET_INGEST_VIEWERS:-6}
 BATCH_MS=${BATCH_MS:-100}
+# Device ingest (fleetgate only): the same update rate through a socket, the
+# OsmAnd listener and MQTT, spread over DEVICE_VEHICLES vehicles.
+DEVICE_RATE=${DEVICE_RATE:-1000}
+DEVICE_VEHICLES=${DEVICE_VEHICLES:-200}
 # The write-window point of the conflation scenario (the default window is 10).
 WRITE_WINDOW_MS=${WRITE_WINDOW_MS:-25}
 # After each window: how long in-flight positions may still arrive and count.
@@ -300,6 +304,50 @@ for kind in $SERVERS; do
       --warmup "$WARMUP" --duration "$DURATION" --drain "$DRAIN" --connect-rate "$CONNECT_RATE" || true
     redis-cli -p "$REDIS_PORT" info commandstats >"$LOGS/fleet-ingest-$kind-commandstats.txt" 2>/dev/null || true
     stop "$SRV_PID"
+  fi
+
+  if has devices && [[ $kind == fleetgate ]]; then
+    # The server's CPU per update on each way in, at the same rate: vehicle
+    # sockets (no viewers), the Traccar Client's OsmAnd request, MQTT.
+    say "fleetgate: device ingest at $DEVICE_RATE upd/s: socket, osmand, mqtt"
+    flush_redis
+    start_server fleetgate
+    bench devices "fleetgate:socket" --server-pid "$SRV_PID" --fleet dev-socket fanout --url "$SRV_URL" \
+      -V "$DEVICE_VEHICLES" -H "$(python3 -c "print($DEVICE_RATE / $DEVICE_VEHICLES)")" -W 0 --warmup "$WARMUP" \
+      --duration "$DURATION" --drain "$DRAIN" --connect-rate "$CONNECT_RATE" || true
+    stop "$SRV_PID"
+
+    flush_redis
+    osmand_port=$(free_port)
+    start_server fleetgate FLEETGATE_OSMAND_ADDR="127.0.0.1:$osmand_port"
+    bench devices "fleetgate:osmand" --server-pid "$SRV_PID" --fleet dev-osmand ingest --form osmand \
+      --url "http://127.0.0.1:$osmand_port" --rate "$DEVICE_RATE" -c "$INGEST_CONNECTIONS" \
+      --vehicles "$DEVICE_VEHICLES" --warmup "$WARMUP" --duration "$DURATION" || true
+    stop "$SRV_PID"
+
+    mosquitto_bin=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+    if [[ -x $mosquitto_bin ]]; then
+      flush_redis
+      mqtt_port=$(free_port)
+      printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\n' "$mqtt_port" >"$LOGS/mosquitto.conf"
+      taskset -c "$LOAD_CORE" "$mosquitto_bin" -c "$LOGS/mosquitto.conf" >>"$LOGS/mosquitto.log" 2>&1 &
+      MQTT_PID=$!
+      STARTED+=("$MQTT_PID")
+      metrics_port=$(free_port)
+      start_server fleetgate FLEETGATE_MQTT_URL="mqtt://127.0.0.1:$mqtt_port" FLEETGATE_MQTT_CLIENT_ID=bench \
+        FLEETGATE_METRICS_ADDR="127.0.0.1:$metrics_port"
+      for ((i = 0; i < 100; i++)); do
+        curl -fsS "http://127.0.0.1:$metrics_port/metrics" 2>/dev/null | grep -q '^fleetgate_mqtt_subscribed 1' && break
+        sleep 0.1
+      done
+      bench devices "fleetgate:mqtt" --server-pid "$SRV_PID" --fleet dev-mqtt mqtt --broker "127.0.0.1:$mqtt_port" \
+        --rate "$DEVICE_RATE" --vehicles "$DEVICE_VEHICLES" --warmup "$WARMUP" --duration "$DURATION" \
+        --drain "$DRAIN" || true
+      stop "$SRV_PID"
+      stop "$MQTT_PID"
+    else
+      warn "no mosquitto: the MQTT device run is skipped (Debian package mosquitto)"
+    fi
   fi
 
   if has conflation && [[ $kind == fleetgate ]]; then

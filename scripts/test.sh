@@ -22,6 +22,8 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v nginx >/dev/null || missing+=(nginx-light)
 command -v chromium >/dev/null || missing+=(chromium)
+# The device ingest tests start their own MQTT broker (never the host's).
+command -v mosquitto >/dev/null || [[ -x /usr/sbin/mosquitto ]] || missing+=(mosquitto)
 if ((${#missing[@]})); then
   step "installing ${missing[*]}"
   sudo=""; [[ $(id -u) -ne 0 ]] && sudo="sudo"

@@ -249,6 +249,32 @@ pub struct Config {
     /// Log format: `text` or `json`.
     #[arg(long, env = "FLEETGATE_LOG_FORMAT", default_value = "text", global = true)]
     pub log_format: String,
+
+    // Device ingest (contract section 13).
+    /// Address of the OsmAnd listener for the Traccar Client apps and OsmAnd
+    /// live tracking (Traccar's port is 5055); unset = off.
+    #[arg(long, env = "FLEETGATE_OSMAND_ADDR", global = true)]
+    pub osmand_addr: Option<SocketAddr>,
+
+    /// MQTT broker to take positions from, `mqtt://[user:password@]host[:port]`
+    /// or `mqtts://…` (TLS); unset = off.
+    // The URL carries a password: `--help` must not print the environment's value.
+    #[arg(long, env = "FLEETGATE_MQTT_URL", hide_env_values = true, global = true)]
+    pub mqtt_url: Option<String>,
+
+    /// Fleets whose MQTT topics this deployment takes (comma separated; empty = any).
+    #[arg(long, env = "FLEETGATE_MQTT_FLEETS", value_delimiter = ',', global = true)]
+    pub mqtt_fleets: Vec<String>,
+
+    /// MQTT client id, stable per replica so its persistent session (and
+    /// what the broker handed it) survives a restart; default the host
+    /// name (the pod name).
+    #[arg(long, env = "FLEETGATE_MQTT_CLIENT_ID", global = true)]
+    pub mqtt_client_id: Option<String>,
+
+    /// PEM CA bundle that verifies an `mqtts://` broker instead of the system roots.
+    #[arg(long, env = "FLEETGATE_MQTT_TLS_CA_FILE", global = true)]
+    pub mqtt_tls_ca_file: Option<PathBuf>,
 }
 
 /// The write window when none is configured: chosen with `bench/run.sh`

@@ -1,6 +1,7 @@
 //! fleetgate: a real-time location gateway for vehicle fleets.
 //!
-//! Vehicles publish positions over Socket.IO (or HTTP); viewers subscribe
+//! Vehicles publish positions over Socket.IO (or HTTP, or as devices:
+//! the OsmAnd protocol and MQTT, `device`); viewers subscribe
 //! to a fleet, some vehicles or a bounding box and receive every accepted
 //! position live. Replicas share state through Redis; without Redis one
 //! node keeps everything in memory. The wire contract is `PROTOCOL.md`.
@@ -8,6 +9,7 @@
 pub mod auth;
 pub mod config;
 pub mod demo;
+pub mod device;
 pub mod error;
 pub mod gateway;
 pub mod geo;

@@ -44,6 +44,8 @@ pub enum ServeError {
     Config(String),
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Devices(#[from] crate::device::DeviceError),
 }
 
 pub async fn serve(config: Config) -> Result<(), ServeError> {
@@ -155,6 +157,8 @@ async fn run<A: Adapter>(
 
     let listener =
         tokio::net::TcpListener::bind(config.addr).await.map_err(|err| ServeError::Bind { addr: config.addr, err })?;
+    // Device ingest (section 13), off unless configured.
+    let devices = crate::device::start(&config, gateway.clone()).await?;
     tracing::info!(addr = %config.addr, path = %config.socketio_req_path(), "listening");
 
     let grace = config.shutdown_grace();
@@ -169,6 +173,7 @@ async fn run<A: Adapter>(
             let deadline = tokio::time::Instant::now() + grace;
             let _ = deadline_tx.send(deadline);
             accepting.store(false, Ordering::Relaxed);
+            devices.stop();
             if let Some(t) = demo_task {
                 t.abort();
             }

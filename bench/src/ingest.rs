@@ -1,5 +1,7 @@
 //! HTTP ingest: `PUT /api/v1/fleets/{fleet}/vehicles/{vehicle}/location`
-//! with a dispatcher token, at a fixed rate over keep-alive connections.
+//! with a dispatcher token (or, with `--form osmand`, the OsmAnd request of
+//! the Traccar Client apps with a vehicle token per vehicle), at a fixed
+//! rate over keep-alive connections.
 //! HTTP/1.1 is written by hand: one request per connection at a time,
 //! Content-Length bodies, nothing else to pay for.
 
@@ -53,6 +55,16 @@ pub struct Params {
     /// A request without a response in this time counts as failed.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     timeout: Duration,
+    /// What each request is: the HTTP API's PUT, or an OsmAnd `GET /?id=…`
+    /// (then --url is fleetgate's FLEETGATE_OSMAND_ADDR listener).
+    #[arg(long, value_enum, default_value_t = Form::Http)]
+    form: Form,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    Http,
+    Osmand,
 }
 
 #[derive(Default)]
@@ -86,11 +98,20 @@ pub async fn run(common: &Common, p: Params) -> anyhow::Result<Report> {
     let mut handles = Vec::new();
     for c in 0..p.connections {
         let owned: Vec<usize> = (c..vehicles).step_by(p.connections).collect();
+        // OsmAnd devices carry their vehicle's own token.
+        let device_tokens = match p.form {
+            Form::Http => Vec::new(),
+            Form::Osmand => owned
+                .iter()
+                .map(|v| minter.mint("vehicle", &format!("v-{v}"), &common.fleet))
+                .collect::<Result<_, _>>()?,
+        };
         let ctx = ConnCtx {
             shared: shared.clone(),
             addr: target.addr.clone(),
             fleet: common.fleet.clone(),
             token: token.clone(),
+            device_tokens,
             owned,
             due: t0 + period.mul_f64(c as f64 / p.connections as f64),
             period,
@@ -170,7 +191,7 @@ pub async fn run(common: &Common, p: Params) -> anyhow::Result<Report> {
         params: json!({
             "url": target.http_base, "rate": p.rate, "connections": p.connections, "vehicles": vehicles,
             "fleet": common.fleet, "warmup_s": p.warmup.as_secs_f64(), "duration_s": p.duration.as_secs_f64(),
-            "count": p.count,
+            "count": p.count, "form": match p.form { Form::Http => "http", Form::Osmand => "osmand" },
         }),
         results,
         failures,
@@ -192,6 +213,8 @@ struct ConnCtx {
     addr: String,
     fleet: String,
     token: String,
+    /// Per owned vehicle, for `--form osmand`.
+    device_tokens: Vec<String>,
     owned: Vec<usize>,
     due: tokio::time::Instant,
     period: Duration,
@@ -230,18 +253,26 @@ async fn connection(mut c: ConnCtx) {
         last_ts[k] = ts;
         let v = c.owned[k];
         let angle = turn as f64 * 0.05;
-        let body = format!(
-            "{{\"lat\":{:.6},\"lon\":{:.6},\"ts\":{ts},\"speed\":7.5}}",
+        let (lat, lon) = (
             37.45 + (v % 100) as f64 * 0.002 + 0.001 * angle.sin(),
-            126.95 + (v / 100 % 100) as f64 * 0.002 + 0.001 * angle.cos()
+            126.95 + (v / 100 % 100) as f64 * 0.002 + 0.001 * angle.cos(),
         );
-        let req = format!(
-            "PUT /api/v1/fleets/{}/vehicles/v-{v}/location HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            c.fleet,
-            c.addr,
-            c.token,
-            body.len()
-        );
+        let body = format!("{{\"lat\":{lat:.6},\"lon\":{lon:.6},\"ts\":{ts},\"speed\":7.5}}");
+        let req = if let Some(device) = c.device_tokens.get(k) {
+            // What Traccar Client sends: every parameter in the query, no body.
+            format!(
+                "POST /?id={device}&timestamp={ts}&lat={lat:.6}&lon={lon:.6}&speed=14.6&bearing=90.0&accuracy=5.0&batt=80.0 HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\n\r\n",
+                c.addr
+            )
+        } else {
+            format!(
+                "PUT /api/v1/fleets/{}/vehicles/v-{v}/location HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                c.fleet,
+                c.addr,
+                c.token,
+                body.len()
+            )
+        };
         let started = Instant::now();
         let outcome = tokio::time::timeout(c.timeout, exchange(&mut conn, &c.addr, req.as_bytes(), &mut buf)).await;
         s.done.fetch_add(1, Relaxed);

@@ -7,6 +7,7 @@
 mod fanout;
 mod idle;
 mod ingest;
+mod mqtt;
 mod ramp;
 mod report;
 mod sio;
@@ -89,6 +90,8 @@ enum Scenario {
     Storm(storm::Params),
     /// HTTP location updates over keep-alive connections.
     Ingest(ingest::Params),
+    /// Location updates through an MQTT broker fleetgate subscribes to.
+    Mqtt(mqtt::Params),
 }
 
 /// `250ms`, `10s`, `2m`, or a bare number of seconds.
@@ -125,6 +128,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Idle(p) => idle::run(&common, p).await,
             Scenario::Storm(p) => storm::run(&common, p).await,
             Scenario::Ingest(p) => ingest::run(&common, p).await,
+            Scenario::Mqtt(p) => mqtt::run(&common, p).await,
         }
     })?;
     report.emit();

@@ -50,14 +50,20 @@ pub enum Source {
     Http,
     /// The built-in demo fleet.
     Simulator,
+    /// The OsmAnd listener (Traccar Client apps), section 13.
+    Osmand,
+    /// The MQTT subscription, section 13.
+    Mqtt,
 }
 
 impl Source {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Source::Socket => "socket",
             Source::Http => "http",
             Source::Simulator => "demo",
+            Source::Osmand => "osmand",
+            Source::Mqtt => "mqtt",
         }
     }
 }

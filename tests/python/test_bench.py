@@ -148,6 +148,71 @@ def test_ingest(bench_bin, server):
     assert_latency(r["latency"])
 
 
+# --------------------------------------------------------------------------- device ingest
+
+
+@pytest.fixture
+def osmand_server(fleetgate_bin):
+    from conftest import Fleetgate
+
+    port = free_port()
+    fg = Fleetgate(fleetgate_bin, "osmand", {"FLEETGATE_OSMAND_ADDR": f"127.0.0.1:{port}"})
+    yield fg, f"http://127.0.0.1:{port}"
+    fg.stop()
+
+
+def test_ingest_osmand(bench_bin, osmand_server):
+    fg, url = osmand_server
+    report = run_bench(
+        bench_bin, "--server-pid", str(fg.proc.pid), "--fleet", fleet_name(),
+        "ingest", "--form", "osmand", "--url", url, "-n", "20", "--rate", "40", "-c", "2", "--vehicles", "4",
+        "--warmup", "0s", "--duration", "2s",
+    )  # fmt: skip
+    r = report["results"]
+    assert report["params"]["form"] == "osmand"
+    assert report["failures"]["total"] == 0, report["failures"]
+    assert r["requests"] == 20 and r["accepted"] == 20 and r["status"] == {"200": 20}
+
+
+@pytest.fixture
+def mqtt_server(fleetgate_bin, tmp_path):
+    from conftest import Fleetgate
+
+    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not os.access(mosquitto, os.X_OK):
+        pytest.fail("mosquitto not found: install Debian's `mosquitto` package (./scripts/test.sh does)")
+    port = free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\n")
+    broker = subprocess.Popen([mosquitto, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    fg = None
+    try:
+        fg = Fleetgate(fleetgate_bin, "mqtt", {"FLEETGATE_MQTT_URL": f"mqtt://127.0.0.1:{port}", "FLEETGATE_MQTT_CLIENT_ID": "bench-test"})
+        deadline = time.monotonic() + 15
+        while "fleetgate_mqtt_subscribed 1" not in requests.get(f"http://127.0.0.1:{fg.metrics_port}/metrics", timeout=2).text:
+            assert time.monotonic() < deadline, "fleetgate did not subscribe"
+            time.sleep(0.1)
+        yield fg, f"127.0.0.1:{port}"
+    finally:
+        if fg:
+            fg.stop()
+        _stop(broker)
+
+
+def test_mqtt(bench_bin, mqtt_server):
+    fg, broker = mqtt_server
+    report = run_bench(
+        bench_bin, "--server-pid", str(fg.proc.pid), "--fleet", fleet_name(),
+        "mqtt", "--broker", broker, "--rate", "50", "--vehicles", "5", "--warmup", "0.5s", "--duration", "2s", "--drain", "3s",
+    )  # fmt: skip
+    r = report["results"]
+    assert report["failures"]["total"] == 0, report["failures"]
+    assert r["requests_in_window"] > 0 and r["accepted"] == r["requests_in_window"], r
+    assert r["without_outcome"] == 0 and r["non_200"] == 0
+    assert r["server"]["cpu_us_per_request"] is not None
+    assert_latency(r["latency"])
+
+
 # --------------------------------------------------------------------------- the Node.js peer
 
 

@@ -783,3 +783,37 @@ def test_readme_documents_every_top_level_value():
     missing = [key for key in values if f"`{key}" not in readme]
     assert not missing, f"helm/fleetgate/README.md values table lacks {missing}"
     assert "helm install fg ./helm/fleetgate" in readme
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def test_device_ingest_is_off_by_default_and_wired_when_on(chart, rendered):
+    env = env_of(container(rendered["defaults"]))
+    assert "FLEETGATE_OSMAND_ADDR" not in env and "FLEETGATE_MQTT_URL" not in env
+    assert all(d["metadata"]["name"] != f"{FULLNAME}-osmand" for d in rendered["defaults"])
+
+    mqtt_url = "mqtts://fleetgate:broker-pass@mqtt.example:8883"
+    values = {
+        "jwt": {"secret": SECRET},
+        "devices": {"osmand": {"enabled": True, "service": {"type": "LoadBalancer"}}, "mqtt": {"url": mqtt_url, "fleets": ["north", "south"]}},
+    }
+    docs = documents(render(chart, values))
+    c = container(docs)
+    assert {p["name"]: p["containerPort"] for p in c["ports"]}["osmand"] == 5055
+    env = env_of(c)
+    assert env["FLEETGATE_OSMAND_ADDR"]["value"] == "0.0.0.0:5055"
+    assert env["FLEETGATE_MQTT_URL"]["valueFrom"]["secretKeyRef"] == {"name": FULLNAME, "key": "mqtt-url"}
+    assert env["FLEETGATE_MQTT_FLEETS"]["value"] == "north,south"
+    assert secret_data(docs)["mqtt-url"] == mqtt_url
+    assert mqtt_url not in yaml.safe_dump([d for d in docs if d["kind"] != "Secret"])
+    service = next(d for d in kinds(docs, "Service") if d["metadata"]["name"] == f"{FULLNAME}-osmand")
+    assert service["spec"]["type"] == "LoadBalancer"
+    assert service["spec"]["ports"] == [{"name": "osmand", "port": 5055, "targetPort": "osmand", "protocol": "TCP", "appProtocol": "http"}]
+
+    existing = {"jwt": {"secret": SECRET}, "devices": {"mqtt": {"existingSecret": "broker", "existingSecretKey": "url"}}}
+    env = env_of(container(documents(render(chart, existing))))
+    assert env["FLEETGATE_MQTT_URL"]["valueFrom"]["secretKeyRef"] == {"name": "broker", "key": "url"}
+
+    assert "FLEETGATE_MQTT_URL" in render_error(chart, {"jwt": {"secret": SECRET}, "extraEnv": [{"name": "FLEETGATE_MQTT_URL", "value": "x"}]})
+    assert render_error(chart, {"jwt": {"secret": SECRET}, "devices": {"mqtt": {"url": "http://x"}}})

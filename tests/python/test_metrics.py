@@ -104,7 +104,7 @@ def test_labels_never_carry_ids(metrics_scrape):
             "unavailable",
             "error",
         },
-        "source": {"socket", "http", "demo"},
+        "source": {"socket", "http", "demo", "osmand", "mqtt"},
         "path": {"local", "relay"},
         "kind": {"fleet", "vehicle", "bbox"},
         "state": {"online", "offline"},

@@ -168,6 +168,15 @@ impl Server {
     }
 
     pub fn start_with_args(envs: &[(&str, String)], args: &[&str]) -> Self {
+        Self::start_inner(envs, args, Stdio::inherit())
+    }
+
+    /// [`Server::start`] with the process's log (stderr) written to `log`.
+    pub fn start_logged(envs: &[(&str, String)], log: &std::path::Path) -> Self {
+        Self::start_inner(envs, &[], std::fs::File::create(log).expect("log file").into())
+    }
+
+    fn start_inner(envs: &[(&str, String)], args: &[&str], stderr: Stdio) -> Self {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetgate"));
@@ -178,7 +187,8 @@ impl Server {
             .env("FLEETGATE_METRICS_ADDR", metrics_addr.to_string())
             .env("FLEETGATE_JWT_SECRET", SECRET)
             .env("FLEETGATE_LOG", "warn")
-            .stdout(Stdio::null());
+            .stdout(Stdio::null())
+            .stderr(stderr);
         // An empty value removes the variable (e.g. the default secret).
         for (k, v) in envs {
             if v.is_empty() {
@@ -405,5 +415,88 @@ impl Client {
 
     pub fn is_disconnected(&self) -> bool {
         *self.disconnected.lock().unwrap()
+    }
+}
+
+/// A private mosquitto broker on a free port (never the host's own on
+/// 1883), without persistence, killed on drop.
+pub struct Mosquitto {
+    pub port: u16,
+    dir: std::path::PathBuf,
+    child: Option<Child>,
+}
+
+impl Mosquitto {
+    pub fn start() -> Self {
+        Self::start_with(|_| "allow_anonymous true\n".into())
+    }
+
+    /// A broker whose listener takes the settings `conf` writes for its
+    /// directory (TLS files, a password file, …).
+    pub fn start_with(conf: impl FnOnce(&std::path::Path) -> String) -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("fleetgate-mosquitto-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("broker directory");
+        // mosquitto 2 listens only on loopback, and refuses anonymous
+        // clients, unless its configuration says otherwise.
+        let conf = format!(
+            "listener {port} 127.0.0.1\n{}persistence false\nmax_queued_messages 100000\nlog_dest stderr\nlog_type error\n",
+            conf(&dir)
+        );
+        std::fs::write(dir.join("mosquitto.conf"), conf).expect("broker configuration");
+        let mut broker = Self { port, dir, child: None };
+        broker.spawn();
+        broker
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// The broker's directory (its configuration, certificates, password file).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    fn spawn(&mut self) {
+        let bin = std::env::var("MOSQUITTO").unwrap_or_else(|_| {
+            if std::path::Path::new("/usr/sbin/mosquitto").exists() {
+                "/usr/sbin/mosquitto".into()
+            } else {
+                "mosquitto".into()
+            }
+        });
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(self.dir.join("mosquitto.conf"))
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("mosquitto must be installed (the test script installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + WAIT;
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "mosquitto did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills the broker and starts it again on the same port: every
+    /// session and subscription is gone (no persistence).
+    pub fn restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.spawn();
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

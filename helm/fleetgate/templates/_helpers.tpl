@@ -70,7 +70,8 @@ app.kubernetes.io/part-of: fleetgate
 {{- define "fleetgate.createSecret" -}}
 {{- $redis := and (or .Values.redis.url .Values.redis.clusterNodes) (not .Values.redis.existingSecret) }}
 {{- $jwt := and (not .Values.jwt.existingSecret) (or .Values.jwt.secret .Values.jwt.publicKey .Values.jwt.privateKey) }}
-{{- if or $redis $jwt }}true{{ end }}
+{{- $mqtt := and .Values.devices.mqtt.url (not .Values.devices.mqtt.existingSecret) }}
+{{- if or $redis $jwt $mqtt }}true{{ end }}
 {{- end }}
 
 {{/*
@@ -113,6 +114,7 @@ clientIpHeader: FLEETGATE_CLIENT_IP_HEADER
 {{- define "fleetgate.managedEnvNames" -}}
 {{- $names := values (include "fleetgate.configEnvNames" . | fromYaml) }}
 {{- $names = concat $names (list "FLEETGATE_ADDR" "FLEETGATE_METRICS_ADDR" "FLEETGATE_CORS_ORIGINS" "FLEETGATE_REDIS_URL" "FLEETGATE_JWT_SECRET" "FLEETGATE_JWT_SECRETS" "FLEETGATE_JWT_KEYS_DIR" "FLEETGATE_JWT_PUBLIC_KEY_FILE" "FLEETGATE_JWT_PRIVATE_KEY_FILE" "FLEETGATE_JWT_ISSUER" "FLEETGATE_JWT_AUDIENCE" "FLEETGATE_DEMO" "FLEETGATE_DEMO_VEHICLES") }}
+{{- $names = concat $names (list "FLEETGATE_OSMAND_ADDR" "FLEETGATE_MQTT_URL" "FLEETGATE_MQTT_FLEETS" "FLEETGATE_MQTT_TLS_CA_FILE") }}
 {{- toJson $names }}
 {{- end }}
 

@@ -1,0 +1,161 @@
+//! Device ingest (contract section 13): positions from devices that cannot
+//! speak Socket.IO, the OsmAnd protocol of the Traccar Client apps on its
+//! own listener and an MQTT broker's topics. Both hand every position to
+//! the gateway's one accept path ([`Gateway::publish`]: validation,
+//! compare-and-set ordering, the per-vehicle rate limit, fan-out), so a
+//! device position is indistinguishable from a socket one.
+
+pub mod mqtt;
+pub mod osmand;
+mod timestamp;
+
+use std::{sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use serde_json::Value;
+use socketioxide::adapter::Adapter;
+use tokio::{sync::watch, task::JoinHandle};
+
+use crate::{
+    auth::{Authenticator, Claims, Role},
+    config::Config,
+    error::{ApiError, ErrorCode},
+    gateway::{Accepted, Gateway, Source},
+    ids,
+    session::Session,
+};
+
+/// What device ingest needs from the gateway, object-safe so the listeners
+/// do not carry the adapter type.
+#[async_trait]
+pub trait Ingest: Send + Sync + 'static {
+    fn authenticator(&self) -> &Authenticator;
+    /// The gateway's accept path, counted under `source`.
+    async fn publish(&self, session: &Session, payload: &Value, source: Source) -> Result<Accepted, ApiError>;
+}
+
+#[async_trait]
+impl<A: Adapter> Ingest for Gateway<A> {
+    fn authenticator(&self) -> &Authenticator {
+        &self.auth
+    }
+
+    async fn publish(&self, session: &Session, payload: &Value, source: Source) -> Result<Accepted, ApiError> {
+        Gateway::publish(self, session, payload, source).await
+    }
+}
+
+/// Why device ingest could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("FLEETGATE_OSMAND_ADDR: cannot listen on {addr}: {err}")]
+    Bind { addr: std::net::SocketAddr, err: std::io::Error },
+    #[error(transparent)]
+    Mqtt(#[from] mqtt::MqttConfigError),
+}
+
+/// The running device listeners; [`Devices::stop`] ends them.
+pub struct Devices {
+    stop: watch::Sender<bool>,
+    /// Held for as long as the server runs.
+    _tasks: Vec<JoinHandle<()>>,
+}
+
+impl Devices {
+    /// Stops taking positions: the OsmAnd listener finishes its requests,
+    /// the MQTT client disconnects (its session, and any message not yet
+    /// acknowledged, stay with the broker).
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Starts what the configuration turns on (nothing by default).
+pub async fn start(config: &Config, ingest: Arc<dyn Ingest>) -> Result<Devices, DeviceError> {
+    preregister();
+    let (stop, stopped) = watch::channel(false);
+    let mut tasks = Vec::new();
+    if let Some(addr) = config.osmand_addr {
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|err| DeviceError::Bind { addr, err })?;
+        // The main listener's guard against peers that stop reading.
+        let listener = crate::net::Listener::new(listener, Duration::from_secs(config.write_timeout_secs.max(1)));
+        tracing::info!(%addr, "osmand listening");
+        tasks.push(tokio::spawn(osmand::serve(listener, ingest.clone(), config.max_message_bytes, stopped.clone())));
+    }
+    if let Some(settings) = mqtt::Settings::from_config(config)? {
+        tracing::info!(broker = %settings.redacted_url(), client_id = %settings.client_id, "mqtt ingest on");
+        tasks.push(tokio::spawn(mqtt::run(settings, ingest, stopped)));
+    }
+    Ok(Devices { stop, _tasks: tasks })
+}
+
+/// The sources of this module, as the auth-failure metric labels them.
+const SOURCES: [Source; 2] = [Source::Osmand, Source::Mqtt];
+
+/// The catalogue entry and zero series of this module's own metric.
+fn preregister() {
+    metrics::describe_counter!(
+        "fleetgate_device_auth_failures_total",
+        "Device positions refused for their token (bad, expired, or not a vehicle's), by source."
+    );
+    metrics::describe_counter!(
+        "fleetgate_mqtt_connection_errors_total",
+        "Times the connection to the MQTT broker failed or was lost (each is retried with backoff)."
+    );
+    metrics::describe_counter!(
+        "fleetgate_mqtt_messages_total",
+        "Messages taken from the MQTT broker (redeliveries included)."
+    );
+    metrics::describe_counter!(
+        "fleetgate_mqtt_replies_dropped_total",
+        "Outcomes not published to an MQTT ack topic because the client's queue was full."
+    );
+    metrics::describe_gauge!(
+        "fleetgate_mqtt_subscribed",
+        "1 while this replica is connected to the MQTT broker with its subscription granted, else 0."
+    );
+    for source in SOURCES {
+        metrics::counter!("fleetgate_device_auth_failures_total", "source" => source.as_str()).increment(0);
+    }
+    metrics::counter!("fleetgate_mqtt_connection_errors_total").increment(0);
+    metrics::counter!("fleetgate_mqtt_replies_dropped_total").increment(0);
+    metrics::counter!("fleetgate_mqtt_messages_total").increment(0);
+    metrics::gauge!("fleetgate_mqtt_subscribed").set(0.0);
+}
+
+fn count_auth_failure(source: Source) {
+    metrics::counter!("fleetgate_device_auth_failures_total", "source" => source.as_str()).increment(1);
+}
+
+/// Counts a position refused before it reached the accept path (it could
+/// not be read at all), as the accept path counts its own refusals.
+fn count_unreadable(source: Source) {
+    metrics::counter!("fleetgate_position_updates_total", "source" => source.as_str(), "outcome" => "invalid")
+        .increment(1);
+}
+
+/// A request-scoped session for a vehicle (never stored).
+fn vehicle_session(fleet: String, vehicle: String, expires_at: i64) -> Session {
+    Session {
+        session_id: String::new(),
+        sub: vehicle.clone(),
+        fleet,
+        role: Role::Vehicle,
+        vehicle: Some(vehicle),
+        vehicles: None,
+        expires_at,
+    }
+}
+
+/// The session of a device whose identifier is its vehicle token: 401 for
+/// a bad or expired token, 403 for one that is not a vehicle's.
+fn device_session(auth: &Authenticator, token: &str, source: Source) -> Result<Session, ApiError> {
+    let claims: Claims = auth.verify(token).inspect_err(|_| count_auth_failure(source))?;
+    if claims.role != Role::Vehicle {
+        count_auth_failure(source);
+        return Err(ApiError::new(ErrorCode::Forbidden, "the device identifier must be a vehicle token"));
+    }
+    let vehicle = claims.vehicle.clone().unwrap_or_else(|| claims.sub.clone());
+    let expires_at = claims.exp.saturating_mul(1000).max(ids::now_ms());
+    Ok(vehicle_session(claims.fleet, vehicle, expires_at))
+}
