@@ -721,3 +721,51 @@ def test_readme_documents_every_top_level_value():
     missing = [key for key in values if f"`{key}" not in readme]
     assert not missing, f"helm/fleetgate/README.md values table lacks {missing}"
     assert "helm install fg ./helm/fleetgate" in readme
+
+
+# --------------------------------------------------------------------------- JWKS
+
+
+JWKS_URL = "https://id.example.com/realms/fleet/protocol/openid-connect/certs"
+
+
+def test_jwks_alone_or_besides_a_secret(chart):
+    values = {"jwt": {"jwksUrl": JWKS_URL, "jwksRefreshSecs": 120}, "redis": {"url": REDIS_URL}, "replicaCount": 2}
+    chart.validate_schema(copy.deepcopy(values))
+    docs = documents(render(chart, values))
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBE, strict=True)
+    env = env_of(container(docs))
+    assert env["FLEETGATE_JWT_JWKS_URL"]["value"] == JWKS_URL
+    assert env["FLEETGATE_JWT_JWKS_REFRESH_SECS"]["value"] == "120"
+    # No key of its own: no secretKeyRef to a key the Secret does not hold.
+    assert not {"FLEETGATE_JWT_SECRET", "FLEETGATE_JWT_PUBLIC_KEY_FILE"} & set(env)
+    assert "jwt-secret" not in json.dumps(docs)
+
+    both = env_of(container(documents(render(chart, {"jwt": {"secret": SECRET, "jwksUrl": JWKS_URL}}))))
+    assert both["FLEETGATE_JWT_JWKS_URL"]["value"] == JWKS_URL
+    assert "FLEETGATE_JWT_SECRET" in both
+    # The binary's default applies when the refresh is not set.
+    assert "FLEETGATE_JWT_JWKS_REFRESH_SECS" not in both
+
+
+@pytest.mark.parametrize(
+    "jwt",
+    [
+        {"jwksUrl": "http://keycloak.auth.svc:8080/realms/fleet/protocol/openid-connect/certs"},
+        {"jwksUrl": "id.example.com/certs"},
+        {"jwksUrl": JWKS_URL, "jwksRefreshSecs": 0},
+        {"jwksUrl": JWKS_URL, "jwksRefreshSecs": "often"},
+    ],
+    ids=["plain-http", "no-scheme", "refresh-zero", "refresh-text"],
+)
+def test_jwks_schema_rejects_mistakes(chart, jwt):
+    with pytest.raises(helm.HelmValuesError):
+        chart.validate_schema({"jwt": jwt})
+
+
+def test_jwks_refusals(chart):
+    assert "jwt.jwksUrl" in render_error(chart, {"demo": {"enabled": True}, "jwt": {"jwksUrl": JWKS_URL}})
+    assert "jwt.jwksUrl" in render_error(chart, {})
+    with pytest.raises(helm.HelmError):
+        render(chart, {"jwt": {"jwksUrl": JWKS_URL}, "extraEnv": [{"name": "FLEETGATE_JWT_JWKS_URL", "value": "x"}]})

@@ -112,7 +112,7 @@ clientIpHeader: FLEETGATE_CLIENT_IP_HEADER
 
 {{- define "fleetgate.managedEnvNames" -}}
 {{- $names := values (include "fleetgate.configEnvNames" . | fromYaml) }}
-{{- $names = concat $names (list "FLEETGATE_ADDR" "FLEETGATE_METRICS_ADDR" "FLEETGATE_CORS_ORIGINS" "FLEETGATE_REDIS_URL" "FLEETGATE_JWT_SECRET" "FLEETGATE_JWT_PUBLIC_KEY_FILE" "FLEETGATE_JWT_PRIVATE_KEY_FILE" "FLEETGATE_JWT_ISSUER" "FLEETGATE_JWT_AUDIENCE" "FLEETGATE_DEMO" "FLEETGATE_DEMO_VEHICLES") }}
+{{- $names = concat $names (list "FLEETGATE_ADDR" "FLEETGATE_METRICS_ADDR" "FLEETGATE_CORS_ORIGINS" "FLEETGATE_REDIS_URL" "FLEETGATE_JWT_SECRET" "FLEETGATE_JWT_PUBLIC_KEY_FILE" "FLEETGATE_JWT_PRIVATE_KEY_FILE" "FLEETGATE_JWT_ISSUER" "FLEETGATE_JWT_AUDIENCE" "FLEETGATE_JWT_JWKS_URL" "FLEETGATE_JWT_JWKS_REFRESH_SECS" "FLEETGATE_DEMO" "FLEETGATE_DEMO_VEHICLES") }}
 {{- toJson $names }}
 {{- end }}
 
@@ -154,6 +154,9 @@ YAML or JSON, and large ones would otherwise print as 6.048e+08.
 {{- if or (gt (int64 .Values.replicaCount) 1) .Values.autoscaling.enabled }}
 {{- fail "demo.enabled generates a signing key per process: run it with replicaCount 1 and without autoscaling" }}
 {{- end }}
+{{- if .Values.jwt.jwksUrl }}
+{{- fail "demo.enabled mints tokens that a server trusting jwt.jwksUrl would accept alongside the provider's: run the demo without jwt.jwksUrl" }}
+{{- end }}
 {{- else if .Values.jwt.existingSecret }}
 {{- if and (include "fleetgate.jwtUsesKey" .) (not .Values.jwt.existingSecretKeys.publicKey) }}
 {{- fail (printf "jwt.algorithm %s with jwt.existingSecret needs jwt.existingSecretKeys.publicKey" .Values.jwt.algorithm) }}
@@ -169,8 +172,8 @@ YAML or JSON, and large ones would otherwise print as 6.048e+08.
 {{- fail (printf "jwt.secret is an HS256 secret but jwt.algorithm is %s: set one or the other" .Values.jwt.algorithm) }}
 {{- end }}
 {{- else }}
-{{- if not .Values.jwt.secret }}
-{{- fail "fleetgate refuses to start without a token key: set jwt.secret (HS256), jwt.algorithm=RS256|ES256 with jwt.publicKey, jwt.existingSecret, or demo.enabled=true" }}
+{{- if and (not .Values.jwt.secret) (not .Values.jwt.jwksUrl) }}
+{{- fail "fleetgate refuses to start without a token key: set jwt.secret (HS256), jwt.algorithm=RS256|ES256 with jwt.publicKey, jwt.existingSecret, jwt.jwksUrl (an identity provider's JWKS), or demo.enabled=true" }}
 {{- end }}
 {{- if or .Values.jwt.publicKey .Values.jwt.privateKey }}
 {{- fail "jwt.publicKey/jwt.privateKey are PEM keys for RS256/ES256: set jwt.algorithm accordingly" }}
