@@ -4,7 +4,7 @@
 //! RS256, ES256 and EdDSA keys, rotation without restart, the rate-limited
 //! refresh on unknown kids (requests counted on the JWKS server), a
 //! provider that goes down or answers garbage, readiness before the first
-//! fetch, and algorithm confusion.
+//! fetch, algorithm confusion, and HTTPS with a verified certificate.
 
 mod support;
 
@@ -399,4 +399,139 @@ async fn settings_and_metrics_at_start() {
     ] {
         assert!(scrape.lines().any(|l| l == series), "{series} missing from the first scrape");
     }
+}
+
+/// A JWKS over HTTPS on 127.0.0.1 with a certificate of a CA made here.
+/// Answers every request with `body`, once per connection.
+fn https_provider(dir: &Path, body: String) -> (u16, PathBuf, Arc<AtomicUsize>) {
+    let p = |name: &str| dir.join(name).display().to_string();
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        &p("ca.key"),
+        "-out",
+        &p("ca.pem"),
+        "-days",
+        "2",
+        "-subj",
+        "/CN=fleetgate test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+    ]);
+    openssl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        &p("srv.key"),
+        "-out",
+        &p("srv.csr"),
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &p("srv.csr"),
+        "-CA",
+        &p("ca.pem"),
+        "-CAkey",
+        &p("ca.key"),
+        "-CAcreateserial",
+        "-out",
+        &p("srv.pem"),
+        "-days",
+        "2",
+        "-extfile",
+        &p("ext.cnf"),
+    ]);
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(p("srv.pem")).unwrap().collect::<Result<_, _>>().unwrap();
+    let key = PrivateKeyDer::from_pem_file(p("srv.key")).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handshakes = Arc::new(AtomicUsize::new(0));
+    let counted = handshakes.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let (acceptor, body, counted) = (acceptor.clone(), body.clone(), counted.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tls.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = tls.write_all(head.as_bytes()).await;
+                    let _ = tls.write_all(body.as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+    });
+    (port, dir.join("ca.pem"), handshakes)
+}
+
+/// Over HTTPS the provider's certificate is verified: trusted through
+/// `SSL_CERT_FILE`, the set is fetched and its tokens verify; against the
+/// system's roots alone the fetch fails and the server stays unready.
+#[tokio::test]
+async fn https_with_a_verified_certificate() {
+    let dir = scratch("https");
+    let key = Signer::new(&dir, "rsa", "tls-1");
+    let Answer::Keys(doc) = jwks(&[&key]) else { unreachable!() };
+    let (port, ca, handshakes) = https_provider(&dir, doc.to_string());
+    let url = format!("https://127.0.0.1:{port}/certs");
+    let envs = |ca: Option<&Path>| {
+        let mut e = vec![("FLEETGATE_JWT_SECRET", String::new()), ("FLEETGATE_JWT_JWKS_URL", url.clone())];
+        if let Some(ca) = ca {
+            e.push(("SSL_CERT_FILE", ca.display().to_string()));
+        }
+        e
+    };
+    let trusted = Server::start(&envs(Some(&ca)));
+    connect(&trusted, &key.token()).await.expect("key fetched over https");
+    assert_eq!(trusted.metric("fleetgate_jwks_keys"), 1.0);
+
+    let before = handshakes.load(Ordering::SeqCst);
+    let untrusted = Server::start_unready(&envs(None));
+    wait_until("a failed fetch", Duration::from_secs(10), || {
+        untrusted.metric("fleetgate_jwks_refreshes_total{outcome=\"error\"}") >= 1.0
+    });
+    assert_eq!(http_get(untrusted.addr, "/readyz").map(|(s, _)| s), Some(503));
+    assert_eq!(connect(&untrusted, &key.token()).await.err().as_deref(), Some("invalid_token"));
+    assert_eq!(handshakes.load(Ordering::SeqCst), before, "no TLS session completed with an unknown CA");
+    let _ = std::fs::remove_dir_all(dir);
 }
