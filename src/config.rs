@@ -113,6 +113,17 @@ pub struct Config {
     #[arg(long, env = "FLEETGATE_JWT_LEEWAY_SECS", default_value_t = 0, global = true)]
     pub jwt_leeway_secs: u64,
 
+    /// JWKS document of an identity provider (its OIDC `jwks_uri`) whose
+    /// RS256, ES256 and EdDSA keys verify tokens by `kid`, besides the
+    /// configured keys. `https://` (`http://` only to a loopback address).
+    #[arg(long, env = "FLEETGATE_JWT_JWKS_URL", global = true)]
+    pub jwt_jwks_url: Option<String>,
+
+    /// Seconds between scheduled refreshes of the JWKS (1 to 86400); a
+    /// token naming an unknown `kid` refreshes it at once, at most every 10 s.
+    #[arg(long, env = "FLEETGATE_JWT_JWKS_REFRESH_SECS", default_value_t = 300, global = true)]
+    pub jwt_jwks_refresh_secs: u64,
+
     /// Seconds a socket may stay connected without authenticating.
     #[arg(long, env = "FLEETGATE_AUTH_TIMEOUT_SECS", default_value_t = 10, global = true)]
     pub auth_timeout_secs: u64,

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, watch};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::{
-    auth::{Authenticator, Keys},
+    auth::{Authenticator, Keys, RemoteKeys},
     config::Config,
     demo,
     gateway::{self, Gateway},
@@ -53,7 +53,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let upkeep = metrics.spawn_upkeep();
     let keys = Keys::from_config(&config)?;
     let target = RedisTarget::from_config(&config).map_err(ServeError::Config)?;
-    let auth = Arc::new(Authenticator::new(keys, &config));
+    let remote = RemoteKeys::from_config(&config, &keys)?;
+    // Fetches at once; until the first fetch succeeds /readyz answers 503.
+    let jwks_refresh = remote.as_ref().map(RemoteKeys::spawn_refresh);
+    let auth = Arc::new(Authenticator::new(keys, &config).with_remote(remote));
     let config = Arc::new(config);
     let (stop_tx, stop_rx) = watch::channel(false);
     let wait_stop = |mut rx: watch::Receiver<bool>| async move {
@@ -97,6 +100,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     };
     let _ = metrics_task.await;
     upkeep.abort();
+    if let Some(task) = jwks_refresh {
+        task.abort();
+    }
     result
 }
 
@@ -222,7 +228,9 @@ impl<A: Adapter> crate::metrics::Sample for Sampler<A> {
     async fn sample(&self) {
         self.gateway.sample_gauges();
         // The same answer /readyz would give now.
-        let ready = self.accepting.load(Ordering::Relaxed) && self.gateway.store.ping().await.is_ok();
+        let ready = self.accepting.load(Ordering::Relaxed)
+            && self.gateway.auth.is_ready()
+            && self.gateway.store.ping().await.is_ok();
         metrics::gauge!("fleetgate_ready").set(f64::from(u8::from(ready)));
     }
 }

@@ -76,6 +76,23 @@ impl Keys {
             }
         }
     }
+
+    /// [`Keys::candidates`] when an identity provider's set (`remote`)
+    /// verifies too. Key ids always bind then (an issuer's `kid` is how its
+    /// keys are told apart, and a kid not held is what triggers a refresh):
+    /// a `kid` selects the configured key of that id, else the provider's;
+    /// a token without `kid` may be verified by any key of either.
+    pub(super) fn candidates_with<'a>(
+        &'a self,
+        kid: Option<&str>,
+        remote: &'a [VerifyingKey],
+    ) -> Result<Vec<&'a VerifyingKey>, UnknownKid> {
+        let all = || self.verifying.iter().chain(remote.iter());
+        match kid {
+            None => Ok(all().collect()),
+            Some(kid) => all().find(|k| k.kid.as_deref() == Some(kid)).map(|k| vec![k]).ok_or(UnknownKid),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -107,5 +124,21 @@ mod tests {
         assert_eq!(kids(keys.candidates(Some("b")).unwrap()), [Some("b")]);
         assert!(matches!(keys.candidates(Some("c")), Err(UnknownKid)));
         assert_eq!(kids(keys.candidates(None).unwrap()), [None, Some("a"), Some("b")]);
+    }
+
+    #[test]
+    fn with_a_provider_kids_always_bind() {
+        let keys = Keys { verifying: vec![key(Some("local"))], signing: None };
+        let remote = [key(Some("idp-1")), key(Some("local")), key(None)];
+        fn names(ks: Vec<&VerifyingKey>) -> Vec<Option<&str>> {
+            ks.into_iter().map(|k| k.kid.as_deref()).collect()
+        }
+        assert_eq!(names(keys.candidates_with(Some("idp-1"), &remote).unwrap()), [Some("idp-1")]);
+        // The configured key wins a clash of ids.
+        assert!(std::ptr::eq(keys.candidates_with(Some("local"), &remote).unwrap()[0], &keys.verifying[0]));
+        // Unlike a lone configured key, nothing verifies a foreign kid.
+        assert!(matches!(keys.candidates_with(Some("other"), &remote), Err(UnknownKid)));
+        assert!(matches!(keys.candidates_with(Some("other"), &[]), Err(UnknownKid)));
+        assert_eq!(names(keys.candidates_with(None, &remote).unwrap()).len(), 4);
     }
 }

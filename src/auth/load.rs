@@ -2,7 +2,9 @@
 //! (`FLEETGATE_JWT_SECRET`, `FLEETGATE_JWT_SECRETS`), PEM public keys
 //! (`FLEETGATE_JWT_PUBLIC_KEY_FILE`, `FLEETGATE_JWT_KEYS_DIR`) and the
 //! private key `fleetgate token` signs with. Every bad combination is a
-//! startup error that names the setting to fix.
+//! startup error that names the setting to fix. (An identity provider's
+//! JWKS, `FLEETGATE_JWT_JWKS_URL`, is fetched by `remote.rs`; here it only
+//! counts as a key source.)
 
 use std::path::{Path, PathBuf};
 
@@ -14,7 +16,7 @@ use crate::config::Config;
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error(
-        "no token key configured: set FLEETGATE_JWT_SECRET or FLEETGATE_JWT_SECRETS (HS256), or FLEETGATE_JWT_PUBLIC_KEY_FILE or FLEETGATE_JWT_KEYS_DIR (RS256/ES256 PEM), or run with --demo"
+        "no token key configured: set FLEETGATE_JWT_SECRET or FLEETGATE_JWT_SECRETS (HS256), or FLEETGATE_JWT_PUBLIC_KEY_FILE or FLEETGATE_JWT_KEYS_DIR (RS256/ES256 PEM), or FLEETGATE_JWT_JWKS_URL (an identity provider's JWKS), or run with --demo"
     )]
     Missing,
     #[error(
@@ -49,6 +51,20 @@ pub enum KeyError {
     NoSigningKey,
     #[error("signing failed: {0}")]
     Sign(String),
+    #[error("FLEETGATE_JWT_JWKS_URL: {why}")]
+    JwksUrl { why: String },
+    #[error(
+        "FLEETGATE_JWT_JWKS_REFRESH_SECS is {secs}: expected {} to {} seconds",
+        super::remote::MIN_REFRESH_SECS,
+        super::remote::MAX_REFRESH_SECS
+    )]
+    JwksRefresh { secs: u64 },
+    #[error("FLEETGATE_JWT_JWKS_URL: cannot set up the HTTPS client: {0}")]
+    JwksClient(String),
+    #[error(
+        "--demo mints tokens that a server trusting FLEETGATE_JWT_JWKS_URL would accept alongside the provider's: run the demo without it"
+    )]
+    DemoWithJwks,
 }
 
 /// HS256 secrets shorter than this are weak (RFC 7518 §3.2 asks for at
@@ -90,6 +106,14 @@ impl Keys {
             None => Vec::new(),
         };
         let verifying = verifying_keys(config, &secrets)?;
+        let jwks = config.jwt_jwks_url.is_some();
+        if config.demo && jwks {
+            return Err(KeyError::DemoWithJwks);
+        }
+        if verifying.is_empty() && jwks {
+            // Every key comes from the provider (and nothing signs here).
+            return Ok(Self { verifying, signing: None });
+        }
         if verifying.is_empty() {
             return if config.demo {
                 tracing::warn!(

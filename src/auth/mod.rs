@@ -1,17 +1,26 @@
 //! Who a client is: JWT verification (section 2 of the contract) against a
-//! set of keys chosen by the token's `kid`, the roles a token can carry, the
-//! vehicles a scoped viewer token may watch, and minting tokens for
-//! operators and the demo.
+//! set of keys chosen by the token's `kid` (configured keys, and an
+//! identity provider's JWKS), the roles a token can carry, the vehicles a
+//! scoped viewer token may watch, and minting tokens for operators and the
+//! demo.
 
+mod fetch;
+mod jwk_set;
 mod keys;
 mod load;
+mod remote;
 mod scope;
 mod token;
 
+pub use fetch::MAX_JWKS_BYTES;
+pub use jwk_set::MAX_JWKS_KEYS;
 pub use keys::Keys;
 pub use load::{KeyError, MAX_LEEWAY_SECS};
 pub use scope::{MAX_SCOPED_VEHICLES, ScopeError, VehicleScope};
+pub use remote::{RemoteKeys, UNKNOWN_KID_REFRESH_EVERY};
 pub use token::{Claims, Role};
+
+use std::sync::Arc;
 
 use jsonwebtoken::{Algorithm, Header, Validation, errors::ErrorKind};
 use serde::Serialize;
@@ -26,49 +35,106 @@ use crate::{
 /// this large, and parsing attacker-sized input is work for nothing.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
+/// Every algorithm a key can be bound to (HS256 secrets, RSA, P-256 and
+/// Ed25519 public keys).
+const ALGORITHMS: [Algorithm; 4] = [Algorithm::HS256, Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA];
+
 /// Verifies tokens with the configured keys, each with its own algorithm.
 pub struct Authenticator {
     keys: Keys,
-    /// One validation per algorithm in the key set, each accepting only that
-    /// algorithm: the key decides it, the token header never does.
+    /// The identity provider's set, when `FLEETGATE_JWT_JWKS_URL` is set.
+    remote: Option<Arc<RemoteKeys>>,
+    /// One validation per algorithm, each accepting only that algorithm:
+    /// the key decides it, the token header never does.
     validations: Vec<(Algorithm, Validation)>,
+}
+
+/// Why [`Authenticator::check`] refused a token.
+enum Refusal {
+    /// The token's `kid` names no key held now (a refresh may bring it).
+    UnknownKid(String),
+    Refused(ApiError),
+}
+
+impl From<ApiError> for Refusal {
+    fn from(e: ApiError) -> Self {
+        Refusal::Refused(e)
+    }
 }
 
 impl Authenticator {
     pub fn new(keys: Keys, config: &Config) -> Self {
-        let mut validations: Vec<(Algorithm, Validation)> = Vec::new();
-        for key in &keys.verifying {
-            if !validations.iter().any(|(a, _)| *a == key.algorithm) {
-                validations.push((key.algorithm, validation(key.algorithm, config)));
-            }
-        }
-        Self { keys, validations }
+        let validations = ALGORITHMS.iter().map(|a| (*a, validation(*a, config))).collect();
+        Self { keys, remote: None, validations }
     }
 
-    /// Checks a token and returns its claims, or the contract's code for why not.
+    /// Also trusts the identity provider's key set.
+    pub fn with_remote(mut self, remote: Option<Arc<RemoteKeys>>) -> Self {
+        self.remote = remote;
+        self
+    }
+
+    /// False until an identity provider's key set, if one is configured,
+    /// was fetched once (`/readyz` answers 503 until then).
+    pub fn is_ready(&self) -> bool {
+        self.remote.as_ref().is_none_or(|r| r.is_ready())
+    }
+
+    /// Checks a token and returns its claims, or the contract's code for
+    /// why not. A `kid` the identity provider's set does not hold refreshes
+    /// the set first (rate-limited, see [`UNKNOWN_KID_REFRESH_EVERY`]), so
+    /// this may wait on that fetch; every path serving clients uses it.
+    pub async fn authenticate(&self, token: &str) -> Result<Claims, ApiError> {
+        match (self.check(token), &self.remote) {
+            (Err(Refusal::UnknownKid(kid)), Some(remote)) => {
+                remote.refresh_for_unknown(&kid).await;
+                self.check(token).map_err(Self::refusal)
+            }
+            (result, _) => result.map_err(Self::refusal),
+        }
+    }
+
+    /// [`Authenticator::authenticate`] with the keys held now, never
+    /// waiting on the network: an unknown `kid` is refused without a refresh.
     pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
+        self.check(token).map_err(Self::refusal)
+    }
+
+    fn refusal(r: Refusal) -> ApiError {
+        match r {
+            Refusal::UnknownKid(_) => ApiError::new(ErrorCode::InvalidToken, "unknown key id"),
+            Refusal::Refused(e) => e,
+        }
+    }
+
+    fn check(&self, token: &str) -> Result<Claims, Refusal> {
         let invalid = |m: &'static str| ApiError::new(ErrorCode::InvalidToken, m);
         if token.len() > MAX_TOKEN_BYTES {
-            return Err(invalid("token too large"));
+            return Err(invalid("token too large").into());
         }
         // `alg: none` and unknown algorithms fail here: the header does not parse.
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("malformed token"))?;
-        let candidates = self.keys.candidates(header.kid.as_deref()).map_err(|_| invalid("unknown key id"))?;
+        let unknown = || Refusal::UnknownKid(header.kid.clone().unwrap_or_default());
+        let remote = self.remote.as_ref().map(|r| r.current());
+        let candidates: Vec<&keys::VerifyingKey> = match &remote {
+            None => self.keys.candidates(header.kid.as_deref()).map_err(|_| unknown())?.iter().collect(),
+            Some(remote) => self.keys.candidates_with(header.kid.as_deref(), remote).map_err(|_| unknown())?,
+        };
         let mut refused = invalid("algorithm not accepted");
-        for key in candidates.iter().filter(|k| k.algorithm == header.alg) {
+        for key in candidates.into_iter().filter(|k| k.algorithm == header.alg) {
             let Some((_, validation)) = self.validations.iter().find(|(a, _)| *a == key.algorithm) else {
                 continue;
             };
             match jsonwebtoken::decode::<token::RawClaims>(token, &key.decoding, validation) {
-                Ok(data) => return data.claims.validate(),
+                Ok(data) => return Ok(data.claims.validate()?),
                 // Another key of the same algorithm may have signed it.
                 Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature) => refused = invalid("bad signature"),
                 // Anything else is about a token this key did sign, or about
                 // its encoding, which no other key changes.
-                Err(e) => return Err(refused_because(&e)),
+                Err(e) => return Err(refused_because(&e).into()),
             }
         }
-        Err(refused)
+        Err(refused.into())
     }
 
     /// Mints a token for `claims` (their `exp` included) with the signing
@@ -395,5 +461,33 @@ mod tests {
         assert!(demo.contains("cannot be combined with FLEETGATE_JWT_SECRET, FLEETGATE_JWT_KEYS_DIR"), "{demo}");
         assert!(err(&["--demo", "--jwt-secrets", "a:x"]).contains("must never sign with a real key"));
         assert!(err(&["--demo", "--jwt-public-key-file", "/k.pem"]).contains("FLEETGATE_JWT_PUBLIC_KEY_FILE"));
+    }
+
+    #[test]
+    fn jwks_settings_are_checked_at_start() {
+        let url = "https://id.example.com/realms/fleet/protocol/openid-connect/certs";
+        let remote = |args: &[&str]| {
+            let cfg = config(args);
+            let keys = Keys::from_config(&cfg).map_err(|e| e.to_string())?;
+            RemoteKeys::from_config(&cfg, &keys).map(|r| r.is_some()).map_err(|e| e.to_string())
+        };
+        // The provider alone is a key configuration; it is not ready before its first fetch.
+        assert_eq!(remote(&["--jwt-jwks-url", url]), Ok(true));
+        let cfg = config(&["--jwt-jwks-url", url]);
+        let keys = Keys::from_config(&cfg).unwrap();
+        let a = Authenticator::new(Keys::from_config(&cfg).unwrap(), &cfg)
+            .with_remote(RemoteKeys::from_config(&cfg, &keys).unwrap());
+        assert!(!a.is_ready());
+        assert_eq!(a.verify(&hs("s", Some("k1"), json!({}))).unwrap_err().message, "unknown key id");
+        assert!(from(&config(&["--jwt-secret", "s"])).is_ready());
+        assert_eq!(remote(&["--jwt-secret", "s"]), Ok(false));
+
+        let err = |args: &[&str]| remote(args).unwrap_err();
+        assert!(err(&["--jwt-jwks-url", "http://idp.internal/certs"]).contains("FLEETGATE_JWT_JWKS_URL"));
+        assert!(err(&["--jwt-jwks-url", "certs.json"]).contains("FLEETGATE_JWT_JWKS_URL"));
+        assert!(
+            err(&["--jwt-jwks-url", url, "--jwt-jwks-refresh-secs", "0"]).contains("FLEETGATE_JWT_JWKS_REFRESH_SECS")
+        );
+        assert!(err(&["--jwt-jwks-url", url, "--demo"]).contains("--demo"));
     }
 }

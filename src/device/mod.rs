@@ -149,8 +149,8 @@ fn vehicle_session(fleet: String, vehicle: String, expires_at: i64) -> Session {
 
 /// The session of a device whose identifier is its vehicle token: 401 for
 /// a bad or expired token, 403 for one that is not a vehicle's.
-fn device_session(auth: &Authenticator, token: &str, source: Source) -> Result<Session, ApiError> {
-    let claims: Claims = auth.verify(token).inspect_err(|_| count_auth_failure(source))?;
+async fn device_session(auth: &Authenticator, token: &str, source: Source) -> Result<Session, ApiError> {
+    let claims: Claims = auth.authenticate(token).await.inspect_err(|_| count_auth_failure(source))?;
     if claims.role != Role::Vehicle {
         count_auth_failure(source);
         return Err(ApiError::new(ErrorCode::Forbidden, "the device identifier must be a vehicle token"));

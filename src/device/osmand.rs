@@ -103,7 +103,7 @@ async fn handle(state: &OsmandState, query: &str, headers: &HeaderMap, body: &[u
             "id: required (the device identifier is the vehicle token)",
         ));
     };
-    let session = device_session(state.ingest.authenticator(), &token, SOURCE)?;
+    let session = device_session(state.ingest.authenticator(), &token, SOURCE).await?;
     let positions = report.positions.map_err(unreadable)?;
     let mut last = Accepted { accepted: false, reason: Some("stale") };
     // In order: the compare-and-set keeps the newest of a batch either way,

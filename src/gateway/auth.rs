@@ -48,7 +48,7 @@ fn count_failure(stage: &'static str, e: &ApiError) {
 
 /// Verifies a token and opens a session for it.
 async fn open_session<A: Adapter>(gw: &Gateway<A>, token: &str, fleet: Option<&str>) -> Result<Session, ApiError> {
-    let claims = gw.auth.verify(token)?;
+    let claims = gw.auth.authenticate(token).await?;
     if fleet.is_some_and(|f| f != claims.fleet) {
         return Err(ApiError::forbidden("the token belongs to another fleet"));
     }

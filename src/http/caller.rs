@@ -20,7 +20,10 @@ impl FromRequestParts<Arc<HttpState>> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<HttpState>) -> Result<Self, ApiError> {
-        let verified = bearer(parts).and_then(|token| state.backend.authenticator().verify(token));
+        let verified = match bearer(parts) {
+            Ok(token) => state.backend.authenticator().authenticate(token).await,
+            Err(e) => Err(e),
+        };
         match verified {
             Ok(claims) => Ok(Caller(claims)),
             Err(e) => {

@@ -93,6 +93,9 @@ async fn readyz(State(state): State<Arc<HttpState>>) -> Result<Ok<Status>, ApiEr
     if !state.accepting.load(Ordering::Relaxed) {
         return Err(ApiError::new(ErrorCode::Unavailable, "shutting down"));
     }
+    if !state.backend.authenticator().is_ready() {
+        return Err(ApiError::new(ErrorCode::Unavailable, "token keys not fetched yet (FLEETGATE_JWT_JWKS_URL)"));
+    }
     state.backend.ping().await.map_err(|e| {
         tracing::debug!(error = %e, "not ready");
         ApiError::unavailable()

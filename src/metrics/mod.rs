@@ -106,6 +106,15 @@ fn describe() {
     describe_counter!("fleetgate_auth_timeouts_total", "Sockets disconnected for not authenticating in time.");
     describe_counter!("fleetgate_sessions_created_total", "Sessions created, by role.");
     describe_counter!("fleetgate_sessions_revoked_total", "Sessions revoked through the API.");
+    describe_counter!(
+        "fleetgate_jwks_refreshes_total",
+        "Fetches of the identity provider's JWKS (FLEETGATE_JWT_JWKS_URL), by outcome (ok, error)."
+    );
+    describe_gauge!("fleetgate_jwks_keys", "Keys of the identity provider's JWKS in use (0 before the first fetch).");
+    describe_gauge!(
+        "fleetgate_jwks_last_success_timestamp_seconds",
+        "Unix time of the last good JWKS fetch (0: never)."
+    );
 
     // Positions.
     describe_counter!("fleetgate_position_updates_total", "Position updates by source and outcome.");
@@ -207,6 +216,11 @@ fn preregister() {
     for op in ADAPTER_OPS {
         metrics::counter!("fleetgate_adapter_errors_total", "op" => op).increment(0);
     }
+    for outcome in ["ok", "error"] {
+        metrics::counter!("fleetgate_jwks_refreshes_total", "outcome" => outcome).increment(0);
+    }
+    metrics::gauge!("fleetgate_jwks_keys").set(0.0);
+    metrics::gauge!("fleetgate_jwks_last_success_timestamp_seconds").set(0.0);
     for kind in ["fleet", "vehicle", "bbox"] {
         metrics::gauge!("fleetgate_subscriptions", "kind" => kind).increment(0.0);
     }

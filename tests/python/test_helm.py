@@ -817,3 +817,51 @@ def test_device_ingest_is_off_by_default_and_wired_when_on(chart, rendered):
 
     assert "FLEETGATE_MQTT_URL" in render_error(chart, {"jwt": {"secret": SECRET}, "extraEnv": [{"name": "FLEETGATE_MQTT_URL", "value": "x"}]})
     assert render_error(chart, {"jwt": {"secret": SECRET}, "devices": {"mqtt": {"url": "http://x"}}})
+
+
+# --------------------------------------------------------------------------- JWKS
+
+
+JWKS_URL = "https://id.example.com/realms/fleet/protocol/openid-connect/certs"
+
+
+def test_jwks_alone_or_besides_a_secret(chart):
+    values = {"jwt": {"jwksUrl": JWKS_URL, "jwksRefreshSecs": 120}, "redis": {"url": REDIS_URL}, "replicaCount": 2}
+    chart.validate_schema(copy.deepcopy(values))
+    docs = documents(render(chart, values))
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBE, strict=True)
+    env = env_of(container(docs))
+    assert env["FLEETGATE_JWT_JWKS_URL"]["value"] == JWKS_URL
+    assert env["FLEETGATE_JWT_JWKS_REFRESH_SECS"]["value"] == "120"
+    # No key of its own: no secretKeyRef to a key the Secret does not hold.
+    assert not {"FLEETGATE_JWT_SECRET", "FLEETGATE_JWT_PUBLIC_KEY_FILE"} & set(env)
+    assert "jwt-secret" not in json.dumps(docs)
+
+    both = env_of(container(documents(render(chart, {"jwt": {"secret": SECRET, "jwksUrl": JWKS_URL}}))))
+    assert both["FLEETGATE_JWT_JWKS_URL"]["value"] == JWKS_URL
+    assert "FLEETGATE_JWT_SECRET" in both
+    # The binary's default applies when the refresh is not set.
+    assert "FLEETGATE_JWT_JWKS_REFRESH_SECS" not in both
+
+
+@pytest.mark.parametrize(
+    "jwt",
+    [
+        {"jwksUrl": "http://keycloak.auth.svc:8080/realms/fleet/protocol/openid-connect/certs"},
+        {"jwksUrl": "id.example.com/certs"},
+        {"jwksUrl": JWKS_URL, "jwksRefreshSecs": 0},
+        {"jwksUrl": JWKS_URL, "jwksRefreshSecs": "often"},
+    ],
+    ids=["plain-http", "no-scheme", "refresh-zero", "refresh-text"],
+)
+def test_jwks_schema_rejects_mistakes(chart, jwt):
+    with pytest.raises(helm.HelmValuesError):
+        chart.validate_schema({"jwt": jwt})
+
+
+def test_jwks_refusals(chart):
+    assert "jwt.jwksUrl" in render_error(chart, {"demo": {"enabled": True}, "jwt": {"jwksUrl": JWKS_URL}})
+    assert "jwt.jwksUrl" in render_error(chart, {})
+    with pytest.raises(helm.HelmError):
+        render(chart, {"jwt": {"jwksUrl": JWKS_URL}, "extraEnv": [{"name": "FLEETGATE_JWT_JWKS_URL", "value": "x"}]})

@@ -168,15 +168,19 @@ impl Server {
     }
 
     pub fn start_with_args(envs: &[(&str, String)], args: &[&str]) -> Self {
-        Self::start_inner(envs, args, Stdio::inherit())
+        let server = Self::spawn(envs, args, Stdio::inherit());
+        server.wait_ready();
+        server
     }
 
     /// [`Server::start`] with the process's log (stderr) written to `log`.
     pub fn start_logged(envs: &[(&str, String)], log: &std::path::Path) -> Self {
-        Self::start_inner(envs, &[], std::fs::File::create(log).expect("log file").into())
+        let server = Self::spawn(envs, &[], std::fs::File::create(log).expect("log file").into());
+        server.wait_ready();
+        server
     }
 
-    fn start_inner(envs: &[(&str, String)], args: &[&str], stderr: Stdio) -> Self {
+    fn spawn(envs: &[(&str, String)], args: &[&str], stderr: Stdio) -> Self {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetgate"));
@@ -198,13 +202,28 @@ impl Server {
             }
         }
         let child = cmd.spawn().expect("spawn fleetgate");
-        let server = Self { addr, metrics_addr, child: Some(child) };
+        Self { addr, metrics_addr, child: Some(child) }
+    }
+
+    /// Starts a process without waiting for `/readyz`: for a server that
+    /// is not ready yet, by design. It answers `/healthz` on return.
+    pub fn start_unready(envs: &[(&str, String)]) -> Self {
+        let server = Self::spawn(envs, &[], Stdio::inherit());
         let deadline = Instant::now() + WAIT;
-        while http_get(addr, "/readyz").map(|(s, _)| s) != Some(200) {
-            assert!(Instant::now() < deadline, "fleetgate did not become ready");
+        while http_get(server.addr, "/healthz").map(|(s, _)| s) != Some(200) {
+            assert!(Instant::now() < deadline, "fleetgate did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
         server
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub fn wait_ready(&self) {
+        let deadline = Instant::now() + WAIT;
+        while http_get(self.addr, "/readyz").map(|(s, _)| s) != Some(200) {
+            assert!(Instant::now() < deadline, "fleetgate did not become ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn url(&self) -> String {

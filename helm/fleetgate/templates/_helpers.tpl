@@ -113,7 +113,7 @@ clientIpHeader: FLEETGATE_CLIENT_IP_HEADER
 
 {{- define "fleetgate.managedEnvNames" -}}
 {{- $names := values (include "fleetgate.configEnvNames" . | fromYaml) }}
-{{- $names = concat $names (list "FLEETGATE_ADDR" "FLEETGATE_METRICS_ADDR" "FLEETGATE_CORS_ORIGINS" "FLEETGATE_REDIS_URL" "FLEETGATE_JWT_SECRET" "FLEETGATE_JWT_SECRETS" "FLEETGATE_JWT_KEYS_DIR" "FLEETGATE_JWT_PUBLIC_KEY_FILE" "FLEETGATE_JWT_PRIVATE_KEY_FILE" "FLEETGATE_JWT_ISSUER" "FLEETGATE_JWT_AUDIENCE" "FLEETGATE_DEMO" "FLEETGATE_DEMO_VEHICLES") }}
+{{- $names = concat $names (list "FLEETGATE_ADDR" "FLEETGATE_METRICS_ADDR" "FLEETGATE_CORS_ORIGINS" "FLEETGATE_REDIS_URL" "FLEETGATE_JWT_SECRET" "FLEETGATE_JWT_SECRETS" "FLEETGATE_JWT_KEYS_DIR" "FLEETGATE_JWT_PUBLIC_KEY_FILE" "FLEETGATE_JWT_PRIVATE_KEY_FILE" "FLEETGATE_JWT_ISSUER" "FLEETGATE_JWT_AUDIENCE" "FLEETGATE_JWT_JWKS_URL" "FLEETGATE_JWT_JWKS_REFRESH_SECS" "FLEETGATE_DEMO" "FLEETGATE_DEMO_VEHICLES") }}
 {{- $names = concat $names (list "FLEETGATE_OSMAND_ADDR" "FLEETGATE_MQTT_URL" "FLEETGATE_MQTT_FLEETS" "FLEETGATE_MQTT_TLS_CA_FILE") }}
 {{- toJson $names }}
 {{- end }}
@@ -160,6 +160,9 @@ YAML or JSON, and large ones would otherwise print as 6.048e+08.
 {{- if $rotation }}
 {{- fail "demo.enabled cannot be combined with jwt.rotatingSecrets or jwt.keysDir: the demo token endpoint mints for anyone and must never sign with real keys (fleetgate refuses to start so)" }}
 {{- end }}
+{{- if .Values.jwt.jwksUrl }}
+{{- fail "demo.enabled mints tokens that a server trusting jwt.jwksUrl would accept alongside the provider's: run the demo without jwt.jwksUrl" }}
+{{- end }}
 {{- else if .Values.jwt.existingSecret }}
 {{- if and (include "fleetgate.jwtUsesKey" .) (not .Values.jwt.existingSecretKeys.publicKey) }}
 {{- fail (printf "jwt.algorithm %s with jwt.existingSecret needs jwt.existingSecretKeys.publicKey" .Values.jwt.algorithm) }}
@@ -175,8 +178,8 @@ YAML or JSON, and large ones would otherwise print as 6.048e+08.
 {{- fail (printf "jwt.secret is an HS256 secret but jwt.algorithm is %s: set one or the other" .Values.jwt.algorithm) }}
 {{- end }}
 {{- else }}
-{{- if not (or .Values.jwt.secret $rotation) }}
-{{- fail "fleetgate refuses to start without a token key: set jwt.secret (HS256), jwt.algorithm=RS256|ES256 with jwt.publicKey, jwt.existingSecret, jwt.rotatingSecrets.existingSecret, jwt.keysDir.existingSecret, or demo.enabled=true" }}
+{{- if not (or .Values.jwt.secret $rotation .Values.jwt.jwksUrl) }}
+{{- fail "fleetgate refuses to start without a token key: set jwt.secret (HS256), jwt.algorithm=RS256|ES256 with jwt.publicKey, jwt.existingSecret, jwt.rotatingSecrets.existingSecret, jwt.keysDir.existingSecret, jwt.jwksUrl (an identity provider's JWKS), or demo.enabled=true" }}
 {{- end }}
 {{- if or .Values.jwt.publicKey .Values.jwt.privateKey }}
 {{- fail "jwt.publicKey/jwt.privateKey are PEM keys for RS256/ES256: set jwt.algorithm accordingly" }}
