@@ -34,7 +34,7 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
 /// Builds a pub/sub client that reconnects with backoff and re-subscribes
 /// after a Redis restart. It is not connected yet: `init` it (the adapter's
 /// driver does so itself).
-pub fn subscriber_client(target: &RedisTarget) -> Result<SubscriberClient, fred::error::Error> {
+pub fn subscriber_client(target: &RedisTarget) -> Result<SubscriberClient, String> {
     let mut config = target.fred_config()?;
     // Under RESP2 a connection that has subscribed may not publish, and the
     // adapter does both on one client: every cross-replica emit would fail.
@@ -54,7 +54,8 @@ pub fn subscriber_client(target: &RedisTarget) -> Result<SubscriberClient, fred:
             c.connection_timeout = Duration::from_secs(5);
         })
         .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
-        .build_subscriber_client()?;
+        .build_subscriber_client()
+        .map_err(|e| e.to_string())?;
     resubscribe_on_reconnect(&client);
     Ok(client)
 }
@@ -114,12 +115,14 @@ pub struct Relay {
 impl Relay {
     /// Connects and starts forwarding other replicas' announcements (those
     /// not prefixed with `node_id`) to the returned receiver.
-    pub async fn start(
-        target: &RedisTarget,
-        node_id: String,
-    ) -> Result<(Self, mpsc::Receiver<Announcement>), fred::error::Error> {
+    pub async fn start(target: &RedisTarget, node_id: String) -> Result<(Self, mpsc::Receiver<Announcement>), String> {
         let client = subscriber_client(target)?;
-        client.init().await?;
+        // The first connection is the pub/sub side's start-up check: a
+        // certificate that does not verify fails here, and says so.
+        client
+            .init()
+            .await
+            .map_err(|e| crate::redis_tls::explain(target.tls.as_ref(), &target.describe(), &e.to_string()))?;
         let (tx, rx) = mpsc::channel(INBOX);
         let mut messages = client.message_rx();
         let own_prefix = format!("{node_id} ");
@@ -147,6 +150,11 @@ impl Relay {
             }
         });
         Ok((Self { client, watched: Mutex::new(HashMap::new()) }, rx))
+    }
+
+    /// The pub/sub client, to be made to follow a new primary.
+    pub fn client(&self) -> SubscriberClient {
+        self.client.clone()
     }
 
     /// Starts listening to a fleet's positions (counted: one call per watcher).
