@@ -196,21 +196,6 @@ impl PrimaryConnection {
         Self { inner, watch, replicas, read_scripts }
     }
 
-    fn is_write(&self, cmd: &Cmd) -> bool {
-        let mut args = cmd.args_iter().filter_map(|a| match a {
-            redis::Arg::Simple(bytes) => Some(bytes),
-            _ => None,
-        });
-        let Some(name) = args.next() else { return false };
-        let name = name.to_ascii_uppercase();
-        match name.as_slice() {
-            b"GET" | b"XREVRANGE" | b"XRANGE" | b"SMEMBERS" | b"PING" | b"SCRIPT" | b"WAIT" | b"ROLE" | b"INFO"
-            | b"HGET" | b"ZRANGE" | b"ZSCORE" => false,
-            b"EVALSHA" => args.next().is_none_or(|sha| !self.read_scripts.iter().any(|r| r.as_bytes() == sha)),
-            _ => true,
-        }
-    }
-
     /// Errors that say this is not (or no longer) the primary.
     fn note(&self, error: &RedisError) {
         let moved = error.kind() == ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
@@ -222,6 +207,22 @@ impl PrimaryConnection {
         if moved && let Some(watch) = &self.watch {
             watch.recheck();
         }
+    }
+}
+
+/// Whether `cmd` may write (and so must wait for replicas): everything but
+/// the reads the store makes and the scripts it knows only read.
+fn is_write(cmd: &Cmd, read_scripts: &[String]) -> bool {
+    let mut args = cmd.args_iter().filter_map(|a| match a {
+        redis::Arg::Simple(bytes) => Some(bytes),
+        _ => None,
+    });
+    let Some(name) = args.next() else { return false };
+    match name.to_ascii_uppercase().as_slice() {
+        b"GET" | b"XREVRANGE" | b"XRANGE" | b"SMEMBERS" | b"PING" | b"SCRIPT" | b"WAIT" | b"ROLE" | b"INFO"
+        | b"HGET" | b"ZRANGE" | b"ZSCORE" => false,
+        b"EVALSHA" => args.next().is_none_or(|sha| !read_scripts.iter().any(|r| r.as_bytes() == sha)),
+        _ => true,
     }
 }
 
@@ -237,7 +238,7 @@ fn not_replicated(got: i64, wanted: u32) -> RedisError {
 impl ConnectionLike for PrimaryConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
-            let result = if self.replicas > 0 && self.is_write(cmd) {
+            let result = if self.replicas > 0 && is_write(cmd, &self.read_scripts) {
                 let mut pipe = Pipeline::new();
                 pipe.add_command(cmd.clone());
                 pipe.cmd("WAIT").arg(self.replicas).arg(WAIT_MS);
@@ -292,5 +293,27 @@ impl ConnectionLike for PrimaryConnection {
 
     fn get_db(&self) -> i64 {
         self.inner.get_db()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_write;
+
+    #[test]
+    fn writes_wait_for_replicas_and_reads_do_not() {
+        let reads = ["abc123".to_owned()];
+        let mut set = redis::cmd("SET");
+        set.arg("fg:session:x").arg("{}");
+        assert!(is_write(&set, &reads));
+        let mut script = redis::cmd("EVALSHA");
+        script.arg("def456").arg(1).arg("k");
+        assert!(is_write(&script, &reads), "an unknown script may write");
+        let mut read_script = redis::cmd("EVALSHA");
+        read_script.arg("abc123").arg(1).arg("k");
+        assert!(!is_write(&read_script, &reads));
+        for read in ["GET", "PING", "SMEMBERS", "XREVRANGE", "SCRIPT"] {
+            assert!(!is_write(&redis::cmd(read), &reads), "{read}");
+        }
     }
 }

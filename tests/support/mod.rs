@@ -394,12 +394,18 @@ impl SentinelRedis {
         // Built first so that whatever started is killed if a step fails.
         let mut redis = Self { primary, replica, sentinels: Vec::new(), tls, children: Vec::new(), dir };
         let (tls, dir) = (redis.tls.clone(), redis.dir.clone());
-        let tls_replication: &[&str] = if tls.is_some() { &["--tls-replication", "yes"] } else { &[] };
-        redis.children.push(redis_server_on(primary, tls.as_ref(), tls_replication));
+        // Diskless full syncs start at once (the default waits 5 s), so the
+        // demoted primary is a replica again soon after the failover.
+        let mut replication = vec!["--repl-diskless-sync-delay", "0"];
+        if tls.is_some() {
+            replication.extend(["--tls-replication", "yes"]);
+        }
+        let replication = replication.as_slice();
+        redis.children.push(redis_server_on(primary, tls.as_ref(), replication));
         let mut replica_args = vec!["--replicaof", "127.0.0.1"];
         let primary_port = primary.to_string();
         replica_args.push(&primary_port);
-        replica_args.extend(tls_replication);
+        replica_args.extend(replication);
         redis.children.push(redis_server_on(replica, tls.as_ref(), &replica_args));
         for i in 0..2 {
             let port = free_port();
