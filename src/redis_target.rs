@@ -169,6 +169,9 @@ impl RedisTarget {
         };
         let wait_replicas =
             config.redis_wait_replicas.unwrap_or(if matches!(mode, RedisMode::Sentinel(_)) { 1 } else { 0 });
+        if wait_replicas > 0 && matches!(mode, RedisMode::Cluster { .. }) {
+            return Err("FLEETGATE_REDIS_WAIT_REPLICAS is for one Redis or Sentinel mode, not a Redis Cluster".into());
+        }
         Ok(Some(Self { mode, tls, wait_replicas }))
     }
 
