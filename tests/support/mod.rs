@@ -23,8 +23,16 @@ use tokio_tungstenite::tungstenite::Message;
 pub const SECRET: &str = "integration-test-secret";
 const WAIT: Duration = Duration::from_secs(10);
 
+/// A port free now and not handed out before in this process: tests run
+/// side by side, and the kernel may hand the same free port to two of them.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    static GIVEN: Mutex<std::collections::BTreeSet<u16>> = Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port");
+        if GIVEN.lock().unwrap().insert(port) {
+            return port;
+        }
+    }
 }
 
 pub fn now_ms() -> i64 {
@@ -75,15 +83,22 @@ fn redis_process(conf: Option<&str>, port: u16, tls: Option<&TlsServer>, extra: 
         .expect("redis-server must be installed (the test script installs it)");
     let deadline = Instant::now() + WAIT;
     loop {
-        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-            // A TLS port is ready once it accepts; a plain one answers PING.
-            if tls.is_some() {
+        // Ready once it answers, and it must be this process that does:
+        // another test's server that took the port first would share its data.
+        let tls_args: Vec<String> = tls.map(|t| t.certs.cli_args()).unwrap_or_default();
+        let info = Command::new("redis-cli")
+            .args(&tls_args)
+            .args(["-p", &port.to_string(), "info", "server"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        if let Some(pid) = info.lines().find_map(|l| l.trim().strip_prefix("process_id:")) {
+            if pid.parse::<u32>().ok() == Some(child.id()) {
                 break;
             }
-            let mut buf = [0u8; 7];
-            if s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n" {
-                break;
-            }
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("another redis-server answers on port {port}");
         }
         if Instant::now() > deadline {
             let _ = child.kill();
@@ -400,12 +415,22 @@ impl SentinelRedis {
         if tls.is_some() {
             replication.extend(["--tls-replication", "yes"]);
         }
-        let replication = replication.as_slice();
-        redis.children.push(redis_server_on(primary, tls.as_ref(), replication));
-        let mut replica_args = vec!["--replicaof", "127.0.0.1"];
+        // A full sync leaves dump.rdb in the server's directory, which any
+        // later redis-server started there would load: keep it in ours.
+        let node_dirs: Vec<String> = ["primary", "replica"]
+            .iter()
+            .map(|name| {
+                let d = dir.join(name);
+                std::fs::create_dir_all(&d).expect("node directory");
+                d.to_string_lossy().into_owned()
+            })
+            .collect();
+        let mut primary_args = vec!["--dir", &node_dirs[0]];
+        primary_args.extend(&replication);
+        redis.children.push(redis_server_on(primary, tls.as_ref(), &primary_args));
         let primary_port = primary.to_string();
-        replica_args.push(&primary_port);
-        replica_args.extend(replication);
+        let mut replica_args = vec!["--dir", &node_dirs[1], "--replicaof", "127.0.0.1", &primary_port];
+        replica_args.extend(&replication);
         redis.children.push(redis_server_on(replica, tls.as_ref(), &replica_args));
         for i in 0..2 {
             let port = free_port();
