@@ -78,6 +78,48 @@ pub struct Config {
     #[arg(long, env = "FLEETGATE_REDIS_POOL_SIZE", default_value_t = 4, global = true)]
     pub redis_pool_size: usize,
 
+    /// PEM CA certificate(s) that Redis's TLS certificate must chain to
+    /// (`rediss://` targets); unset: the system roots.
+    #[arg(long, env = "FLEETGATE_REDIS_TLS_CA_FILE", global = true)]
+    pub redis_tls_ca_file: Option<PathBuf>,
+
+    /// PEM client certificate for mutual TLS to Redis (with FLEETGATE_REDIS_TLS_KEY_FILE).
+    #[arg(long, env = "FLEETGATE_REDIS_TLS_CERT_FILE", global = true)]
+    pub redis_tls_cert_file: Option<PathBuf>,
+
+    /// PEM private key of FLEETGATE_REDIS_TLS_CERT_FILE.
+    #[arg(long, env = "FLEETGATE_REDIS_TLS_KEY_FILE", global = true)]
+    pub redis_tls_key_file: Option<PathBuf>,
+
+    /// Redis Sentinels instead of the URL: `host:port,…` (or
+    /// `rediss://host:port,…` for TLS); needs FLEETGATE_REDIS_SENTINEL_MASTER.
+    #[arg(long, env = "FLEETGATE_REDIS_SENTINELS", value_delimiter = ',', hide_env_values = true, global = true)]
+    pub redis_sentinels: Vec<String>,
+
+    /// The master (set) name the Sentinels watch, e.g. `mymaster`.
+    #[arg(long, env = "FLEETGATE_REDIS_SENTINEL_MASTER", global = true)]
+    pub redis_sentinel_master: Option<String>,
+
+    /// Password of the Sentinels themselves (`requirepass` of sentinel.conf).
+    #[arg(long, env = "FLEETGATE_REDIS_SENTINEL_PASSWORD", hide_env_values = true, global = true)]
+    pub redis_sentinel_password: Option<String>,
+
+    /// Password of the Redis primary found through Sentinel (in the other
+    /// modes it goes in the URL).
+    #[arg(long, env = "FLEETGATE_REDIS_PASSWORD", hide_env_values = true, global = true)]
+    pub redis_password: Option<String>,
+
+    /// ACL user of the Redis primary found through Sentinel (default: `default`).
+    #[arg(long, env = "FLEETGATE_REDIS_USERNAME", global = true)]
+    pub redis_username: Option<String>,
+
+    /// Replicas that must have a write before it is acknowledged (Redis
+    /// `WAIT`), so a failover cannot lose it. Default: 1 with Sentinel,
+    /// 0 otherwise; at most 16.
+    #[arg(long, env = "FLEETGATE_REDIS_WAIT_REPLICAS", global = true,
+          value_parser = clap::value_parser!(u32).range(0..=16))]
+    pub redis_wait_replicas: Option<u32>,
+
     /// HS256 shared secret, without a key id (taken whole, commas included).
     #[arg(long, env = "FLEETGATE_JWT_SECRET", hide_env_values = true, global = true)]
     pub jwt_secret: Option<String>,

@@ -19,7 +19,7 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
 /// Builds a pub/sub client that reconnects with backoff and re-subscribes
 /// after a Redis restart. It is not connected yet: `init` it (the adapter's
 /// driver does so itself).
-pub fn subscriber_client(target: &RedisTarget) -> Result<SubscriberClient, fred::error::Error> {
+pub fn subscriber_client(target: &RedisTarget) -> Result<SubscriberClient, String> {
     let mut config = target.fred_config()?;
     // Under RESP2 a connection that has subscribed may not publish, and the
     // adapter does both on one client: every cross-replica emit would fail.
@@ -39,7 +39,8 @@ pub fn subscriber_client(target: &RedisTarget) -> Result<SubscriberClient, fred:
             c.connection_timeout = Duration::from_secs(5);
         })
         .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
-        .build_subscriber_client()?;
+        .build_subscriber_client()
+        .map_err(|e| e.to_string())?;
     resubscribe_on_reconnect(&client);
     Ok(client)
 }

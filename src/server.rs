@@ -23,9 +23,10 @@ use crate::{
     gateway::{self, Gateway},
     http::{self, HttpState},
     ids,
-    redis_target::RedisTarget,
+    redis_target::{RedisMode, RedisTarget},
     relay,
     replication::{self, Announcement, Relay},
+    sentinel::PrimaryWatch,
     store::{Retention, Store, memory::MemoryStore, redis::RedisStore},
 };
 
@@ -52,6 +53,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let metrics = crate::metrics::install().map_err(ServeError::Metrics)?;
     let upkeep = metrics.spawn_upkeep();
     let keys = Keys::from_config(&config)?;
+    crate::redis_tls::install_crypto_provider();
     let target = RedisTarget::from_config(&config).map_err(ServeError::Config)?;
     let remote = RemoteKeys::from_config(&config, &keys)?;
     // Fetches at once; until the first fetch succeeds /readyz answers 503.
@@ -76,13 +78,27 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         }
         Some(target) => {
             let node_id = ids::new_session_id();
-            let store: Arc<dyn Store> = Arc::new(
-                RedisStore::new(&target, config.redis_pool_size, Retention::from_config(&config), node_id.clone())
-                    .map_err(ServeError::Redis)?,
-            );
-            let (relay, inbox) =
-                Relay::start(&target, node_id.clone()).await.map_err(|e| ServeError::Redis(e.to_string()))?;
-            let client = relay::subscriber_client(&target).map_err(|e| ServeError::Redis(e.to_string()))?;
+            let primary = match &target.mode {
+                RedisMode::Sentinel(sentinel) => {
+                    Some(PrimaryWatch::start(&target, sentinel).await.map_err(ServeError::Redis)?)
+                }
+                _ => None,
+            };
+            let redis_store = RedisStore::new(
+                &target,
+                config.redis_pool_size,
+                Retention::from_config(&config),
+                node_id.clone(),
+                primary.clone(),
+            )
+            .map_err(ServeError::Redis)?;
+            redis_store.preflight(&target).await.map_err(ServeError::Redis)?;
+            let store: Arc<dyn Store> = Arc::new(redis_store);
+            let (relay, inbox) = Relay::start(&target, node_id.clone()).await.map_err(ServeError::Redis)?;
+            let client = relay::subscriber_client(&target).map_err(ServeError::Redis)?;
+            if let Some(primary) = &primary {
+                primary.reconnect_on_change(vec![relay.client(), client.clone()]);
+            }
             let adapter =
                 RedisAdapterCtr::new_with_fred_config(client, RedisAdapterConfig::new().with_prefix("fg-sio"))
                     .await
@@ -90,10 +106,18 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             let (layer, io) = socketio_builder(&config).with_adapter::<FredAdapter<_>>(adapter).build_layer();
             let gateway = Arc::new(Gateway::new(config.clone(), auth, store, io.clone(), Some(relay), node_id));
             gateway::register(&io, gateway.clone()).await.map_err(|e| ServeError::Redis(e.to_string()))?;
-            if target.is_cluster() {
-                tracing::info!("replica mode: state and rooms shared through a redis cluster (sharded pub/sub)");
-            } else {
-                tracing::info!("replica mode: state and rooms shared through redis");
+            let tls = target.tls.is_some();
+            match &target.mode {
+                RedisMode::Cluster { .. } => {
+                    tracing::info!(
+                        tls,
+                        "replica mode: state and rooms shared through a redis cluster (sharded pub/sub)"
+                    )
+                }
+                RedisMode::Sentinel(s) => {
+                    tracing::info!(tls, master = %s.master, "replica mode: state and rooms shared through redis (sentinel)")
+                }
+                RedisMode::Single { .. } => tracing::info!(tls, "replica mode: state and rooms shared through redis"),
             }
             run(config.clone(), gateway, io, layer, Some(inbox), stop_tx, &metrics).await
         }

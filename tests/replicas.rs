@@ -1,21 +1,23 @@
 //! Two replicas sharing one private Redis, and again sharing a private
-//! three-primary Redis Cluster: positions, sessions and ordering hold
-//! across them in both modes.
+//! three-primary Redis Cluster, each in plain text and TLS only (a TLS
+//! Redis also with client certificates required): positions, sessions
+//! and ordering hold across them in every mode.
 
 mod support;
 
 use std::time::Duration;
 
 use serde_json::json;
-use support::{Client, Redis, RedisCluster, Server, SharedRedis, now_ms, token_for};
+use support::{Client, Redis, RedisCluster, Server, SharedRedis, TlsRedis, now_ms, token_for};
 
 fn pair(redis: &impl SharedRedis) -> (Server, Server) {
-    let env = [redis.env()];
+    let env = redis.envs();
     (Server::start(&env), Server::start(&env))
 }
 
-/// Each scenario runs twice: `<scenario>::one_redis` and
-/// `<scenario>::redis_cluster`.
+/// Each scenario runs in every mode: `<scenario>::one_redis`,
+/// `::one_redis_tls`, `::one_redis_mutual_tls`, `::redis_cluster` and
+/// `::redis_cluster_tls`.
 macro_rules! in_both_modes {
     ($($scenario:ident),* $(,)?) => {$(
         mod $scenario {
@@ -27,6 +29,21 @@ macro_rules! in_both_modes {
             #[tokio::test]
             async fn redis_cluster() {
                 super::$scenario(&super::RedisCluster::start()).await;
+            }
+
+            #[tokio::test]
+            async fn one_redis_tls() {
+                super::$scenario(&super::TlsRedis::start(false)).await;
+            }
+
+            #[tokio::test]
+            async fn one_redis_mutual_tls() {
+                super::$scenario(&super::TlsRedis::start(true)).await;
+            }
+
+            #[tokio::test]
+            async fn redis_cluster_tls() {
+                super::$scenario(&super::RedisCluster::start_tls()).await;
             }
         }
     )*};

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use fleetgate::{
     position::Position,
-    redis_target::RedisTarget,
+    redis_target::{RedisMode, RedisTarget},
     replication::wire::{Message, position_channel},
     store::{PositionWrite, PutOutcome, Retention, Scope, Store, StoreError, memory::MemoryStore, redis::RedisStore},
 };
@@ -135,7 +135,7 @@ async fn next_message(sub: &mut Subscriber) -> Vec<u8> {
 #[tokio::test]
 async fn redis_answers_each_update_of_a_batch_and_announces_the_stored_ones_together() {
     let redis = support::Redis::start();
-    let store = RedisStore::new(&RedisTarget::Single { url: redis.url() }, 2, retention(), NODE.into()).unwrap();
+    let store = RedisStore::new(&single(redis.url()), 2, retention(), NODE.into(), None).unwrap();
     let mut subscriber = subscribe(redis.port).await;
     batch_outcomes(&store).await;
 
@@ -157,7 +157,7 @@ async fn redis_answers_each_update_of_a_batch_and_announces_the_stored_ones_toge
 #[tokio::test]
 async fn an_update_whose_fence_passed_while_it_queued_is_refused_and_never_stored() {
     let redis = support::Redis::start();
-    let store = RedisStore::new(&RedisTarget::Single { url: redis.url() }, 1, retention(), NODE.into()).unwrap();
+    let store = RedisStore::new(&single(redis.url()), 1, retention(), NODE.into(), None).unwrap();
     let (late, late_encoded) = position("late", 10);
     let (fresh, fresh_encoded) = position("fresh", 10);
     let writes = [
@@ -172,4 +172,9 @@ async fn an_update_whose_fence_passed_while_it_queued_is_refused_and_never_store
     let stored = store.positions(FLEET, Scope::Vehicles(&ids)).await.unwrap();
     assert_eq!(stored.len(), 1);
     assert!(stored[0].contains("\"fresh\""), "{stored:?}");
+}
+
+/// One plain Redis, as `FLEETGATE_REDIS_URL` names it.
+fn single(url: String) -> RedisTarget {
+    RedisTarget { mode: RedisMode::Single { url }, tls: None, wait_replicas: 0 }
 }

@@ -54,9 +54,14 @@ impl Relay {
     pub async fn start(
         target: &RedisTarget,
         node_id: String,
-    ) -> Result<(Self, mpsc::Receiver<Announcement>), fred::error::Error> {
+    ) -> Result<(Self, mpsc::Receiver<Announcement>), String> {
         let client = crate::relay::subscriber_client(target)?;
-        client.init().await?;
+        // The first connection is the pub/sub side's start-up check: a
+        // certificate that does not verify fails here, and says so.
+        client
+            .init()
+            .await
+            .map_err(|e| crate::redis_tls::explain(target.tls.as_ref(), &target.describe(), &e.to_string()))?;
         let (tx, rx) = mpsc::channel(INBOX);
         let mut messages = client.message_rx();
         tokio::spawn(async move {
@@ -83,6 +88,11 @@ impl Relay {
             }
         });
         Ok((Self { client, watched: Mutex::new(HashMap::new()) }, rx))
+    }
+
+    /// The pub/sub client, to be made to follow a new primary.
+    pub fn client(&self) -> SubscriberClient {
+        self.client.clone()
     }
 
     /// Starts listening to a fleet's positions (counted: one call per watcher).

@@ -19,17 +19,17 @@
 //! - `fg:presence:fleets`: set of fleets that have had presence, for the sweep
 //! - `fg:session:<id>`: the session JSON, TTL until it expires
 //!
-//! The same store runs on one Redis or on a Redis Cluster (`Conn`): every
-//! script's keys share their fleet's slot, and the one multi-key pipeline
-//! (presence refresh) is split per fleet on a cluster.
-//!
-//! (Splitting this file by concern — scripts as `.lua` files, key names,
-//! connections and fencing, the `Store` impl — waits for the TLS/Sentinel
-//! work on its connection code to land.)
+//! The same store runs on one Redis, on a Redis Cluster, or on the primary
+//! Sentinel names (`Conn`): every script's keys share their fleet's slot,
+//! and the one multi-key pipeline (presence refresh) is split per fleet on
+//! a cluster.
 
 use std::{future::Future, time::Duration};
 
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{
+    Arc, RwLock,
+    atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering},
+};
 
 use async_trait::async_trait;
 use redis::{
@@ -43,8 +43,10 @@ use redis::{
 use super::{ChatMessage, Offline, PositionWrite, PutOutcome, Retention, Scope, Store, StoreError};
 use crate::{
     ids::now_ms,
-    redis_target::{RedisTarget, SeedNode},
+    redis_target::{RedisMode, RedisTarget},
+    redis_tls::RedisTls,
     replication::wire::position_channel,
+    sentinel::{PrimaryConnection, PrimaryWatch},
     session::Session,
 };
 
@@ -235,12 +237,15 @@ fn session_key(id: &str) -> String {
     format!("fg:session:{id}")
 }
 
-/// A command connection: to one Redis, or to a cluster (which routes each
-/// command by its key's slot and follows the topology by itself).
+/// A command connection: to one Redis, to a cluster (which routes each
+/// command by its key's slot and follows the topology by itself), or to
+/// a primary whose writes wait for replicas (Sentinel mode, or
+/// `FLEETGATE_REDIS_WAIT_REPLICAS`).
 #[derive(Clone)]
 enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+    Primary(PrimaryConnection),
 }
 
 impl ConnectionLike for Conn {
@@ -248,6 +253,7 @@ impl ConnectionLike for Conn {
         match self {
             Self::Single(c) => c.req_packed_command(cmd),
             Self::Cluster(c) => c.req_packed_command(cmd),
+            Self::Primary(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -260,6 +266,7 @@ impl ConnectionLike for Conn {
         match self {
             Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
             Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Primary(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
 
@@ -267,12 +274,14 @@ impl ConnectionLike for Conn {
         match self {
             Self::Single(c) => c.get_db(),
             Self::Cluster(c) => c.get_db(),
+            Self::Primary(c) => c.get_db(),
         }
     }
 }
 
 pub struct RedisStore {
-    connections: Vec<Conn>,
+    /// Replaced whole when Sentinel names a new primary.
+    connections: Arc<RwLock<Vec<Conn>>>,
     /// A pipeline may only carry keys of one slot on a cluster.
     cluster: bool,
     next: AtomicUsize,
@@ -296,19 +305,66 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    pub fn new(target: &RedisTarget, pool_size: usize, retention: Retention, node_id: String) -> Result<Self, String> {
+    /// Connections for `target`; in Sentinel mode, to the primary `primary`
+    /// names, rebuilt each time it names another.
+    pub fn new(
+        target: &RedisTarget,
+        pool_size: usize,
+        retention: Retention,
+        node_id: String,
+        primary: Option<Arc<PrimaryWatch>>,
+    ) -> Result<Self, String> {
         for op in OPS {
             metrics::counter!("fleetgate_redis_errors_total", "op" => op).increment(0);
         }
-        let connections = match target {
-            RedisTarget::Single { url } => single_connections(url, pool_size)?,
-            RedisTarget::Cluster { nodes, username, password } => cluster_connections(
-                nodes.iter().map(SeedNode::url).collect(),
+        let positions = Script::new(POSITIONS);
+        let read_scripts: Arc<[String]> = Arc::from([positions.get_hash().to_owned()]);
+        let wait_replicas = target.wait_replicas;
+        let waited = move |client: redis::Client, watch: Option<Arc<PrimaryWatch>>| {
+            let managers = single_managers(client, pool_size)?;
+            Ok::<_, String>(if wait_replicas == 0 && watch.is_none() {
+                managers.into_iter().map(Conn::Single).collect::<Vec<_>>()
+            } else {
+                managers
+                    .into_iter()
+                    .map(|m| {
+                        Conn::Primary(PrimaryConnection::new(m, watch.clone(), wait_replicas, read_scripts.clone()))
+                    })
+                    .collect()
+            })
+        };
+        let connections = match (&target.mode, &primary) {
+            (RedisMode::Single { url }, _) => waited(single_client(url, target.tls.as_ref())?, None)?,
+            (RedisMode::Cluster { nodes, username, password }, _) => cluster_connections(
+                nodes.iter().map(|n| n.url(target.tls.is_some())).collect(),
+                target.tls.as_ref(),
                 username.as_deref(),
                 password.as_deref(),
                 pool_size,
             )?,
+            (RedisMode::Sentinel(_), Some(watch)) => waited(watch.current().client, Some(watch.clone()))?,
+            (RedisMode::Sentinel(_), None) => return Err("sentinel mode without its primary watch".into()),
         };
+        let connections = Arc::new(RwLock::new(connections));
+        if let Some(watch) = primary {
+            // A new primary: new connections; calls in flight on the old
+            // ones finish (or fail) there.
+            let (slots, mut changes) = (Arc::downgrade(&connections), watch.subscribe());
+            tokio::spawn(async move {
+                while changes.changed().await.is_ok() {
+                    let client = changes.borrow_and_update().client.clone();
+                    let Some(slots) = slots.upgrade() else { return };
+                    match waited(client, Some(watch.clone())) {
+                        Ok(fresh) => {
+                            if let Ok(mut current) = slots.write() {
+                                *current = fresh;
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "connecting to the new redis primary failed"),
+                    }
+                }
+            });
+        }
         Ok(Self {
             connections,
             cluster: target.is_cluster(),
@@ -316,7 +372,7 @@ impl RedisStore {
             put_positions: Script::new(PUT_POSITIONS),
             batches: AtomicU64::new(0),
             append_message: Script::new(APPEND_MESSAGE),
-            positions: Script::new(POSITIONS),
+            positions,
             vehicle_connected: Script::new(VEHICLE_CONNECTED),
             vehicle_disconnected: Script::new(VEHICLE_DISCONNECTED),
             sweep_presence: Script::new(SWEEP_PRESENCE),
@@ -341,20 +397,59 @@ impl RedisStore {
     /// costs nothing: a checked-out pool connection cost a PING round trip
     /// per call.
     async fn conn(&self) -> Result<Conn, StoreError> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.connections.len();
-        Ok(self.connections[i].clone())
+        let connections = self.connections.read().map_err(|_| StoreError::Corrupt("connection pool".into()))?;
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % connections.len().max(1);
+        connections.get(i).cloned().ok_or(StoreError::Timeout)
+    }
+
+    fn pool_len(&self) -> usize {
+        self.connections.read().map_or(1, |c| c.len())
+    }
+
+    /// Makes one round trip on each kind of connection before serving, so
+    /// that a TLS or authentication problem is a start-up error that says
+    /// what to fix, not a stream of `unavailable` answers.
+    pub async fn preflight(&self, target: &RedisTarget) -> Result<(), String> {
+        let mut conn = self.conn().await.map_err(|e| e.to_string())?;
+        let ping = async {
+            match &mut conn {
+                Conn::Cluster(c) => {
+                    let all = RoutingInfo::MultiNode((
+                        MultipleNodeRoutingInfo::AllMasters,
+                        Some(ResponsePolicy::AllSucceeded),
+                    ));
+                    c.route_command(redis::cmd("PING"), all).await.map(|_| ())
+                }
+                c => redis::cmd("PING").query_async::<()>(c).await,
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(5), ping).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(crate::redis_tls::explain(target.tls.as_ref(), &target.describe(), &format!("{e:?}"))),
+            Err(_) => Err(format!("Redis at {} did not answer within 5 s", target.describe())),
+        }
     }
 }
 
-/// Connections to one Redis.
-fn single_connections(url: &str, pool_size: usize) -> Result<Vec<Conn>, String> {
+/// A client of one Redis, with the target's TLS when `rediss://`.
+fn single_client(url: &str, tls: Option<&RedisTls>) -> Result<redis::Client, String> {
+    // Errors quoting the URL would quote its password.
+    let redacted = |e: redis::RedisError| format!("FLEETGATE_REDIS_URL ({}): {e}", crate::redis_target::redact(url));
     // RESP3, so that each connection hears of its own loss (a push from
     // the driver) and reconnects at once, rather than failing the next
     // call made on it after Redis is back. (The relay's pub/sub already
     // needs RESP3, so this asks nothing more of Redis.)
-    let info = url.into_connection_info().map_err(|e| e.to_string())?;
+    let info = url.into_connection_info().map_err(redacted)?;
     let settings = info.redis_settings().clone().set_protocol(redis::ProtocolVersion::RESP3);
-    let client = redis::Client::open(info.set_redis_settings(settings)).map_err(|e| e.to_string())?;
+    let info = info.set_redis_settings(settings);
+    match tls {
+        Some(tls) => redis::Client::build_with_tls(info, tls.redis_certificates()).map_err(redacted),
+        None => redis::Client::open(info).map_err(redacted),
+    }
+}
+
+/// Multiplexed connections to one Redis.
+fn single_managers(client: redis::Client, pool_size: usize) -> Result<Vec<ConnectionManager>, String> {
     // redis-rs gives up on a reply after 500 ms by default, which a busy
     // host can exceed; the 2 s bound of every store call governs instead.
     // Reconnection backs off briefly and gives up early: a call made
@@ -367,7 +462,7 @@ fn single_connections(url: &str, pool_size: usize) -> Result<Vec<Conn>, String> 
         .set_min_delay(Duration::from_millis(50))
         .set_max_delay(Duration::from_millis(500));
     (0..pool_size.max(1))
-        .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), config.clone()).map(Conn::Single))
+        .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), config.clone()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())
 }
@@ -379,6 +474,7 @@ fn single_connections(url: &str, pool_size: usize) -> Result<Vec<Conn>, String> 
 /// must reach Redis for the process to start.
 fn cluster_connections(
     seeds: Vec<String>,
+    tls: Option<&RedisTls>,
     username: Option<&str>,
     password: Option<&str>,
     pool_size: usize,
@@ -391,6 +487,9 @@ fn cluster_connections(
         .retries(3)
         .min_retry_wait(20)
         .max_retry_wait(400);
+    if let Some(tls) = tls {
+        builder = builder.tls(redis::TlsMode::Secure).certs(tls.redis_certificates());
+    }
     if let Some(user) = username {
         builder = builder.username(user);
     }
@@ -408,7 +507,7 @@ fn cluster_connections(
 
 /// The operations as the Redis metrics label them (those of [`RedisStore::bounded`]
 /// calls, and the relay's subscriptions).
-const OPS: [&str; 14] = [
+const OPS: [&str; 15] = [
     "put_position",
     "positions",
     "create_session",
@@ -423,6 +522,7 @@ const OPS: [&str; 14] = [
     "ping",
     "subscribe",
     "resubscribe",
+    "sentinel",
 ];
 
 impl RedisStore {
@@ -460,7 +560,7 @@ impl RedisStore {
         Fut: Future<Output = Result<T, StoreError>>,
     {
         let started = std::time::Instant::now();
-        let tries = self.connections.len() + 1;
+        let tries = self.pool_len() + 1;
         let attempts = async {
             let mut tried = 1;
             loop {
@@ -850,6 +950,7 @@ impl Store for RedisStore {
             let mut conn = self.conn().await?;
             match &mut conn {
                 Conn::Single(c) => redis::cmd("PING").query_async::<()>(c).await?,
+                Conn::Primary(c) => redis::cmd("PING").query_async::<()>(c).await?,
                 // Ready while any primary answers: with one shard down the
                 // fleets of the others are still served, and pulling every
                 // replica out of service would stop those too.

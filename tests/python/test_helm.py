@@ -100,6 +100,23 @@ SCENARIOS: dict[str, dict] = {
     "keys-dir-only": {
         "jwt": {"algorithm": "ES256", "keysDir": {"existingSecret": "fg-jwt-keys", "mountPath": "/keys"}},
     },
+    # The Bitnami Redis chart (release `redis`) in Sentinel mode.
+    "sentinel-bitnami": {
+        "jwt": {"secret": SECRET},
+        "redis": {
+            "sentinel": {"nodes": ["redis.redis:26379"], "masterSet": "mymaster", "existingSecret": "redis"},
+        },
+        "replicaCount": 3,
+    },
+    # A managed Redis over TLS with a private CA and a client certificate.
+    "redis-tls": {
+        "jwt": {"secret": SECRET},
+        "redis": {
+            "url": "rediss://fleetgate:redis-password-42@redis.example.com:6380",
+            "tls": {"existingSecret": "redis-ca", "caKey": "ca.crt", "certKey": "tls.crt", "keyKey": "tls.key"},
+        },
+        "replicaCount": 2,
+    },
     "websocket-only-ingress": {
         "jwt": {"secret": SECRET},
         "redis": {"url": REDIS_URL},
@@ -542,6 +559,34 @@ def test_redis_cluster(rendered):
     assert "FLEETGATE_REDIS_URL" not in env
 
 
+def test_redis_sentinel_paired_with_bitnami(rendered):
+    env = env_of(container(rendered["sentinel-bitnami"]))
+    assert env["FLEETGATE_REDIS_SENTINELS"]["value"] == "redis.redis:26379"
+    assert env["FLEETGATE_REDIS_SENTINEL_MASTER"]["value"] == "mymaster"
+    password = {"name": "redis", "key": "redis-password"}
+    assert env["FLEETGATE_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == password
+    assert env["FLEETGATE_REDIS_SENTINEL_PASSWORD"]["valueFrom"]["secretKeyRef"] == password
+    assert "FLEETGATE_REDIS_URL" not in env and "FLEETGATE_REDIS_CLUSTER_NODES" not in env
+
+
+def test_redis_tls_secret_is_mounted_and_pointed_at(rendered):
+    docs = rendered["redis-tls"]
+    c = container(docs)
+    env = env_of(c)
+    assert env["FLEETGATE_REDIS_TLS_CA_FILE"]["value"] == "/etc/fleetgate/redis-tls/ca.crt"
+    assert env["FLEETGATE_REDIS_TLS_CERT_FILE"]["value"] == "/etc/fleetgate/redis-tls/tls.crt"
+    assert env["FLEETGATE_REDIS_TLS_KEY_FILE"]["value"] == "/etc/fleetgate/redis-tls/tls.key"
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "redis-tls")
+    assert mount == {"name": "redis-tls", "mountPath": "/etc/fleetgate/redis-tls", "readOnly": True}
+    volumes = one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    volume = next(v for v in volumes if v["name"] == "redis-tls")
+    assert volume["secret"]["secretName"] == "redis-ca"
+    assert [i["path"] for i in volume["secret"]["items"]] == ["ca.crt", "tls.crt", "tls.key"]
+    # Without the Secret (system roots), nothing is mounted or set.
+    env = env_of(container(rendered["scaled"]))
+    assert not any(name.startswith("FLEETGATE_REDIS_TLS_") for name in env)
+
+
 def test_public_key_without_private_key_mounts_only_the_public_key(chart):
     docs = documents(render(chart, {"jwt": {"algorithm": "ES256", "publicKey": PUBLIC_PEM}}))
     volume, _ = jwt_volume(docs)
@@ -618,6 +663,8 @@ def test_replicas_without_redis_are_refused(chart, values):
         ({"demo": {"enabled": True}, "replicaCount": 2, "redis": {"url": REDIS_URL}}, "demo"),
         ({"jwt": {"secret": SECRET}, "httpRoute": {"enabled": True}}, "parentRefs"),
         ({"jwt": {"secret": SECRET}, "redis": {"url": REDIS_URL, "clusterNodes": CLUSTER_NODES}}, "not both"),
+        ({"jwt": {"secret": SECRET}, "redis": {"url": REDIS_URL, "sentinel": {"nodes": ["s:26379"]}}}, "not both"),
+        ({"jwt": {"secret": SECRET}, "redis": {"url": "rediss://r:6380", "tls": {"existingSecret": "ca", "certKey": "c"}}}, "mutual TLS"),
     ],
     ids=[
         "no-key",
@@ -630,6 +677,8 @@ def test_replicas_without_redis_are_refused(chart, values):
         "demo-replicas",
         "route-no-parent",
         "url-and-cluster",
+        "url-and-sentinel",
+        "cert-without-key",
     ],
 )
 def test_unusable_configurations_are_refused(chart, values, expected):

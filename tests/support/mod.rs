@@ -1,5 +1,6 @@
 //! Test harness: real `fleetgate` processes on free ports, a private
-//! `redis-server` (or Redis Cluster) per test, tokens, and a small Socket.IO v5 client over a
+//! `redis-server` (or Redis Cluster, or primary + replica + Sentinels;
+//! each optionally TLS-only with certificates made by `openssl`) per test, tokens, and a small Socket.IO v5 client over a
 //! raw websocket (the frames are the contract's, written out by hand so a
 //! test sees exactly what a client sees).
 
@@ -22,8 +23,16 @@ use tokio_tungstenite::tungstenite::Message;
 pub const SECRET: &str = "integration-test-secret";
 const WAIT: Duration = Duration::from_secs(10);
 
+/// A port free now and not handed out before in this process: tests run
+/// side by side, and the kernel may hand the same free port to two of them.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    static GIVEN: Mutex<std::collections::BTreeSet<u16>> = Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port");
+        if GIVEN.lock().unwrap().insert(port) {
+            return port;
+        }
+    }
 }
 
 pub fn now_ms() -> i64 {
@@ -34,6 +43,11 @@ pub fn now_ms() -> i64 {
 /// that points a replica at it.
 pub trait SharedRedis {
     fn env(&self) -> (&'static str, String);
+
+    /// Every setting a replica needs (the address, plus TLS files).
+    fn envs(&self) -> Vec<(&'static str, String)> {
+        vec![self.env()]
+    }
 }
 
 /// A private redis-server, killed on drop.
@@ -43,24 +57,214 @@ pub struct Redis {
 }
 
 fn redis_server(port: u16, extra: &[&str]) -> Child {
-    let child = Command::new(std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into()))
-        .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
+    redis_server_on(port, None, extra)
+}
+
+/// A redis-server on `port`, plain text, or TLS only when `tls` is given
+/// (then `port` is its TLS port and it has no plain-text port).
+fn redis_server_on(port: u16, tls: Option<&TlsServer>, extra: &[&str]) -> Child {
+    redis_process(None, port, tls, extra)
+}
+
+/// [`redis_server_on`] with a configuration file (which must come first,
+/// as Sentinel's does).
+fn redis_process(conf: Option<&str>, port: u16, tls: Option<&TlsServer>, extra: &[&str]) -> Child {
+    let mut cmd = Command::new(std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into()));
+    cmd.args(conf);
+    match tls {
+        None => cmd.args(["--port", &port.to_string()]),
+        Some(tls) => cmd.args(["--port", "0", "--tls-port", &port.to_string()]).args(tls.args()),
+    };
+    let mut child = cmd
+        .args(["--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
         .args(extra)
         .stdout(Stdio::null())
         .spawn()
         .expect("redis-server must be installed (the test script installs it)");
     let deadline = Instant::now() + WAIT;
     loop {
-        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-            let mut buf = [0u8; 7];
-            if s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n" {
+        // Ready once it answers, and it must be this process that does:
+        // another test's server that took the port first would share its data.
+        let tls_args: Vec<String> = tls.map(|t| t.certs.cli_args()).unwrap_or_default();
+        let info = Command::new("redis-cli")
+            .args(&tls_args)
+            .args(["-p", &port.to_string(), "info", "server"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        if let Some(pid) = info.lines().find_map(|l| l.trim().strip_prefix("process_id:")) {
+            if pid.parse::<u32>().ok() == Some(child.id()) {
                 break;
             }
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("another redis-server answers on port {port}");
         }
-        assert!(Instant::now() < deadline, "redis-server did not start");
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("redis-server did not start");
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
     child
+}
+
+/// A test CA, a server certificate for 127.0.0.1/localhost and a client
+/// certificate it signed, made with `openssl` in a temporary directory
+/// (removed on drop).
+pub struct Certs {
+    pub dir: std::path::PathBuf,
+}
+
+impl Certs {
+    pub fn generate() -> Arc<Self> {
+        let dir = std::env::temp_dir().join(format!("fleetgate-certs-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&dir).expect("certificate directory");
+        let certs = Self { dir };
+        certs.ca("ca");
+        // A second CA that signed nothing here: trusting it must fail.
+        certs.ca("other-ca");
+        certs.leaf("server", "subjectAltName=IP:127.0.0.1,DNS:localhost");
+        certs.leaf("client", "subjectAltName=DNS:fleetgate-client");
+        Arc::new(certs)
+    }
+
+    pub fn path(&self, name: &str) -> String {
+        self.dir.join(name).to_string_lossy().into_owned()
+    }
+
+    fn openssl(&self, args: &[&str]) {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(&self.dir)
+            .output()
+            .expect("openssl must be installed (the test script installs it)");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    fn ca(&self, name: &str) {
+        let (key, crt) = (format!("{name}.key"), format!("{name}.crt"));
+        self.openssl(&["genrsa", "-out", &key, "2048"]);
+        let subject = format!("/CN=fleetgate test {name}");
+        self.openssl(&["req", "-x509", "-new", "-key", &key, "-sha256", "-days", "2", "-subj", &subject, "-out", &crt]);
+    }
+
+    fn leaf(&self, name: &str, san: &str) {
+        let (key, csr, crt, ext) =
+            (format!("{name}.key"), format!("{name}.csr"), format!("{name}.crt"), format!("{name}.ext"));
+        self.openssl(&["genrsa", "-out", &key, "2048"]);
+        self.openssl(&["req", "-new", "-key", &key, "-subj", &format!("/CN={name}"), "-out", &csr]);
+        std::fs::write(self.dir.join(&ext), format!("{san}\nbasicConstraints=CA:FALSE\n")).expect("extensions file");
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-sha256",
+            "-extfile",
+            &ext,
+            "-out",
+            &crt,
+        ]);
+    }
+
+    /// The settings that make a replica trust the test CA (and, with
+    /// `client_cert`, present the client certificate).
+    pub fn envs(&self, client_cert: bool) -> Vec<(&'static str, String)> {
+        let mut envs = vec![("FLEETGATE_REDIS_TLS_CA_FILE", self.path("ca.crt"))];
+        if client_cert {
+            envs.push(("FLEETGATE_REDIS_TLS_CERT_FILE", self.path("client.crt")));
+            envs.push(("FLEETGATE_REDIS_TLS_KEY_FILE", self.path("client.key")));
+        }
+        envs
+    }
+
+    /// `redis-cli` flags to reach a TLS server of these certificates.
+    pub fn cli_args(&self) -> Vec<String> {
+        [
+            "--tls",
+            "--cacert",
+            &self.path("ca.crt"),
+            "--cert",
+            &self.path("client.crt"),
+            "--key",
+            &self.path("client.key"),
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+}
+
+impl Drop for Certs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// How a TLS-only redis-server is set up: its certificates, and whether
+/// clients must present one.
+#[derive(Clone)]
+pub struct TlsServer {
+    pub certs: Arc<Certs>,
+    pub require_client_cert: bool,
+}
+
+impl TlsServer {
+    fn args(&self) -> Vec<String> {
+        let c = &self.certs;
+        vec![
+            "--tls-cert-file".into(),
+            c.path("server.crt"),
+            "--tls-key-file".into(),
+            c.path("server.key"),
+            "--tls-ca-cert-file".into(),
+            c.path("ca.crt"),
+            "--tls-auth-clients".into(),
+            if self.require_client_cert { "yes" } else { "no" }.into(),
+        ]
+    }
+}
+
+/// A private redis-server serving TLS only, killed on drop.
+pub struct TlsRedis {
+    pub port: u16,
+    pub tls: TlsServer,
+    child: Child,
+}
+
+impl TlsRedis {
+    pub fn start(require_client_cert: bool) -> Self {
+        let tls = TlsServer { certs: Certs::generate(), require_client_cert };
+        let port = free_port();
+        Self { port, child: redis_server_on(port, Some(&tls), &[]), tls }
+    }
+}
+
+impl SharedRedis for TlsRedis {
+    fn env(&self) -> (&'static str, String) {
+        ("FLEETGATE_REDIS_URL", format!("rediss://127.0.0.1:{}", self.port))
+    }
+
+    fn envs(&self) -> Vec<(&'static str, String)> {
+        let mut envs = vec![self.env()];
+        envs.extend(self.tls.certs.envs(self.tls.require_client_cert));
+        envs
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Redis {
@@ -93,12 +297,24 @@ pub struct RedisCluster {
     pub ports: Vec<u16>,
     children: Vec<Child>,
     dir: std::path::PathBuf,
+    /// `Some`: TLS only, the cluster bus included.
+    pub tls: Option<TlsServer>,
 }
 
 impl RedisCluster {
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// A cluster serving TLS only (`--tls-cluster yes`).
+    pub fn start_tls() -> Self {
+        Self::start_with(Some(TlsServer { certs: Certs::generate(), require_client_cert: false }))
+    }
+
+    fn start_with(tls: Option<TlsServer>) -> Self {
         let dir = std::env::temp_dir().join(format!("fleetgate-rcluster-{}-{}", std::process::id(), free_port()));
-        let mut cluster = Self { ports: Vec::new(), children: Vec::new(), dir };
+        let mut cluster = Self { ports: Vec::new(), children: Vec::new(), dir, tls };
+        let cli_tls: Vec<String> = cluster.tls.as_ref().map(|t| t.certs.cli_args()).unwrap_or_default();
         for i in 0..3 {
             // The cluster bus listens on port + 10000.
             let port = loop {
@@ -111,12 +327,16 @@ impl RedisCluster {
             std::fs::create_dir_all(&node_dir).expect("cluster node directory");
             let conf = node_dir.join("nodes.conf");
             let (conf, node_dir) = (conf.to_string_lossy().into_owned(), node_dir.to_string_lossy().into_owned());
-            let args = ["--cluster-enabled", "yes", "--cluster-config-file", &conf, "--dir", &node_dir];
-            cluster.children.push(redis_server(port, &args));
+            let mut args = vec!["--cluster-enabled", "yes", "--cluster-config-file", &conf, "--dir", &node_dir];
+            if cluster.tls.is_some() {
+                args.extend(["--tls-cluster", "yes"]);
+            }
+            cluster.children.push(redis_server_on(port, cluster.tls.as_ref(), &args));
             cluster.ports.push(port);
         }
         let nodes: Vec<String> = cluster.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let created = Command::new("redis-cli")
+            .args(&cli_tls)
             .args(["--cluster", "create"])
             .args(&nodes)
             .args(["--cluster-replicas", "0", "--cluster-yes"])
@@ -127,6 +347,7 @@ impl RedisCluster {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !cluster.ports.iter().all(|p| {
             Command::new("redis-cli")
+                .args(&cli_tls)
                 .args(["-p", &p.to_string(), "cluster", "info"])
                 .output()
                 .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
@@ -140,8 +361,17 @@ impl RedisCluster {
 
 impl SharedRedis for RedisCluster {
     fn env(&self) -> (&'static str, String) {
-        let nodes: Vec<String> = self.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let scheme = if self.tls.is_some() { "rediss://" } else { "" };
+        let nodes: Vec<String> = self.ports.iter().map(|p| format!("{scheme}127.0.0.1:{p}")).collect();
         ("FLEETGATE_REDIS_CLUSTER_NODES", nodes.join(","))
+    }
+
+    fn envs(&self) -> Vec<(&'static str, String)> {
+        let mut envs = vec![self.env()];
+        if let Some(tls) = &self.tls {
+            envs.extend(tls.certs.envs(tls.require_client_cert));
+        }
+        envs
     }
 }
 
@@ -153,6 +383,171 @@ impl Drop for RedisCluster {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A private primary, one replica of it and two Sentinels watching them
+/// as `mymaster` (short timeouts, so failovers take a second or two),
+/// optionally TLS only (replication and Sentinel links included); killed
+/// on drop.
+pub struct SentinelRedis {
+    pub primary: u16,
+    pub replica: u16,
+    pub sentinels: Vec<u16>,
+    pub tls: Option<TlsServer>,
+    children: Vec<Child>,
+    dir: std::path::PathBuf,
+}
+
+pub const SENTINEL_MASTER: &str = "mymaster";
+
+impl SentinelRedis {
+    pub fn start(tls: bool) -> Self {
+        let tls = tls.then(|| TlsServer { certs: Certs::generate(), require_client_cert: false });
+        let dir = std::env::temp_dir().join(format!("fleetgate-sentinel-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&dir).expect("sentinel directory");
+        let (primary, replica) = (free_port(), free_port());
+        // Built first so that whatever started is killed if a step fails.
+        let mut redis = Self { primary, replica, sentinels: Vec::new(), tls, children: Vec::new(), dir };
+        let (tls, dir) = (redis.tls.clone(), redis.dir.clone());
+        // Diskless full syncs start at once (the default waits 5 s), so the
+        // demoted primary is a replica again soon after the failover.
+        let mut replication = vec!["--repl-diskless-sync-delay", "0"];
+        if tls.is_some() {
+            replication.extend(["--tls-replication", "yes"]);
+        }
+        // A full sync leaves dump.rdb in the server's directory, which any
+        // later redis-server started there would load: keep it in ours.
+        let node_dirs: Vec<String> = ["primary", "replica"]
+            .iter()
+            .map(|name| {
+                let d = dir.join(name);
+                std::fs::create_dir_all(&d).expect("node directory");
+                d.to_string_lossy().into_owned()
+            })
+            .collect();
+        let mut primary_args = vec!["--dir", &node_dirs[0]];
+        primary_args.extend(&replication);
+        redis.children.push(redis_server_on(primary, tls.as_ref(), &primary_args));
+        let primary_port = primary.to_string();
+        let mut replica_args = vec!["--dir", &node_dirs[1], "--replicaof", "127.0.0.1", &primary_port];
+        replica_args.extend(&replication);
+        redis.children.push(redis_server_on(replica, tls.as_ref(), &replica_args));
+        for i in 0..2 {
+            let port = free_port();
+            let conf = dir.join(format!("sentinel-{i}.conf"));
+            let mut text = format!(
+                "sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {primary} 1\n\
+                 sentinel down-after-milliseconds {SENTINEL_MASTER} 1000\n\
+                 sentinel failover-timeout {SENTINEL_MASTER} 4000\n\
+                 sentinel parallel-syncs {SENTINEL_MASTER} 1\n"
+            );
+            if tls.is_some() {
+                text.push_str("tls-replication yes\n");
+            }
+            std::fs::write(&conf, text).expect("sentinel.conf");
+            let conf = conf.to_string_lossy().into_owned();
+            redis.children.push(redis_process(Some(&conf), port, tls.as_ref(), &["--sentinel"]));
+            redis.sentinels.push(port);
+        }
+        // A forced failover needs a replica the Sentinels know and that is in sync.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !redis.sentinels.iter().all(|s| {
+            let out = redis.cli(*s, &["sentinel", "replicas", SENTINEL_MASTER]);
+            out.contains(&redis.replica.to_string()) && !out.contains("s_down") && !out.contains("disconnected")
+        }) || !redis.cli(redis.replica, &["info", "replication"]).contains("master_link_status:up")
+        {
+            assert!(Instant::now() < deadline, "the sentinels did not find the replica");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        redis
+    }
+
+    /// `redis-cli` against one of the processes; its output.
+    pub fn cli(&self, port: u16, args: &[&str]) -> String {
+        let tls: Vec<String> = self.tls.as_ref().map(|t| t.certs.cli_args()).unwrap_or_default();
+        Command::new("redis-cli")
+            .args(&tls)
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// The port of the primary the first Sentinel names.
+    pub fn current_primary(&self) -> Option<u16> {
+        let out = self.cli(self.sentinels[0], &["sentinel", "get-master-addr-by-name", SENTINEL_MASTER]);
+        out.lines().nth(1)?.trim().parse().ok()
+    }
+
+    /// `SENTINEL FAILOVER`, then waits until the replica is the primary.
+    pub fn fail_over(&self) {
+        let out = self.cli(self.sentinels[0], &["sentinel", "failover", SENTINEL_MASTER]);
+        assert!(out.contains("OK"), "SENTINEL FAILOVER: {out}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.current_primary() != Some(self.replica) || !self.cli(self.replica, &["role"]).starts_with("master") {
+            assert!(Instant::now() < deadline, "the failover did not complete");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl SharedRedis for SentinelRedis {
+    fn env(&self) -> (&'static str, String) {
+        let scheme = if self.tls.is_some() { "rediss://" } else { "" };
+        let list: Vec<String> = self.sentinels.iter().map(|p| format!("{scheme}127.0.0.1:{p}")).collect();
+        ("FLEETGATE_REDIS_SENTINELS", list.join(","))
+    }
+
+    fn envs(&self) -> Vec<(&'static str, String)> {
+        let mut envs = vec![self.env(), ("FLEETGATE_REDIS_SENTINEL_MASTER", SENTINEL_MASTER.to_owned())];
+        if let Some(tls) = &self.tls {
+            envs.extend(tls.certs.envs(tls.require_client_cert));
+        }
+        envs
+    }
+}
+
+impl Drop for SentinelRedis {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs fleetgate with `envs` until it exits by itself (a start-up
+/// failure): its exit status and what it wrote to stderr.
+pub fn start_failure(envs: &[(&str, String)]) -> (std::process::ExitStatus, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetgate"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("FLEETGATE_ADDR", format!("127.0.0.1:{}", free_port()))
+        .env("FLEETGATE_METRICS_ADDR", format!("127.0.0.1:{}", free_port()))
+        .env("FLEETGATE_JWT_SECRET", SECRET)
+        .env("FLEETGATE_LOG", "warn")
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn fleetgate");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("fleetgate did not exit: it should have refused to start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    if let Some(mut err) = child.stderr.take() {
+        let _ = err.read_to_string(&mut stderr);
+    }
+    (status, stderr)
 }
 
 /// A running gateway process, killed on drop.

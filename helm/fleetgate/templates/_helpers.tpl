@@ -59,7 +59,7 @@ app.kubernetes.io/part-of: fleetgate
 {{- end }}
 
 {{- define "fleetgate.redisEnabled" -}}
-{{- if or .Values.redis.existingSecret .Values.redis.url .Values.redis.clusterNodes }}true{{ end }}
+{{- if or .Values.redis.existingSecret .Values.redis.url .Values.redis.clusterNodes .Values.redis.sentinel.nodes }}true{{ end }}
 {{- end }}
 
 {{- define "fleetgate.jwtUsesKey" -}}
@@ -147,7 +147,19 @@ YAML or JSON, and large ones would otherwise print as 6.048e+08.
 {{- define "fleetgate.validate" -}}
 {{- $redis := include "fleetgate.redisEnabled" . }}
 {{- if and (not $redis) (or (gt (int64 .Values.replicaCount) 1) .Values.autoscaling.enabled) }}
-{{- fail "replicaCount > 1 or autoscaling.enabled needs Redis (redis.url, redis.clusterNodes or redis.existingSecret): replicas without Redis do not share sessions, positions or rooms" }}
+{{- fail "replicaCount > 1 or autoscaling.enabled needs Redis (redis.url, redis.clusterNodes, redis.sentinel.nodes or redis.existingSecret): replicas without Redis do not share sessions, positions or rooms" }}
+{{- end }}
+{{- if and .Values.redis.sentinel.nodes (or .Values.redis.url .Values.redis.clusterNodes .Values.redis.existingSecret) }}
+{{- fail "set redis.sentinel.nodes (Redis through Sentinel) or redis.url / redis.clusterNodes / redis.existingSecret, not both" }}
+{{- end }}
+{{- if and .Values.redis.sentinel.nodes (not .Values.redis.sentinel.masterSet) }}
+{{- fail "redis.sentinel.nodes needs redis.sentinel.masterSet (the Sentinels' master set name, e.g. mymaster)" }}
+{{- end }}
+{{- if and .Values.redis.tls.existingSecret (not (or .Values.redis.tls.caKey .Values.redis.tls.certKey)) }}
+{{- fail "redis.tls.existingSecret needs redis.tls.caKey and/or redis.tls.certKey + redis.tls.keyKey" }}
+{{- end }}
+{{- if ne (empty .Values.redis.tls.certKey) (empty .Values.redis.tls.keyKey) }}
+{{- fail "redis.tls.certKey and redis.tls.keyKey go together (mutual TLS)" }}
 {{- end }}
 {{- if and .Values.redis.url .Values.redis.clusterNodes (not .Values.redis.existingSecret) }}
 {{- fail "set redis.url (one Redis) or redis.clusterNodes (a Redis Cluster), not both" }}
