@@ -22,7 +22,11 @@ use fred::{
 };
 use tokio::sync::{Mutex, mpsc};
 
-use crate::{redis_target::RedisTarget, store::redis::position_channel};
+use crate::{
+    metrics::{StoreOp, names},
+    redis_target::RedisTarget,
+    store::redis::position_channel,
+};
 
 /// Messages waiting for fan-out before new ones are dropped (and counted):
 /// a stalled fan-out must not grow memory without bound.
@@ -79,7 +83,7 @@ fn resubscribe_on_reconnect(client: &SubscriberClient) {
             if !channels.is_empty()
                 && let Err(e) = client.subscribe(channels).await
             {
-                metrics::counter!("fleetgate_redis_errors_total", "op" => "resubscribe").increment(1);
+                metrics::counter!(names::REDIS_ERRORS, "op" => StoreOp::Resubscribe).increment(1);
                 tracing::warn!(error = %e, "re-subscribing channels failed");
             }
             // One SSUBSCRIBE per slot: its channels must all hash there.
@@ -92,7 +96,7 @@ fn resubscribe_on_reconnect(client: &SubscriberClient) {
             };
             for channels in slots.into_values() {
                 if let Err(e) = client.ssubscribe(Vec::from(channels)).await {
-                    metrics::counter!("fleetgate_redis_errors_total", "op" => "resubscribe").increment(1);
+                    metrics::counter!(names::REDIS_ERRORS, "op" => StoreOp::Resubscribe).increment(1);
                     tracing::warn!(error = %e, "re-subscribing shard channels failed");
                 }
             }
@@ -129,7 +133,7 @@ impl Relay {
                 let msg = match messages.recv().await {
                     Ok(msg) => msg,
                     Err(RecvError::Lagged(n)) => {
-                        metrics::counter!("fleetgate_relay_dropped_total").increment(n);
+                        metrics::counter!(names::RELAY_DROPPED).increment(n);
                         continue;
                     }
                     Err(RecvError::Closed) => return,
@@ -140,9 +144,9 @@ impl Relay {
                 }
                 let Some(space) = bytes.iter().position(|b| *b == b' ') else { continue };
                 let encoded = Bytes::from(bytes).slice(space + 1..);
-                metrics::counter!("fleetgate_relay_received_total").increment(1);
+                metrics::counter!(names::RELAY_RECEIVED).increment(1);
                 if tx.try_send(Announcement { encoded }).is_err() {
-                    metrics::counter!("fleetgate_relay_dropped_total").increment(1);
+                    metrics::counter!(names::RELAY_DROPPED).increment(1);
                 }
             }
         });
@@ -157,7 +161,7 @@ impl Relay {
             return Ok(());
         }
         if let Err(e) = self.client.ssubscribe(position_channel(fleet)).await {
-            metrics::counter!("fleetgate_redis_errors_total", "op" => "subscribe").increment(1);
+            metrics::counter!(names::REDIS_ERRORS, "op" => StoreOp::Subscribe).increment(1);
             return Err(e);
         }
         watched.insert(fleet.to_owned(), 1);

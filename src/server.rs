@@ -221,7 +221,7 @@ impl<A: Adapter> crate::metrics::Sample for Sampler<A> {
         self.gateway.sample_gauges();
         // The same answer /readyz would give now.
         let ready = self.accepting.load(Ordering::Relaxed) && self.gateway.store.ping().await.is_ok();
-        metrics::gauge!("fleetgate_ready").set(f64::from(u8::from(ready)));
+        metrics::gauge!(crate::metrics::names::READY).set(f64::from(u8::from(ready)));
     }
 }
 

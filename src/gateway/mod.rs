@@ -17,9 +17,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
-use socketioxide::{
-    SocketIo, TransportType, adapter::Adapter, extract::SocketRef, handler::ConnectHandler, socket::DisconnectReason,
-};
+use socketioxide::{SocketIo, adapter::Adapter, extract::SocketRef, handler::ConnectHandler, socket::DisconnectReason};
 
 pub use conn::Conn;
 pub use fanout::Fanout;
@@ -30,6 +28,7 @@ use crate::{
     config::Config,
     error::{ApiError, ErrorCode},
     ids,
+    metrics::{AdapterOp, CloseReason, Limit, Transport, UpdateOutcome, names},
     position::{Position, PositionKey, PositionUpdate, TimeWindow},
     relay::Announcement,
     session::Session,
@@ -37,23 +36,7 @@ use crate::{
 };
 
 /// Where an update came from, for metrics.
-#[derive(Debug, Clone, Copy)]
-pub enum Source {
-    Socket,
-    Http,
-    /// The built-in demo fleet.
-    Simulator,
-}
-
-impl Source {
-    fn as_str(self) -> &'static str {
-        match self {
-            Source::Socket => "socket",
-            Source::Http => "http",
-            Source::Simulator => "demo",
-        }
-    }
-}
+pub use crate::metrics::UpdateSource as Source;
 
 /// The `data` of a `locationupdate` ack.
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -65,24 +48,23 @@ pub struct Accepted {
 
 fn count_update(source: Source, result: &Result<Accepted, ApiError>) {
     let outcome = match result {
-        Ok(a) if a.accepted => "accepted",
-        Ok(_) => "stale",
+        Ok(a) if a.accepted => UpdateOutcome::Accepted,
+        Ok(_) => UpdateOutcome::Stale,
         Err(e) => match e.code {
-            ErrorCode::InvalidPayload | ErrorCode::PayloadTooLarge => "invalid",
-            ErrorCode::Forbidden => "forbidden",
-            ErrorCode::RateLimited => "rate_limited",
-            ErrorCode::Unavailable => "unavailable",
-            _ => "error",
+            ErrorCode::InvalidPayload | ErrorCode::PayloadTooLarge => UpdateOutcome::Invalid,
+            ErrorCode::Forbidden => UpdateOutcome::Forbidden,
+            ErrorCode::RateLimited => UpdateOutcome::RateLimited,
+            ErrorCode::Unavailable => UpdateOutcome::Unavailable,
+            _ => UpdateOutcome::Error,
         },
     };
-    metrics::counter!("fleetgate_position_updates_total", "source" => source.as_str(), "outcome" => outcome)
-        .increment(1);
+    metrics::counter!(names::POSITION_UPDATES, "source" => source, "outcome" => outcome).increment(1);
 }
 
 /// Counts a cross-replica operation of the adapter that failed.
-fn adapter_failed(op: &'static str, e: &dyn std::fmt::Display) {
-    metrics::counter!("fleetgate_adapter_errors_total", "op" => op).increment(1);
-    tracing::warn!(error = %e, op, "adapter operation failed");
+fn adapter_failed(op: AdapterOp, e: &dyn std::fmt::Display) {
+    metrics::counter!(names::ADAPTER_ERRORS, "op" => op).increment(1);
+    tracing::warn!(error = %e, op = op.as_str(), "adapter operation failed");
 }
 
 /// Everything the handlers share.
@@ -182,7 +164,7 @@ impl<A: Adapter> Gateway<A> {
         let now = ids::now_ms();
         let ts = update.fix_time(now, self.window())?;
         self.limits.check_vehicle(&session.fleet, &vehicle_id).inspect_err(|_| {
-            metrics::counter!("fleetgate_rate_limited_total", "limit" => "vehicle").increment(1);
+            metrics::counter!(names::RATE_LIMITED, "limit" => Limit::Vehicle).increment(1);
         })?;
         let position = Position {
             fleet: session.fleet.clone(),
@@ -201,7 +183,7 @@ impl<A: Adapter> Gateway<A> {
             .map_err(|_| ApiError::invalid("payload: not representable as JSON"))?;
         match self.store.put_position(&position, encoded.get()).await {
             Ok(PutOutcome::Accepted { back_online }) => {
-                metrics::histogram!("fleetgate_ingest_seconds").record((ids::now_ms() - now).max(0) as f64 / 1000.0);
+                metrics::histogram!(names::INGEST_SECONDS).record((ids::now_ms() - now).max(0) as f64 / 1000.0);
                 if back_online {
                     self.announce_online(&position.fleet, &position.vehicle_id).await;
                 }
@@ -238,10 +220,10 @@ impl<A: Adapter> Gateway<A> {
         if let Some(ns) = self.io.of(fanout::NAMESPACE)
             && let Err(e) = ns.to(session_room(session_id)).disconnect().await
         {
-            adapter_failed("disconnect", &e);
+            adapter_failed(AdapterOp::Disconnect, &e);
             tracing::warn!(error = %e, "revoked session's sockets not all disconnected");
         }
-        metrics::counter!("fleetgate_sessions_revoked_total").increment(1);
+        metrics::counter!(names::SESSIONS_REVOKED).increment(1);
         Ok(existed)
     }
 
@@ -299,8 +281,7 @@ fn on_connect<A: Adapter>(socket: SocketRef<A>, gateway: Arc<Gateway<A>>) {
         let _ = socket.disconnect();
         return;
     };
-    metrics::counter!("fleetgate_connections_opened_total", "transport" => transport_name(socket.transport_type()))
-        .increment(1);
+    metrics::counter!(names::CONNECTIONS_OPENED, "transport" => Transport::from(socket.transport_type())).increment(1);
     auth::on_connected(&socket, &conn, &gateway);
 }
 
@@ -322,7 +303,7 @@ fn attach_handlers<A: Adapter>(socket: &SocketRef<A>, conn: Arc<Conn>, gateway: 
                 let (gateway, conn) = (gateway.clone(), conn.clone());
                 async move {
                     if !allowed {
-                        metrics::counter!("fleetgate_rate_limited_total", "limit" => "events").increment(1);
+                        metrics::counter!(names::RATE_LIMITED, "limit" => Limit::Events).increment(1);
                         req.reply::<()>(Err(ApiError::new(ErrorCode::RateLimited, "too many events on this connection")));
                         return;
                     }
@@ -352,7 +333,7 @@ fn attach_handlers<A: Adapter>(socket: &SocketRef<A>, conn: Arc<Conn>, gateway: 
     socket.on_disconnect(move |socket: SocketRef<A>, reason: DisconnectReason| {
         let (gateway, conn) = (gateway.clone(), conn.clone());
         async move {
-            metrics::counter!("fleetgate_connections_closed_total", "reason" => reason_name(reason)).increment(1);
+            metrics::counter!(names::CONNECTIONS_CLOSED, "reason" => CloseReason::from(reason)).increment(1);
             conn.cancel_timer();
             conn.release_slot();
             gateway.fanout.forget_socket(socket.id);
@@ -364,36 +345,15 @@ fn attach_handlers<A: Adapter>(socket: &SocketRef<A>, conn: Arc<Conn>, gateway: 
     });
 }
 
-fn transport_name(t: TransportType) -> &'static str {
-    match t {
-        TransportType::Websocket => "websocket",
-        TransportType::Polling => "polling",
-    }
-}
-
-fn reason_name(r: DisconnectReason) -> &'static str {
-    match r {
-        DisconnectReason::TransportClose => "transport_close",
-        DisconnectReason::MultipleHttpPollingError => "multiple_polling",
-        DisconnectReason::PacketParsingError => "packet_parsing",
-        DisconnectReason::TransportError => "transport_error",
-        DisconnectReason::HeartbeatTimeout => "heartbeat_timeout",
-        DisconnectReason::ClientNSDisconnect => "client_disconnect",
-        DisconnectReason::ServerNSDisconnect => "server_disconnect",
-        DisconnectReason::ClosingServer => "server_closing",
-    }
-}
-
 /// Roles as the connections gauge labels them; `pending` has not authenticated yet.
 const CONNECTION_ROLES: [&str; 4] = ["vehicle", "viewer", "dispatcher", "pending"];
-const TRANSPORTS: [&str; 2] = ["websocket", "polling"];
 
 impl<A: Adapter> Gateway<A> {
     /// Sets the gauges read at scrape time: open connections by role and
     /// transport (a polling socket that upgrades moves over), and vehicles
     /// connected here.
     pub fn sample_gauges(&self) {
-        let mut counts = [[0u32; TRANSPORTS.len()]; CONNECTION_ROLES.len()];
+        let mut counts = [[0u32; Transport::ALL.len()]; CONNECTION_ROLES.len()];
         if let Some(ns) = self.io.of(fanout::NAMESPACE) {
             for socket in ns.local().sockets() {
                 let role = match socket.extensions.get::<Arc<Conn>>().and_then(|c| c.session()).map(|s| s.role) {
@@ -402,19 +362,17 @@ impl<A: Adapter> Gateway<A> {
                     Some(Role::Dispatcher) => 2,
                     None => 3,
                 };
-                let transport = match socket.transport_type() {
-                    TransportType::Websocket => 0,
-                    TransportType::Polling => 1,
-                };
+                // `ALL` lists the variants in declaration order.
+                let transport = Transport::from(socket.transport_type()) as usize;
                 counts[role][transport] += 1;
             }
         }
         for (role, row) in CONNECTION_ROLES.iter().zip(counts) {
-            for (transport, n) in TRANSPORTS.iter().zip(row) {
-                metrics::gauge!("fleetgate_connections", "role" => *role, "transport" => *transport).set(f64::from(n));
+            for (transport, n) in Transport::ALL.iter().zip(row) {
+                metrics::gauge!(names::CONNECTIONS, "role" => *role, "transport" => *transport).set(f64::from(n));
             }
         }
-        metrics::gauge!("fleetgate_vehicles_online").set(self.local_vehicles.count() as f64);
-        metrics::gauge!("fleetgate_lagging_sockets").set(self.fanout.lagging() as f64);
+        metrics::gauge!(names::VEHICLES_ONLINE).set(self.local_vehicles.count() as f64);
+        metrics::gauge!(names::LAGGING_SOCKETS).set(self.fanout.lagging() as f64);
     }
 }

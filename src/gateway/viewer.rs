@@ -17,6 +17,7 @@ use crate::{
     error::{ApiError, ErrorCode},
     geo::BBox,
     ids,
+    metrics::{SubscriptionKind, names},
     position::PositionKey,
     session::Session,
     store::Scope,
@@ -141,12 +142,12 @@ async fn subscribe<A: Adapter>(
         if sel.whole_fleet() && !subs.whole_fleet {
             subs.whole_fleet = true;
             socket.join(fleet_room(&sel.fleet));
-            metrics::gauge!("fleetgate_subscriptions", "kind" => "fleet").increment(1.0);
+            metrics::gauge!(names::SUBSCRIPTIONS, "kind" => SubscriptionKind::Fleet).increment(1.0);
         }
         for v in &sel.vehicles {
             if subs.vehicles.insert(v.clone()) {
                 socket.join(vehicle_room(&sel.fleet, v));
-                metrics::gauge!("fleetgate_subscriptions", "kind" => "vehicle").increment(1.0);
+                metrics::gauge!(names::SUBSCRIPTIONS, "kind" => SubscriptionKind::Vehicle).increment(1.0);
             }
         }
         if let Some(b) = sel.bbox.filter(|b| !subs.boxes.contains(b)) {
@@ -155,7 +156,7 @@ async fn subscribe<A: Adapter>(
             }
             subs.boxes.push(b);
             gw.fanout.add_box(&sel.fleet, socket.id, b);
-            metrics::gauge!("fleetgate_subscriptions", "kind" => "bbox").increment(1.0);
+            metrics::gauge!(names::SUBSCRIPTIONS, "kind" => SubscriptionKind::Bbox).increment(1.0);
         }
         let newly = !subs.watching;
         subs.watching = true;
@@ -207,13 +208,13 @@ pub(super) async fn on_unsubscribe<A: Adapter>(req: Request<A>, conn: Arc<Conn>,
             if everything && subs.whole_fleet {
                 subs.whole_fleet = false;
                 req.socket.leave(fleet_room(&sel.fleet));
-                metrics::gauge!("fleetgate_subscriptions", "kind" => "fleet").decrement(1.0);
+                metrics::gauge!(names::SUBSCRIPTIONS, "kind" => SubscriptionKind::Fleet).decrement(1.0);
             }
             let vehicles: Vec<String> = if everything { subs.vehicles.drain().collect() } else { sel.vehicles.clone() };
             for v in vehicles {
                 if everything || subs.vehicles.remove(&v) {
                     req.socket.leave(vehicle_room(&sel.fleet, &v));
-                    metrics::gauge!("fleetgate_subscriptions", "kind" => "vehicle").decrement(1.0);
+                    metrics::gauge!(names::SUBSCRIPTIONS, "kind" => SubscriptionKind::Vehicle).decrement(1.0);
                 }
             }
             let boxes: Vec<BBox> = if everything {
@@ -226,7 +227,7 @@ pub(super) async fn on_unsubscribe<A: Adapter>(req: Request<A>, conn: Arc<Conn>,
             };
             for b in boxes {
                 gw.fanout.remove_box(&sel.fleet, req.socket.id, b);
-                metrics::gauge!("fleetgate_subscriptions", "kind" => "bbox").decrement(1.0);
+                metrics::gauge!(names::SUBSCRIPTIONS, "kind" => SubscriptionKind::Bbox).decrement(1.0);
             }
             if subs.boxes.is_empty() {
                 req.socket.leave(socket_room(req.socket.id));
@@ -258,9 +259,9 @@ pub(super) async fn forget<A: Adapter>(socket: &SocketRef<A>, conn: &Conn, gw: &
     for b in &boxes {
         gw.fanout.remove_box(&session.fleet, socket.id, *b);
     }
-    metrics::gauge!("fleetgate_subscriptions", "kind" => "fleet").decrement(f64::from(u8::from(whole)));
-    metrics::gauge!("fleetgate_subscriptions", "kind" => "vehicle").decrement(vehicles as f64);
-    metrics::gauge!("fleetgate_subscriptions", "kind" => "bbox").decrement(boxes.len() as f64);
+    metrics::gauge!(names::SUBSCRIPTIONS, "kind" => SubscriptionKind::Fleet).decrement(f64::from(u8::from(whole)));
+    metrics::gauge!(names::SUBSCRIPTIONS, "kind" => SubscriptionKind::Vehicle).decrement(vehicles as f64);
+    metrics::gauge!(names::SUBSCRIPTIONS, "kind" => SubscriptionKind::Bbox).decrement(boxes.len() as f64);
     if watching {
         gw.fanout.unwatch(&session.fleet).await;
     }
