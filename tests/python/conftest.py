@@ -490,3 +490,15 @@ def metrics_scrape(fleetgate_bin, redis_server) -> str:
         for c in made:
             c.close()
         stop_cleanly(b, a)
+
+
+@pytest.fixture(scope="session")
+def fresh_scrape(fleetgate_bin, redis_server) -> str:
+    """The first /metrics text of a Redis-backed replica that has seen no
+    traffic (only the readiness checks that tell it is up): what a dashboard
+    or an alert rule sees right after a rollout."""
+    fg = Fleetgate(fleetgate_bin, "fresh", {"FLEETGATE_REDIS_URL": redis_server.url})
+    try:
+        return scrape(fg)
+    finally:
+        stop_cleanly(fg)

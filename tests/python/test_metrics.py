@@ -74,6 +74,19 @@ def test_every_catalogued_metric_is_exported_with_its_labels(metrics_scrape):
         assert exported.get(name, set()) == labels, f"{name}: README labels {labels}, exported {exported.get(name)}"
 
 
+def test_every_catalogued_counter_and_histogram_is_in_a_fresh_scrape(fresh_scrape):
+    # Gauges are set when sampled or changed; counters and histograms are
+    # pre-registered at zero, so a replica that has seen no traffic has them.
+    types = dict(re.findall(r"^# TYPE (\S+) (\S+)$", fresh_scrape, re.M))
+    missing = sorted(n for n, (kind, _) in catalogue().items() if kind != "gauge" and n not in types)
+    assert not missing, f"counters and histograms absent from a fresh process's first scrape: {missing}"
+    assert value(fresh_scrape, "fleetgate_position_updates_total") == 0
+    for source in ("socket", "http", "demo", "osmand", "mqtt"):
+        assert any(
+            n == "fleetgate_position_updates_total" and ls.get("source") == source for n, ls, _ in samples(fresh_scrape)
+        ), f"no fleetgate_position_updates_total series for source={source}"
+
+
 def test_nothing_exported_is_undocumented(metrics_scrape):
     cat = catalogue()
     types = dict(re.findall(r"^# TYPE (\S+) (\S+)$", metrics_scrape, re.M))
@@ -104,7 +117,7 @@ def test_labels_never_carry_ids(metrics_scrape):
             "unavailable",
             "error",
         },
-        "source": {"socket", "http", "demo"},
+        "source": {"socket", "http", "demo", "osmand", "mqtt"},
         "path": {"local", "relay"},
         "kind": {"fleet", "vehicle", "bbox"},
         "state": {"online", "offline"},
