@@ -21,6 +21,20 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, as the metrics pre-register them.
+    pub const ALL: [ErrorCode; 10] = [
+        Self::Unauthenticated,
+        Self::InvalidToken,
+        Self::TokenExpired,
+        Self::SessionExpired,
+        Self::Forbidden,
+        Self::InvalidPayload,
+        Self::PayloadTooLarge,
+        Self::NotFound,
+        Self::RateLimited,
+        Self::Unavailable,
+    ];
+
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Unauthenticated => "unauthenticated",

@@ -100,7 +100,7 @@ impl Guarded {
         ready!(timer.as_mut().poll(cx));
         self.dead = true;
         self.stalled = None;
-        metrics::counter!("fleetgate_write_timeouts_total").increment(1);
+        metrics::counter!(crate::metrics::names::WRITE_TIMEOUTS).increment(1);
         // Wakes the connection's reader as well, which then ends the session.
         let _ = socket2::SockRef::from(&self.tcp).shutdown(std::net::Shutdown::Both);
         Poll::Ready(Err(Self::timed_out()))

@@ -11,7 +11,10 @@ use fred::{
     types::config::ReconnectPolicy,
 };
 
-use crate::redis_target::RedisTarget;
+use crate::{
+    metrics::{StoreOp, names},
+    redis_target::RedisTarget,
+};
 
 /// Longest a pub/sub command (subscribe, publish by the adapter) may wait.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
@@ -65,7 +68,7 @@ fn resubscribe_on_reconnect(client: &SubscriberClient) {
             if !channels.is_empty()
                 && let Err(e) = client.subscribe(channels).await
             {
-                metrics::counter!("fleetgate_redis_errors_total", "op" => "resubscribe").increment(1);
+                metrics::counter!(names::REDIS_ERRORS, "op" => StoreOp::Resubscribe).increment(1);
                 tracing::warn!(error = %e, "re-subscribing channels failed");
             }
             // One SSUBSCRIBE per slot: its channels must all hash there.
@@ -78,7 +81,7 @@ fn resubscribe_on_reconnect(client: &SubscriberClient) {
             };
             for channels in slots.into_values() {
                 if let Err(e) = client.ssubscribe(Vec::from(channels)).await {
-                    metrics::counter!("fleetgate_redis_errors_total", "op" => "resubscribe").increment(1);
+                    metrics::counter!(names::REDIS_ERRORS, "op" => StoreOp::Resubscribe).increment(1);
                     tracing::warn!(error = %e, "re-subscribing shard channels failed");
                 }
             }

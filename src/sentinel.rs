@@ -123,7 +123,7 @@ async fn follow(watch: Weak<PrimaryWatch>, mut client: SentinelClient) {
             }
             Ok(_) => {}
             Err(e) => {
-                metrics::counter!("fleetgate_redis_errors_total", "op" => "sentinel").increment(1);
+                metrics::counter!(crate::metrics::names::REDIS_ERRORS, "op" => "sentinel").increment(1);
                 tracing::debug!(error = %e, "asking the sentinels for the primary failed");
             }
         }

@@ -255,7 +255,7 @@ impl<A: Adapter> crate::metrics::Sample for Sampler<A> {
         let ready = self.accepting.load(Ordering::Relaxed)
             && self.gateway.auth.is_ready()
             && self.gateway.store.ping().await.is_ok();
-        metrics::gauge!("fleetgate_ready").set(f64::from(u8::from(ready)));
+        metrics::gauge!(crate::metrics::names::READY).set(f64::from(u8::from(ready)));
     }
 }
 

@@ -16,8 +16,8 @@ pub use fetch::MAX_JWKS_BYTES;
 pub use jwk_set::MAX_JWKS_KEYS;
 pub use keys::Keys;
 pub use load::{KeyError, MAX_LEEWAY_SECS};
-pub use scope::{MAX_SCOPED_VEHICLES, ScopeError, VehicleScope};
 pub use remote::{RemoteKeys, UNKNOWN_KID_REFRESH_EVERY};
+pub use scope::{MAX_SCOPED_VEHICLES, ScopeError, VehicleScope};
 pub use token::{Claims, Role};
 
 use std::sync::Arc;

@@ -142,9 +142,9 @@ impl RemoteKeys {
                 let count = keys.len();
                 *self.held.write().unwrap_or_else(|p| p.into_inner()) = Arc::from(keys);
                 let first = !self.fetched.swap(true, Ordering::AcqRel);
-                metrics::counter!("fleetgate_jwks_refreshes_total", "outcome" => "ok").increment(1);
-                metrics::gauge!("fleetgate_jwks_keys").set(count as f64);
-                metrics::gauge!("fleetgate_jwks_last_success_timestamp_seconds").set(ids::now_ms() as f64 / 1000.0);
+                metrics::counter!(crate::metrics::names::JWKS_REFRESHES, "outcome" => "ok").increment(1);
+                metrics::gauge!(crate::metrics::names::JWKS_KEYS).set(count as f64);
+                metrics::gauge!(crate::metrics::names::JWKS_LAST_SUCCESS).set(ids::now_ms() as f64 / 1000.0);
                 if first {
                     tracing::info!(%url, keys = count, skipped, "jwks: key set fetched");
                 } else {
@@ -153,7 +153,7 @@ impl RemoteKeys {
                 true
             }
             Err(e) => {
-                metrics::counter!("fleetgate_jwks_refreshes_total", "outcome" => "error").increment(1);
+                metrics::counter!(crate::metrics::names::JWKS_REFRESHES, "outcome" => "error").increment(1);
                 let held = self.current().len();
                 if self.is_ready() {
                     tracing::warn!(%url, error = %e, keys_held = held, "jwks: refresh failed; the last good set stays in use");

@@ -19,6 +19,9 @@ pub enum Role {
 }
 
 impl Role {
+    /// Every role, as the metrics pre-register them.
+    pub const ALL: [Role; 3] = [Role::Vehicle, Role::Viewer, Role::Dispatcher];
+
     pub const fn as_str(self) -> &'static str {
         match self {
             Role::Vehicle => "vehicle",

@@ -115,22 +115,22 @@ fn preregister() {
         "1 while this replica is connected to the MQTT broker with its subscription granted, else 0."
     );
     for source in SOURCES {
-        metrics::counter!("fleetgate_device_auth_failures_total", "source" => source.as_str()).increment(0);
+        metrics::counter!(crate::metrics::names::DEVICE_AUTH_FAILURES, "source" => source.as_str()).increment(0);
     }
-    metrics::counter!("fleetgate_mqtt_connection_errors_total").increment(0);
-    metrics::counter!("fleetgate_mqtt_replies_dropped_total").increment(0);
-    metrics::counter!("fleetgate_mqtt_messages_total").increment(0);
-    metrics::gauge!("fleetgate_mqtt_subscribed").set(0.0);
+    metrics::counter!(crate::metrics::names::MQTT_CONNECTION_ERRORS).increment(0);
+    metrics::counter!(crate::metrics::names::MQTT_REPLIES_DROPPED).increment(0);
+    metrics::counter!(crate::metrics::names::MQTT_MESSAGES).increment(0);
+    metrics::gauge!(crate::metrics::names::MQTT_SUBSCRIBED).set(0.0);
 }
 
 fn count_auth_failure(source: Source) {
-    metrics::counter!("fleetgate_device_auth_failures_total", "source" => source.as_str()).increment(1);
+    metrics::counter!(crate::metrics::names::DEVICE_AUTH_FAILURES, "source" => source.as_str()).increment(1);
 }
 
 /// Counts a position refused before it reached the accept path (it could
 /// not be read at all), as the accept path counts its own refusals.
 fn count_unreadable(source: Source) {
-    metrics::counter!("fleetgate_position_updates_total", "source" => source.as_str(), "outcome" => "invalid")
+    metrics::counter!(crate::metrics::names::POSITION_UPDATES, "source" => source.as_str(), "outcome" => "invalid")
         .increment(1);
 }
 

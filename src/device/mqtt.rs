@@ -228,11 +228,11 @@ pub async fn run(settings: Settings, ingest: Arc<dyn Ingest>, mut stop: watch::R
                 if ack.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
                     tracing::error!("the broker refused the subscription (check its ACL for fleetgate's user)");
                 } else {
-                    metrics::gauge!("fleetgate_mqtt_subscribed").set(1.0);
+                    metrics::gauge!(crate::metrics::names::MQTT_SUBSCRIBED).set(1.0);
                 }
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                metrics::counter!("fleetgate_mqtt_messages_total").increment(1);
+                metrics::counter!(crate::metrics::names::MQTT_MESSAGES).increment(1);
                 let shard = shard_of(&publish.topic, workers.len());
                 if workers[shard].send(publish).await.is_err() {
                     break;
@@ -240,8 +240,8 @@ pub async fn run(settings: Settings, ingest: Arc<dyn Ingest>, mut stop: watch::R
             }
             Ok(_) => {}
             Err(e) => {
-                metrics::gauge!("fleetgate_mqtt_subscribed").set(0.0);
-                metrics::counter!("fleetgate_mqtt_connection_errors_total").increment(1);
+                metrics::gauge!(crate::metrics::names::MQTT_SUBSCRIBED).set(0.0);
+                metrics::counter!(crate::metrics::names::MQTT_CONNECTION_ERRORS).increment(1);
                 tracing::warn!(error = %e, broker = %settings.redacted_url(), retry_in_ms = backoff.as_millis() as u64, "mqtt connection lost");
                 tokio::select! {
                     _ = stop.wait_for(|s| *s) => break,
@@ -251,7 +251,7 @@ pub async fn run(settings: Settings, ingest: Arc<dyn Ingest>, mut stop: watch::R
             }
         }
     }
-    metrics::gauge!("fleetgate_mqtt_subscribed").set(0.0);
+    metrics::gauge!(crate::metrics::names::MQTT_SUBSCRIBED).set(0.0);
     // Unacknowledged messages stay in the session for the next start.
     let _ = client.try_disconnect();
     let _ = tokio::time::timeout(Duration::from_secs(1), async { while events.poll().await.is_ok() {} }).await;
@@ -283,7 +283,7 @@ fn spawn_workers(
                         let body = serde_json::to_vec(&Envelope::from_result(&outcome.result)).unwrap_or_default();
                         // QoS 0 and never waited for: a reply nobody reads must not hold up acks.
                         if client.try_publish(topic, QoS::AtMostOnce, false, body).is_err() {
-                            metrics::counter!("fleetgate_mqtt_replies_dropped_total").increment(1);
+                            metrics::counter!(crate::metrics::names::MQTT_REPLIES_DROPPED).increment(1);
                         }
                     }
                     if let Err(e) = client.ack(&publish).await {

@@ -11,6 +11,7 @@ use super::{Conn, Gateway, Request, deadline::Deadline};
 use crate::{
     error::{ApiError, ErrorCode},
     ids,
+    metrics::{AuthStage, HandshakeOutcome, Limit, names},
     session::Session,
 };
 
@@ -42,8 +43,8 @@ impl Credentials {
     }
 }
 
-fn count_failure(stage: &'static str, e: &ApiError) {
-    metrics::counter!("fleetgate_auth_failures_total", "stage" => stage, "code" => e.code.as_str()).increment(1);
+fn count_failure(stage: AuthStage, e: &ApiError) {
+    metrics::counter!(names::AUTH_FAILURES, "stage" => stage, "code" => e.code.as_str()).increment(1);
 }
 
 /// Verifies a token and opens a session for it.
@@ -61,7 +62,7 @@ async fn open_session<A: Adapter>(gw: &Gateway<A>, token: &str, fleet: Option<&s
         tracing::warn!(error = %e, "session not stored");
         ApiError::unavailable()
     })?;
-    metrics::counter!("fleetgate_sessions_created_total", "role" => session.role.as_str()).increment(1);
+    metrics::counter!(names::SESSIONS_CREATED, "role" => session.role.as_str()).increment(1);
     Ok(session)
 }
 
@@ -87,8 +88,8 @@ pub(super) async fn handshake<A: Adapter>(
     let result = async {
         let ip = gw.limits.client_ip(socket.req_parts());
         let slot = gw.limits.admit(ip).inspect_err(|e| {
-            let limit = if e.code == ErrorCode::RateLimited { "connections_per_ip" } else { "connections" };
-            metrics::counter!("fleetgate_rate_limited_total", "limit" => limit).increment(1);
+            let limit = if e.code == ErrorCode::RateLimited { Limit::ConnectionsPerIp } else { Limit::Connections };
+            metrics::counter!(names::RATE_LIMITED, "limit" => limit).increment(1);
         })?;
         let creds = Credentials::from_json(auth).map_err(|e| ApiError::new(ErrorCode::InvalidToken, e.message))?;
         let fleet = creds.fleet()?;
@@ -108,7 +109,7 @@ pub(super) async fn handshake<A: Adapter>(
     .await;
     match result {
         Ok((session, slot)) => {
-            metrics::counter!("fleetgate_handshakes_total", "outcome" => "ok").increment(1);
+            metrics::counter!(names::HANDSHAKES, "outcome" => HandshakeOutcome::Ok).increment(1);
             let conn = Arc::new(Conn::new(gw.limits.event_limiter(), slot));
             if let Some(s) = session {
                 // Joined before the connect packet, so a revocation can never miss it.
@@ -118,8 +119,8 @@ pub(super) async fn handshake<A: Adapter>(
             Ok(conn)
         }
         Err(e) => {
-            metrics::counter!("fleetgate_handshakes_total", "outcome" => "refused").increment(1);
-            count_failure("handshake", &e);
+            metrics::counter!(names::HANDSHAKES, "outcome" => HandshakeOutcome::Refused).increment(1);
+            count_failure(AuthStage::Handshake, &e);
             tracing::debug!(sid = %socket.id, code = e.code.as_str(), reason = %e.message, "handshake refused");
             Err(e.code.as_str())
         }
@@ -186,7 +187,7 @@ pub(super) async fn on_authenticate<A: Adapter>(req: Request<A>, conn: Arc<Conn>
             track_presence(&conn, &gw, &session);
         }
         Err(e) => {
-            count_failure("authenticate", &e);
+            count_failure(AuthStage::Authenticate, &e);
             req.reply::<()>(Err(e));
         }
     }

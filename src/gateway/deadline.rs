@@ -110,7 +110,7 @@ pub async fn run<A: Adapter>(gw: Arc<Gateway<A>>) {
             Deadline::AuthTimeout => {
                 let due = conn.session().is_none();
                 if due {
-                    metrics::counter!("fleetgate_auth_timeouts_total").increment(1);
+                    metrics::counter!(crate::metrics::names::AUTH_TIMEOUTS).increment(1);
                 }
                 due
             }

@@ -18,9 +18,7 @@ pub mod viewer;
 
 use std::sync::Arc;
 
-use socketioxide::{
-    SocketIo, TransportType, adapter::Adapter, extract::SocketRef, handler::ConnectHandler, socket::DisconnectReason,
-};
+use socketioxide::{SocketIo, adapter::Adapter, extract::SocketRef, handler::ConnectHandler, socket::DisconnectReason};
 
 pub use conn::Conn;
 pub use fanout::Fanout;
@@ -31,13 +29,14 @@ use crate::{
     auth::{Authenticator, Role},
     config::Config,
     error::{ApiError, ErrorCode},
+    metrics::{AdapterOp, CloseReason, Limit, Transport, names},
     store::Store,
 };
 
 /// Counts a cross-replica operation of the adapter that failed.
-fn adapter_failed(op: &'static str, e: &dyn std::fmt::Display) {
-    metrics::counter!("fleetgate_adapter_errors_total", "op" => op).increment(1);
-    tracing::warn!(error = %e, op, "adapter operation failed");
+fn adapter_failed(op: AdapterOp, e: &dyn std::fmt::Display) {
+    metrics::counter!(names::ADAPTER_ERRORS, "op" => op).increment(1);
+    tracing::warn!(error = %e, op = op.as_str(), "adapter operation failed");
 }
 
 /// Everything the handlers share.
@@ -104,10 +103,10 @@ impl<A: Adapter> Gateway<A> {
         if let Some(ns) = self.io.of(fanout::NAMESPACE)
             && let Err(e) = ns.to(session_room(session_id)).disconnect().await
         {
-            adapter_failed("disconnect", &e);
+            adapter_failed(AdapterOp::Disconnect, &e);
             tracing::warn!(error = %e, "revoked session's sockets not all disconnected");
         }
-        metrics::counter!("fleetgate_sessions_revoked_total").increment(1);
+        metrics::counter!(names::SESSIONS_REVOKED).increment(1);
         Ok(existed)
     }
 }
@@ -147,8 +146,7 @@ fn on_connect<A: Adapter>(socket: SocketRef<A>, gateway: Arc<Gateway<A>>) {
         let _ = socket.disconnect();
         return;
     };
-    metrics::counter!("fleetgate_connections_opened_total", "transport" => transport_name(socket.transport_type()))
-        .increment(1);
+    metrics::counter!(names::CONNECTIONS_OPENED, "transport" => Transport::from(socket.transport_type())).increment(1);
     auth::on_connected(&socket, &conn, &gateway);
 }
 
@@ -221,7 +219,7 @@ fn attach_handlers<A: Adapter>(socket: &SocketRef<A>, conn: Arc<Conn>, gateway: 
             async move {
                 let Some(route) = route else { return };
                 if !allowed {
-                    metrics::counter!("fleetgate_rate_limited_total", "limit" => "events").increment(1);
+                    metrics::counter!(names::RATE_LIMITED, "limit" => Limit::Events).increment(1);
                     req.reply::<()>(Err(ApiError::new(ErrorCode::RateLimited, "too many events on this connection")));
                     return;
                 }
@@ -254,7 +252,7 @@ fn attach_handlers<A: Adapter>(socket: &SocketRef<A>, conn: Arc<Conn>, gateway: 
     socket.on_disconnect(move |socket: SocketRef<A>, reason: DisconnectReason| {
         let (gateway, conn) = (gateway.clone(), conn.clone());
         async move {
-            metrics::counter!("fleetgate_connections_closed_total", "reason" => reason_name(reason)).increment(1);
+            metrics::counter!(names::CONNECTIONS_CLOSED, "reason" => CloseReason::from(reason)).increment(1);
             gateway.deadlines.clear(&conn);
             conn.release_slot();
             gateway.fanout.forget_socket(socket.id);
@@ -266,36 +264,15 @@ fn attach_handlers<A: Adapter>(socket: &SocketRef<A>, conn: Arc<Conn>, gateway: 
     });
 }
 
-fn transport_name(t: TransportType) -> &'static str {
-    match t {
-        TransportType::Websocket => "websocket",
-        TransportType::Polling => "polling",
-    }
-}
-
-fn reason_name(r: DisconnectReason) -> &'static str {
-    match r {
-        DisconnectReason::TransportClose => "transport_close",
-        DisconnectReason::MultipleHttpPollingError => "multiple_polling",
-        DisconnectReason::PacketParsingError => "packet_parsing",
-        DisconnectReason::TransportError => "transport_error",
-        DisconnectReason::HeartbeatTimeout => "heartbeat_timeout",
-        DisconnectReason::ClientNSDisconnect => "client_disconnect",
-        DisconnectReason::ServerNSDisconnect => "server_disconnect",
-        DisconnectReason::ClosingServer => "server_closing",
-    }
-}
-
 /// Roles as the connections gauge labels them; `pending` has not authenticated yet.
 const CONNECTION_ROLES: [&str; 4] = ["vehicle", "viewer", "dispatcher", "pending"];
-const TRANSPORTS: [&str; 2] = ["websocket", "polling"];
 
 impl<A: Adapter> Gateway<A> {
     /// Sets the gauges read at scrape time: open connections by role and
     /// transport (a polling socket that upgrades moves over), and vehicles
     /// connected here.
     pub fn sample_gauges(&self) {
-        let mut counts = [[0u32; TRANSPORTS.len()]; CONNECTION_ROLES.len()];
+        let mut counts = [[0u32; Transport::ALL.len()]; CONNECTION_ROLES.len()];
         if let Some(ns) = self.io.of(fanout::NAMESPACE) {
             for socket in ns.local().sockets() {
                 let role = match socket.extensions.get::<Arc<Conn>>().and_then(|c| c.session()).map(|s| s.role) {
@@ -304,19 +281,17 @@ impl<A: Adapter> Gateway<A> {
                     Some(Role::Dispatcher) => 2,
                     None => 3,
                 };
-                let transport = match socket.transport_type() {
-                    TransportType::Websocket => 0,
-                    TransportType::Polling => 1,
-                };
+                // `ALL` lists the variants in declaration order.
+                let transport = Transport::from(socket.transport_type()) as usize;
                 counts[role][transport] += 1;
             }
         }
         for (role, row) in CONNECTION_ROLES.iter().zip(counts) {
-            for (transport, n) in TRANSPORTS.iter().zip(row) {
-                metrics::gauge!("fleetgate_connections", "role" => *role, "transport" => *transport).set(f64::from(n));
+            for (transport, n) in Transport::ALL.iter().zip(row) {
+                metrics::gauge!(names::CONNECTIONS, "role" => *role, "transport" => *transport).set(f64::from(n));
             }
         }
-        metrics::gauge!("fleetgate_vehicles_online").set(self.local_vehicles.count() as f64);
-        metrics::gauge!("fleetgate_lagging_sockets").set(self.fanout.lagging() as f64);
+        metrics::gauge!(names::VEHICLES_ONLINE).set(self.local_vehicles.count() as f64);
+        metrics::gauge!(names::LAGGING_SOCKETS).set(self.fanout.lagging() as f64);
     }
 }

@@ -22,7 +22,11 @@ use super::{
     Gateway,
     fanout::{NAMESPACE, fleet_room, vehicle_room},
 };
-use crate::{ids, store::Offline};
+use crate::{
+    ids,
+    metrics::{AdapterOp, PresenceState, names},
+    store::Offline,
+};
 
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
@@ -122,13 +126,13 @@ impl<A: Adapter> Gateway<A> {
     }
 
     pub(super) async fn announce_online(&self, fleet: &str, vehicle: &str) {
-        metrics::counter!("fleetgate_presence_changes_total", "state" => "online").increment(1);
+        metrics::counter!(names::PRESENCE_CHANGES, "state" => PresenceState::Online).increment(1);
         let event = Online { fleet, vehicle_id: vehicle, ts: ids::now_ms() };
         self.emit_presence(fleet, vehicle, "vehicle_online", &event).await;
     }
 
     async fn announce_offline(&self, o: &Offline) {
-        metrics::counter!("fleetgate_presence_changes_total", "state" => "offline").increment(1);
+        metrics::counter!(names::PRESENCE_CHANGES, "state" => PresenceState::Offline).increment(1);
         let event = OfflineEvent { fleet: &o.fleet, vehicle_id: &o.vehicle, last_seen: o.last_seen };
         self.emit_presence(&o.fleet, &o.vehicle, "vehicle_offline", &event).await;
     }
@@ -137,7 +141,7 @@ impl<A: Adapter> Gateway<A> {
     async fn emit_presence<T: Serialize>(&self, fleet: &str, vehicle: &str, event: &str, payload: &T) {
         let Some(ns) = self.io.of(NAMESPACE) else { return };
         if let Err(e) = ns.to(vec![fleet_room(fleet), vehicle_room(fleet, vehicle)]).emit(event, payload).await {
-            super::adapter_failed("presence", &e);
+            super::adapter_failed(AdapterOp::Presence, &e);
         }
     }
 }

@@ -44,29 +44,7 @@ use crate::{
 pub const MAX_BATCH: usize = 256;
 
 /// Where an update came from, for metrics.
-#[derive(Debug, Clone, Copy)]
-pub enum Source {
-    Socket,
-    Http,
-    /// The built-in demo fleet.
-    Simulator,
-    /// The OsmAnd listener (Traccar Client apps), section 13.
-    Osmand,
-    /// The MQTT subscription, section 13.
-    Mqtt,
-}
-
-impl Source {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Socket => "socket",
-            Source::Http => "http",
-            Source::Simulator => "demo",
-            Source::Osmand => "osmand",
-            Source::Mqtt => "mqtt",
-        }
-    }
-}
+pub use crate::metrics::UpdateSource as Source;
 
 /// The `data` of a `locationupdate` ack.
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -77,19 +55,19 @@ pub struct Accepted {
 }
 
 fn count_update(source: Source, result: &Result<Accepted, ApiError>) {
+    use crate::metrics::UpdateOutcome;
     let outcome = match result {
-        Ok(a) if a.accepted => "accepted",
-        Ok(_) => "stale",
+        Ok(a) if a.accepted => UpdateOutcome::Accepted,
+        Ok(_) => UpdateOutcome::Stale,
         Err(e) => match e.code {
-            ErrorCode::InvalidPayload | ErrorCode::PayloadTooLarge => "invalid",
-            ErrorCode::Forbidden => "forbidden",
-            ErrorCode::RateLimited => "rate_limited",
-            ErrorCode::Unavailable => "unavailable",
-            _ => "error",
+            ErrorCode::InvalidPayload | ErrorCode::PayloadTooLarge => UpdateOutcome::Invalid,
+            ErrorCode::Forbidden => UpdateOutcome::Forbidden,
+            ErrorCode::RateLimited => UpdateOutcome::RateLimited,
+            ErrorCode::Unavailable => UpdateOutcome::Unavailable,
+            _ => UpdateOutcome::Error,
         },
     };
-    metrics::counter!("fleetgate_position_updates_total", "source" => source.as_str(), "outcome" => outcome)
-        .increment(1);
+    metrics::counter!(crate::metrics::names::POSITION_UPDATES, "source" => source, "outcome" => outcome).increment(1);
 }
 
 /// How an update's sender hears its outcome.
@@ -295,7 +273,8 @@ impl<A: Adapter> Gateway<A> {
         let now = ids::now_ms();
         let ts = update.fix_time(now, self.window())?;
         self.limits.check_vehicle(&session.fleet, &vehicle_id).inspect_err(|_| {
-            metrics::counter!("fleetgate_rate_limited_total", "limit" => "vehicle").increment(1);
+            metrics::counter!(crate::metrics::names::RATE_LIMITED, "limit" => crate::metrics::Limit::Vehicle)
+                .increment(1);
         })?;
         let position = Position {
             fleet: session.fleet.clone(),
@@ -339,7 +318,7 @@ impl<A: Adapter> Gateway<A> {
             .collect();
         let outcomes = self.store.put_positions(fleet, &writes).await;
         drop(writes);
-        metrics::counter!("fleetgate_ingest_batches_total").increment(1);
+        metrics::counter!(crate::metrics::names::INGEST_BATCHES).increment(1);
         let mut round = Vec::with_capacity(batch.len());
         let mut answers = Vec::with_capacity(batch.len());
         let mut failure: Option<StoreError> = None;
@@ -348,7 +327,7 @@ impl<A: Adapter> Gateway<A> {
             let result = match outcome.unwrap_or(Err(StoreError::Timeout)) {
                 Ok(PutOutcome::Accepted { back_online }) => {
                     let p = q.position;
-                    metrics::histogram!("fleetgate_ingest_seconds")
+                    metrics::histogram!(crate::metrics::names::INGEST_SECONDS)
                         .record((ids::now_ms() - p.received_at).max(0) as f64 / 1000.0);
                     if back_online {
                         // Boxed: it is rare, and its (adapter's) future is

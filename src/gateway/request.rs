@@ -12,7 +12,10 @@ use socketioxide::{
     socket::Socket,
 };
 
-use crate::error::{ApiError, Envelope, ErrorCode};
+use crate::{
+    error::{ApiError, Envelope, ErrorCode},
+    metrics::names,
+};
 
 pub struct Request<A: Adapter> {
     pub socket: SocketRef<A>,
@@ -51,7 +54,7 @@ impl<A: Adapter> Request<A> {
     /// `exception` event so it is never silent.
     pub fn reply<T: Serialize>(self, result: Result<T, ApiError>) {
         if let Err(e) = &result {
-            metrics::counter!("fleetgate_event_errors_total", "code" => e.code.as_str()).increment(1);
+            metrics::counter!(names::EVENT_ERRORS, "code" => e.code.as_str()).increment(1);
         }
         let sent = match (&result, self.has_ack) {
             (_, true) => self.ack.send(&Envelope::from_result(&result)),

@@ -11,6 +11,7 @@ use super::{Conn, Gateway, Request, auth::require_session, fanout::NAMESPACE};
 use crate::{
     error::{ApiError, ErrorCode},
     ids,
+    metrics::{AdapterOp, names},
     store::{ChatMessage, is_message_id},
 };
 
@@ -72,7 +73,7 @@ fn field<'a>(payload: &'a serde_json::Value, key: &str) -> Option<&'a serde_json
 /// Sends a notice to the room's other members, on every replica.
 async fn notify_others<A: Adapter>(socket: &SocketRef<A>, sio_room: String, notice: Notice<'_>) {
     if let Err(e) = socket.to(sio_room).emit("notice", &notice).await {
-        super::adapter_failed("notice", &e);
+        super::adapter_failed(AdapterOp::Notice, &e);
     }
 }
 
@@ -134,7 +135,7 @@ pub(super) async fn on_chat<A: Adapter>(req: Request<A>, conn: Arc<Conn>, gw: Ar
         // The sender has its copy in the ack.
         let sio_room = chat_room(&session.fleet, &message.room);
         if let Err(e) = req.socket.to(sio_room).emit("chat", &message).await {
-            super::adapter_failed("chat", &e);
+            super::adapter_failed(AdapterOp::Chat, &e);
         }
         Ok(message)
     }
@@ -206,7 +207,7 @@ impl<A: Adapter> Gateway<A> {
             tracing::warn!(error = %e, "message not stored");
             ApiError::unavailable()
         })?;
-        metrics::counter!("fleetgate_chat_messages_total").increment(1);
+        metrics::counter!(names::CHAT_MESSAGES).increment(1);
         Ok(stored)
     }
 
@@ -214,7 +215,7 @@ impl<A: Adapter> Gateway<A> {
     pub async fn broadcast_message(&self, fleet: &str, message: &ChatMessage) {
         let Some(ns) = self.io.of(NAMESPACE) else { return };
         if let Err(e) = ns.to(chat_room(fleet, &message.room)).emit("chat", message).await {
-            super::adapter_failed("chat", &e);
+            super::adapter_failed(AdapterOp::Chat, &e);
         }
     }
 }

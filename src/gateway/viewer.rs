@@ -17,6 +17,7 @@ use crate::{
     error::{ApiError, ErrorCode},
     geo::BBox,
     ids,
+    metrics::{SubscriptionKind, names},
     position::PositionKey,
     session::Session,
     store::Scope,
@@ -167,12 +168,12 @@ async fn subscribe<A: Adapter>(
         if sel.whole_fleet() && !subs.whole_fleet {
             subs.whole_fleet = true;
             socket.join(fleet_room(&sel.fleet));
-            metrics::gauge!("fleetgate_subscriptions", "kind" => "fleet").increment(1.0);
+            metrics::gauge!(names::SUBSCRIPTIONS, "kind" => SubscriptionKind::Fleet).increment(1.0);
         }
         for v in &sel.vehicles {
             if subs.vehicles.insert(v.clone()) {
                 socket.join(vehicle_room(&sel.fleet, v));
-                metrics::gauge!("fleetgate_subscriptions", "kind" => "vehicle").increment(1.0);
+                metrics::gauge!(names::SUBSCRIPTIONS, "kind" => SubscriptionKind::Vehicle).increment(1.0);
             }
         }
         if let Some(b) = sel.bbox.filter(|b| !subs.boxes.contains(b)) {
@@ -181,7 +182,7 @@ async fn subscribe<A: Adapter>(
             }
             subs.boxes.push(b);
             gw.fanout.add_box(&sel.fleet, socket.id, b);
-            metrics::gauge!("fleetgate_subscriptions", "kind" => "bbox").increment(1.0);
+            metrics::gauge!(names::SUBSCRIPTIONS, "kind" => SubscriptionKind::Bbox).increment(1.0);
         }
         let newly = !subs.watching;
         subs.watching = true;
@@ -238,13 +239,13 @@ pub(super) async fn on_unsubscribe<A: Adapter>(req: Request<A>, conn: Arc<Conn>,
             if everything && subs.whole_fleet {
                 subs.whole_fleet = false;
                 req.socket.leave(fleet_room(&sel.fleet));
-                metrics::gauge!("fleetgate_subscriptions", "kind" => "fleet").decrement(1.0);
+                metrics::gauge!(names::SUBSCRIPTIONS, "kind" => SubscriptionKind::Fleet).decrement(1.0);
             }
             let vehicles: Vec<String> = if everything { subs.vehicles.drain().collect() } else { sel.vehicles.clone() };
             for v in vehicles {
                 if everything || subs.vehicles.remove(&v) {
                     req.socket.leave(vehicle_room(&sel.fleet, &v));
-                    metrics::gauge!("fleetgate_subscriptions", "kind" => "vehicle").decrement(1.0);
+                    metrics::gauge!(names::SUBSCRIPTIONS, "kind" => SubscriptionKind::Vehicle).decrement(1.0);
                 }
             }
             let boxes: Vec<BBox> = if everything {
@@ -257,7 +258,7 @@ pub(super) async fn on_unsubscribe<A: Adapter>(req: Request<A>, conn: Arc<Conn>,
             };
             for b in boxes {
                 gw.fanout.remove_box(&sel.fleet, req.socket.id, b);
-                metrics::gauge!("fleetgate_subscriptions", "kind" => "bbox").decrement(1.0);
+                metrics::gauge!(names::SUBSCRIPTIONS, "kind" => SubscriptionKind::Bbox).decrement(1.0);
             }
             if subs.boxes.is_empty() {
                 req.socket.leave(socket_room(req.socket.id));
@@ -286,18 +287,21 @@ pub(super) async fn narrow_to_session<A: Adapter>(socket: &SocketRef<A>, conn: &
         let mut subs = conn.subscriptions();
         if std::mem::take(&mut subs.whole_fleet) {
             socket.leave(fleet_room(&session.fleet));
-            metrics::gauge!("fleetgate_subscriptions", "kind" => "fleet").decrement(1.0);
+            metrics::gauge!(crate::metrics::names::SUBSCRIPTIONS, "kind" => crate::metrics::SubscriptionKind::Fleet)
+                .decrement(1.0);
         }
         let outside: Vec<String> = subs.vehicles.iter().filter(|v| !session.may_watch(v)).cloned().collect();
         for v in outside {
             subs.vehicles.remove(&v);
             socket.leave(vehicle_room(&session.fleet, &v));
-            metrics::gauge!("fleetgate_subscriptions", "kind" => "vehicle").decrement(1.0);
+            metrics::gauge!(crate::metrics::names::SUBSCRIPTIONS, "kind" => crate::metrics::SubscriptionKind::Vehicle)
+                .decrement(1.0);
         }
         let boxes = std::mem::take(&mut subs.boxes);
         for b in &boxes {
             gw.fanout.remove_box(&session.fleet, socket.id, *b);
-            metrics::gauge!("fleetgate_subscriptions", "kind" => "bbox").decrement(1.0);
+            metrics::gauge!(crate::metrics::names::SUBSCRIPTIONS, "kind" => crate::metrics::SubscriptionKind::Bbox)
+                .decrement(1.0);
         }
         if !boxes.is_empty() {
             socket.leave(socket_room(socket.id));
@@ -325,9 +329,9 @@ pub(super) async fn forget<A: Adapter>(socket: &SocketRef<A>, conn: &Conn, gw: &
     for b in &boxes {
         gw.fanout.remove_box(&session.fleet, socket.id, *b);
     }
-    metrics::gauge!("fleetgate_subscriptions", "kind" => "fleet").decrement(f64::from(u8::from(whole)));
-    metrics::gauge!("fleetgate_subscriptions", "kind" => "vehicle").decrement(vehicles as f64);
-    metrics::gauge!("fleetgate_subscriptions", "kind" => "bbox").decrement(boxes.len() as f64);
+    metrics::gauge!(names::SUBSCRIPTIONS, "kind" => SubscriptionKind::Fleet).decrement(f64::from(u8::from(whole)));
+    metrics::gauge!(names::SUBSCRIPTIONS, "kind" => SubscriptionKind::Vehicle).decrement(vehicles as f64);
+    metrics::gauge!(names::SUBSCRIPTIONS, "kind" => SubscriptionKind::Bbox).decrement(boxes.len() as f64);
     if watching {
         gw.fanout.unwatch(&session.fleet).await;
     }

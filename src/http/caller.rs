@@ -10,6 +10,7 @@ use crate::{
     auth::{Claims, Role},
     error::ApiError,
     ids,
+    metrics::{AuthStage, names},
     session::Session,
 };
 
@@ -27,7 +28,7 @@ impl FromRequestParts<Arc<HttpState>> for Caller {
         match verified {
             Ok(claims) => Ok(Caller(claims)),
             Err(e) => {
-                metrics::counter!("fleetgate_auth_failures_total", "stage" => "http", "code" => e.code.as_str())
+                metrics::counter!(names::AUTH_FAILURES, "stage" => AuthStage::Http, "code" => e.code.as_str())
                     .increment(1);
                 Err(e)
             }

@@ -4,6 +4,8 @@
 
 use std::time::Instant;
 
+use crate::metrics::names;
+
 use axum::{
     extract::{MatchedPath, Request},
     http::Method,
@@ -17,10 +19,9 @@ pub async fn track(route: Option<MatchedPath>, req: Request, next: Next) -> Resp
     let started = Instant::now();
     let response = next.run(req).await;
     let status = response.status().as_u16().to_string();
-    metrics::histogram!("fleetgate_http_request_duration_seconds", "method" => method, "route" => route.clone())
+    metrics::histogram!(names::HTTP_REQUEST_DURATION_SECONDS, "method" => method, "route" => route.clone())
         .record(started.elapsed().as_secs_f64());
-    metrics::counter!("fleetgate_http_requests_total", "method" => method, "route" => route, "status" => status)
-        .increment(1);
+    metrics::counter!(names::HTTP_REQUESTS, "method" => method, "route" => route, "status" => status).increment(1);
     response
 }
 

@@ -3,9 +3,12 @@
 //! gauges sampled at scrape time, and the `/metrics` listener on its own
 //! address.
 //!
-//! Labels are bounded sets (roles, transports, outcomes, error codes,
-//! operations, routes); a fleet, vehicle or session id is never a label.
+//! Names live in [`names`], closed label sets are the types of [`labels`];
+//! routes are the router's patterns. A fleet, vehicle or session id is
+//! never a label.
 
+pub mod labels;
+pub mod names;
 mod process;
 
 use std::{
@@ -17,6 +20,12 @@ use async_trait::async_trait;
 use axum::{Router, extract::State, routing::get};
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub use self::labels::{
+    AdapterOp, AuthStage, CloseReason, DeliveryPath, HandshakeOutcome, Limit, PresenceState, StoreOp, SubscriptionKind,
+    Transport, UpdateOutcome, UpdateSource,
+};
+use crate::{auth::Role, error::ErrorCode};
 
 /// How often histogram samples are folded into their buckets when no
 /// scrape does it.
@@ -88,158 +97,178 @@ pub fn install() -> Result<Exporter, String> {
         .map_err(|e| e.to_string())?;
     describe();
     preregister();
-    metrics::gauge!("fleetgate_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    metrics::gauge!(names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     Ok(Exporter { handle, sampler: Arc::new(OnceLock::new()) })
 }
 
 /// The catalogue. README "Metrics" lists the same names with their labels.
 fn describe() {
-    describe_gauge!("fleetgate_build_info", "Always 1; the version label tells the running build.");
-    describe_gauge!("fleetgate_ready", "1 while this replica would answer /readyz with 200, else 0.");
+    describe_gauge!(names::BUILD_INFO, "Always 1; the version label tells the running build.");
+    describe_gauge!(names::READY, "1 while this replica would answer /readyz with 200, else 0.");
 
     // Connections and authentication.
-    describe_gauge!("fleetgate_connections", "Open Socket.IO connections on /fleet, by role and transport.");
-    describe_counter!("fleetgate_connections_opened_total", "Socket.IO connections accepted on /fleet, by transport.");
-    describe_counter!("fleetgate_connections_closed_total", "Socket.IO connections closed on /fleet, by reason.");
-    describe_counter!("fleetgate_handshakes_total", "Namespace handshakes, by outcome (ok, refused).");
-    describe_counter!("fleetgate_auth_failures_total", "Failed authentications by stage and error code.");
-    describe_counter!("fleetgate_auth_timeouts_total", "Sockets disconnected for not authenticating in time.");
-    describe_counter!("fleetgate_sessions_created_total", "Sessions created, by role.");
-    describe_counter!("fleetgate_sessions_revoked_total", "Sessions revoked through the API.");
+    describe_gauge!(names::CONNECTIONS, "Open Socket.IO connections on /fleet, by role and transport.");
+    describe_counter!(names::CONNECTIONS_OPENED, "Socket.IO connections accepted on /fleet, by transport.");
+    describe_counter!(names::CONNECTIONS_CLOSED, "Socket.IO connections closed on /fleet, by reason.");
+    describe_counter!(names::HANDSHAKES, "Namespace handshakes, by outcome (ok, refused).");
+    describe_counter!(names::AUTH_FAILURES, "Failed authentications by stage and error code.");
+    describe_counter!(names::AUTH_TIMEOUTS, "Sockets disconnected for not authenticating in time.");
+    describe_counter!(names::SESSIONS_CREATED, "Sessions created, by role.");
+    describe_counter!(names::SESSIONS_REVOKED, "Sessions revoked through the API.");
     describe_counter!(
-        "fleetgate_jwks_refreshes_total",
+        names::JWKS_REFRESHES,
         "Fetches of the identity provider's JWKS (FLEETGATE_JWT_JWKS_URL), by outcome (ok, error)."
     );
-    describe_gauge!("fleetgate_jwks_keys", "Keys of the identity provider's JWKS in use (0 before the first fetch).");
-    describe_gauge!(
-        "fleetgate_jwks_last_success_timestamp_seconds",
-        "Unix time of the last good JWKS fetch (0: never)."
-    );
+    describe_gauge!(names::JWKS_KEYS, "Keys of the identity provider's JWKS in use (0 before the first fetch).");
+    describe_gauge!(names::JWKS_LAST_SUCCESS, "Unix time of the last good JWKS fetch (0: never).");
 
     // Positions.
-    describe_counter!("fleetgate_position_updates_total", "Position updates by source and outcome.");
-    describe_counter!("fleetgate_event_errors_total", "Client events answered with an error, by code.");
-    describe_counter!("fleetgate_broadcasts_total", "Accepted positions fanned out on this replica.");
-    describe_counter!("fleetgate_deliveries_total", "Position events handed to local sockets.");
+    describe_counter!(names::POSITION_UPDATES, "Position updates by source and outcome.");
+    describe_counter!(names::EVENT_ERRORS, "Client events answered with an error, by code.");
+    describe_counter!(names::BROADCASTS, "Accepted positions fanned out on this replica.");
+    describe_counter!(names::DELIVERIES, "Position events handed to local sockets.");
     describe_counter!(
-        "fleetgate_emits_dropped_total",
+        names::EMITS_DROPPED,
         "Positions a lagging viewer did not get: superseded by a newer one of the same vehicle, or pending when it was disconnected."
     );
-    describe_counter!("fleetgate_slow_viewers_total", "Sockets that started lagging (their send buffer was full).");
+    describe_counter!(names::SLOW_VIEWERS, "Sockets that started lagging (their send buffer was full).");
     describe_counter!(
-        "fleetgate_slow_viewers_expelled_total",
+        names::SLOW_VIEWERS_EXPELLED,
         "Lagging sockets given up on after FLEETGATE_SLOW_VIEWER_SECS (sent nothing more, then disconnected)."
     );
     describe_counter!(
-        "fleetgate_slow_viewers_disconnected_total",
+        names::SLOW_VIEWERS_DISCONNECTED,
         "Expelled sockets disconnected by fleetgate (those reading nothing at all end at the next heartbeat instead)."
     );
-    describe_gauge!(
-        "fleetgate_lagging_sockets",
-        "Sockets lagging now, receiving only the newest position per vehicle."
-    );
+    describe_gauge!(names::LAGGING_SOCKETS, "Sockets lagging now, receiving only the newest position per vehicle.");
     describe_counter!(
-        "fleetgate_write_timeouts_total",
+        names::WRITE_TIMEOUTS,
         "Connections closed because writes to them made no progress for FLEETGATE_WRITE_TIMEOUT_SECS."
     );
-    describe_counter!("fleetgate_rate_limited_total", "Events and connections refused by a limit, by limit.");
-    describe_counter!("fleetgate_relay_received_total", "Positions received from other replicas.");
-    describe_counter!("fleetgate_relay_dropped_total", "Positions from other replicas dropped before local fan-out.");
+    describe_counter!(names::RATE_LIMITED, "Events and connections refused by a limit, by limit.");
+    describe_counter!(names::RELAY_RECEIVED, "Positions received from other replicas.");
+    describe_counter!(names::RELAY_DROPPED, "Positions from other replicas dropped before local fan-out.");
     describe_counter!(
-        "fleetgate_ingest_batches_total",
+        names::INGEST_BATCHES,
         "Store calls carrying position updates: updates per call = fleetgate_position_updates_total that reached the store ÷ this."
     );
     describe_histogram!(
-        "fleetgate_ingest_seconds",
+        names::INGEST_SECONDS,
         Unit::Seconds,
         "Time from receiving a position to its being stored (what the sender's ack waits for)."
     );
     describe_histogram!(
-        "fleetgate_delivery_lag_seconds",
+        names::DELIVERY_LAG_SECONDS,
         Unit::Seconds,
         "Time from a position's acceptance (on any replica) to its hand-off to sockets here, by path (local, relay)."
     );
-    describe_gauge!("fleetgate_subscriptions", "Live subscriptions on this replica, by kind.");
-    describe_gauge!("fleetgate_vehicles_online", "Vehicles with at least one socket connected to this replica.");
-    describe_counter!("fleetgate_presence_changes_total", "Vehicles announced online or offline, by state.");
-    describe_counter!("fleetgate_chat_messages_total", "Room messages stored.");
+    describe_gauge!(names::SUBSCRIPTIONS, "Live subscriptions on this replica, by kind.");
+    describe_gauge!(names::VEHICLES_ONLINE, "Vehicles with at least one socket connected to this replica.");
+    describe_counter!(names::PRESENCE_CHANGES, "Vehicles announced online or offline, by state.");
+    describe_counter!(names::CHAT_MESSAGES, "Room messages stored.");
 
     // Redis and the adapter.
     describe_histogram!(
-        "fleetgate_redis_command_seconds",
+        names::REDIS_COMMAND_SECONDS,
         Unit::Seconds,
         "Latency of the store's Redis calls, by operation (failed calls included)."
     );
-    describe_counter!("fleetgate_redis_errors_total", "Failed Redis calls (errors and timeouts), by operation.");
-    describe_counter!(
-        "fleetgate_adapter_errors_total",
-        "Socket.IO adapter operations across replicas that failed, by operation."
-    );
+    describe_counter!(names::REDIS_ERRORS, "Failed Redis calls (errors and timeouts), by operation.");
+    describe_counter!(names::ADAPTER_ERRORS, "Socket.IO adapter operations across replicas that failed, by operation.");
 
     // HTTP API.
-    describe_counter!("fleetgate_http_requests_total", "HTTP requests by method, route and status.");
+    describe_counter!(names::HTTP_REQUESTS, "HTTP requests by method, route and status.");
     describe_histogram!(
-        "fleetgate_http_request_duration_seconds",
+        names::HTTP_REQUEST_DURATION_SECONDS,
         Unit::Seconds,
         "HTTP request latency by method and route."
     );
 }
 
-/// Sources of position updates, as labelled.
-pub const UPDATE_SOURCES: [&str; 3] = ["socket", "http", "demo"];
-/// Outcomes of position updates, as labelled.
-pub const UPDATE_OUTCOMES: [&str; 7] =
-    ["accepted", "stale", "invalid", "forbidden", "rate_limited", "unavailable", "error"];
-/// The `limit` label of `fleetgate_rate_limited_total`.
-pub const RATE_LIMITS: [&str; 4] = ["events", "vehicle", "connections", "connections_per_ip"];
-/// Cross-replica operations of the adapter, as labelled.
-pub const ADAPTER_OPS: [&str; 4] = ["chat", "notice", "presence", "disconnect"];
+/// The HTTP routes every replica serves from the start (the probes): their
+/// series exist before the first request. Other routes and statuses are an
+/// open set and appear with their first request.
+const PROBE_ROUTES: [&str; 2] = ["/healthz", "/readyz"];
 
-/// Exposes the counters at zero before anything happens, so dashboards and
-/// alerts see a series (and `rate()` a start) from the first scrape.
+/// Exposes every counter and histogram at zero, with each of its known
+/// label values, before anything happens: dashboards and alerts see a
+/// series (and `rate()` a start) from the first scrape.
 fn preregister() {
-    for source in UPDATE_SOURCES {
-        for outcome in UPDATE_OUTCOMES {
-            metrics::counter!("fleetgate_position_updates_total", "source" => source, "outcome" => outcome)
-                .increment(0);
+    for source in UpdateSource::ALL {
+        for outcome in UpdateOutcome::ALL {
+            metrics::counter!(names::POSITION_UPDATES, "source" => *source, "outcome" => *outcome).increment(0);
         }
     }
-    for outcome in ["ok", "refused"] {
-        metrics::counter!("fleetgate_handshakes_total", "outcome" => outcome).increment(0);
+    for outcome in HandshakeOutcome::ALL {
+        metrics::counter!(names::HANDSHAKES, "outcome" => *outcome).increment(0);
     }
-    for state in ["online", "offline"] {
-        metrics::counter!("fleetgate_presence_changes_total", "state" => state).increment(0);
+    for stage in AuthStage::ALL {
+        for code in ErrorCode::ALL {
+            metrics::counter!(names::AUTH_FAILURES, "stage" => *stage, "code" => code.as_str()).increment(0);
+        }
     }
-    for limit in RATE_LIMITS {
-        metrics::counter!("fleetgate_rate_limited_total", "limit" => limit).increment(0);
+    for code in ErrorCode::ALL {
+        metrics::counter!(names::EVENT_ERRORS, "code" => code.as_str()).increment(0);
     }
-    for op in ADAPTER_OPS {
-        metrics::counter!("fleetgate_adapter_errors_total", "op" => op).increment(0);
+    for role in Role::ALL {
+        metrics::counter!(names::SESSIONS_CREATED, "role" => role.as_str()).increment(0);
     }
     for outcome in ["ok", "error"] {
-        metrics::counter!("fleetgate_jwks_refreshes_total", "outcome" => outcome).increment(0);
+        metrics::counter!(names::JWKS_REFRESHES, "outcome" => outcome).increment(0);
     }
-    metrics::gauge!("fleetgate_jwks_keys").set(0.0);
-    metrics::gauge!("fleetgate_jwks_last_success_timestamp_seconds").set(0.0);
-    for kind in ["fleet", "vehicle", "bbox"] {
-        metrics::gauge!("fleetgate_subscriptions", "kind" => kind).increment(0.0);
+    metrics::gauge!(names::JWKS_KEYS).set(0.0);
+    metrics::gauge!(names::JWKS_LAST_SUCCESS).set(0.0);
+    for transport in Transport::ALL {
+        metrics::counter!(names::CONNECTIONS_OPENED, "transport" => *transport).increment(0);
+    }
+    for reason in CloseReason::ALL {
+        metrics::counter!(names::CONNECTIONS_CLOSED, "reason" => *reason).increment(0);
+    }
+    for state in PresenceState::ALL {
+        metrics::counter!(names::PRESENCE_CHANGES, "state" => *state).increment(0);
+    }
+    for limit in Limit::ALL {
+        metrics::counter!(names::RATE_LIMITED, "limit" => *limit).increment(0);
+    }
+    for op in AdapterOp::ALL {
+        metrics::counter!(names::ADAPTER_ERRORS, "op" => *op).increment(0);
+    }
+    for kind in SubscriptionKind::ALL {
+        metrics::gauge!(names::SUBSCRIPTIONS, "kind" => *kind).increment(0.0);
+    }
+    for path in DeliveryPath::ALL {
+        let _ = metrics::histogram!(names::DELIVERY_LAG_SECONDS, "path" => *path);
+    }
+    let _ = metrics::histogram!(names::INGEST_SECONDS);
+    for route in PROBE_ROUTES {
+        metrics::counter!(names::HTTP_REQUESTS, "method" => "GET", "route" => route, "status" => "200").increment(0);
+        let _ = metrics::histogram!(names::HTTP_REQUEST_DURATION_SECONDS, "method" => "GET", "route" => route);
     }
     for name in [
-        "fleetgate_auth_timeouts_total",
-        "fleetgate_sessions_revoked_total",
-        "fleetgate_broadcasts_total",
-        "fleetgate_deliveries_total",
-        "fleetgate_emits_dropped_total",
-        "fleetgate_slow_viewers_total",
-        "fleetgate_slow_viewers_expelled_total",
-        "fleetgate_slow_viewers_disconnected_total",
-        "fleetgate_write_timeouts_total",
-        "fleetgate_relay_received_total",
-        "fleetgate_relay_dropped_total",
-        "fleetgate_ingest_batches_total",
-        "fleetgate_chat_messages_total",
+        names::AUTH_TIMEOUTS,
+        names::SESSIONS_REVOKED,
+        names::BROADCASTS,
+        names::DELIVERIES,
+        names::EMITS_DROPPED,
+        names::SLOW_VIEWERS,
+        names::SLOW_VIEWERS_EXPELLED,
+        names::SLOW_VIEWERS_DISCONNECTED,
+        names::WRITE_TIMEOUTS,
+        names::RELAY_RECEIVED,
+        names::RELAY_DROPPED,
+        names::INGEST_BATCHES,
+        names::CHAT_MESSAGES,
     ] {
         metrics::counter!(name).increment(0);
+    }
+}
+
+/// Exposes the Redis series at zero for every store operation; called when
+/// the store is Redis, so an in-memory replica shows no Redis metrics.
+pub fn preregister_redis() {
+    for op in StoreOp::ALL {
+        metrics::counter!(names::REDIS_ERRORS, "op" => *op).increment(0);
+        let _ = metrics::histogram!(names::REDIS_COMMAND_SECONDS, "op" => *op);
     }
 }
 

@@ -51,10 +51,7 @@ pub struct Relay {
 impl Relay {
     /// Connects and starts forwarding other replicas' messages (those not
     /// from `node_id`) to the returned receiver; [`run_inbox`] delivers them.
-    pub async fn start(
-        target: &RedisTarget,
-        node_id: String,
-    ) -> Result<(Self, mpsc::Receiver<Announcement>), String> {
+    pub async fn start(target: &RedisTarget, node_id: String) -> Result<(Self, mpsc::Receiver<Announcement>), String> {
         let client = crate::relay::subscriber_client(target)?;
         // The first connection is the pub/sub side's start-up check: a
         // certificate that does not verify fails here, and says so.
@@ -70,7 +67,7 @@ impl Relay {
                 let msg = match messages.recv().await {
                     Ok(msg) => msg,
                     Err(RecvError::Lagged(n)) => {
-                        metrics::counter!("fleetgate_relay_dropped_total").increment(n);
+                        metrics::counter!(crate::metrics::names::RELAY_DROPPED).increment(n);
                         continue;
                     }
                     Err(RecvError::Closed) => return,
@@ -81,9 +78,9 @@ impl Relay {
                     continue;
                 }
                 let n = message.len() as u64;
-                metrics::counter!("fleetgate_relay_received_total").increment(n);
+                metrics::counter!(crate::metrics::names::RELAY_RECEIVED).increment(n);
                 if tx.try_send(Announcement(message)).is_err() {
-                    metrics::counter!("fleetgate_relay_dropped_total").increment(n);
+                    metrics::counter!(crate::metrics::names::RELAY_DROPPED).increment(n);
                 }
             }
         });
@@ -103,7 +100,7 @@ impl Relay {
             return Ok(());
         }
         if let Err(e) = self.client.ssubscribe(position_channel(fleet)).await {
-            metrics::counter!("fleetgate_redis_errors_total", "op" => "subscribe").increment(1);
+            metrics::counter!(crate::metrics::names::REDIS_ERRORS, "op" => "subscribe").increment(1);
             return Err(e);
         }
         watched.insert(fleet.to_owned(), 1);

@@ -80,6 +80,9 @@ class Fleetgate:
             FLEETGATE_SHUTDOWN_GRACE_SECS="5",
         )
         env.update(extra_env or {})
+        if env.get("FLEETGATE_DEMO") == "true":
+            # The demo refuses real keys: it signs with a secret of its own.
+            del env["FLEETGATE_JWT_SECRET"]
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen([str(binary)], env=env, stdout=self._log, stderr=subprocess.STDOUT)
         self._wait_ready()
@@ -424,11 +427,11 @@ def scrape(fg: Fleetgate) -> str:
 @pytest.fixture(scope="session")
 def metrics_scrape(fleetgate_bin, redis_server) -> str:
     """The /metrics text of a Redis-backed replica after the traffic a real
-    deployment sees: the demo fleet, vehicles and viewers on both transports,
+    deployment sees: vehicles and viewers on both transports,
     positions relayed from a second replica, refusals of every kind, HTTP
     calls, chat and a revocation."""
     env = {"FLEETGATE_REDIS_URL": redis_server.url}
-    a = Fleetgate(fleetgate_bin, "metrics-a", {**env, "FLEETGATE_DEMO": "true", "FLEETGATE_DEMO_VEHICLES": "3"})
+    a = Fleetgate(fleetgate_bin, "metrics-a", env)
     b = Fleetgate(fleetgate_bin, "metrics-b", env)
     made: list[FleetClient] = []
 
@@ -490,3 +493,15 @@ def metrics_scrape(fleetgate_bin, redis_server) -> str:
         for c in made:
             c.close()
         stop_cleanly(b, a)
+
+
+@pytest.fixture(scope="session")
+def fresh_scrape(fleetgate_bin, redis_server) -> str:
+    """The first /metrics text of a Redis-backed replica that has seen no
+    traffic (only the readiness checks that tell it is up): what a dashboard
+    or an alert rule sees right after a rollout."""
+    fg = Fleetgate(fleetgate_bin, "fresh", {"FLEETGATE_REDIS_URL": redis_server.url})
+    try:
+        return scrape(fg)
+    finally:
+        stop_cleanly(fg)

@@ -6,10 +6,12 @@ template variable on every panel and target, units everywhere,
 `$__rate_interval` in every range, job/instance filters on every selector),
 and every PromQL expression parses with `promtool check rules`.
 
-One check needs a live scrape: every metric a dashboard queries must appear in
+Two checks need a live scrape: every metric a dashboard queries must appear in
 the `/metrics` text of a Redis-backed fleetgate after real traffic (the
 `metrics_scrape` fixture from conftest.py), so a renamed or removed metric
-fails here instead of leaving an empty panel.
+fails here instead of leaving an empty panel; and in the first scrape of a
+fresh one that has seen no traffic (`fresh_scrape`), so no panel starts
+with "No data" and `rate()` sees the first increment.
 """
 
 from __future__ import annotations
@@ -298,8 +300,9 @@ def test_helm_chart_ships_these_dashboards():
 # --------------------------------------------------------------------------- against a real scrape
 
 
-def test_queried_metrics_exist_in_a_scrape(dashboard, metrics_scrape):
-    families, series = scrape_names(metrics_scrape)
+def missing_from(dashboard: dict, text: str) -> dict[str, list[str]]:
+    """Metric names the dashboard queries that `text` does not hold, with where."""
+    families, series = scrape_names(text)
     assert families, "the scrape has no # TYPE lines"
     missing = {}
     for where, expr in expressions(dashboard):
@@ -310,7 +313,18 @@ def test_queried_metrics_exist_in_a_scrape(dashboard, metrics_scrape):
             if family is not None and family in families:
                 continue
             missing.setdefault(name, []).append(where)
-    assert not missing, "metrics queried but absent from the scrape:\n" + "\n".join(
-        f"  {name}: {', '.join(wheres)}" for name, wheres in sorted(missing.items())
-    )
+    return missing
 
+
+def report(missing: dict[str, list[str]]) -> str:
+    return "\n".join(f"  {name}: {', '.join(wheres)}" for name, wheres in sorted(missing.items()))
+
+
+def test_queried_metrics_exist_in_a_scrape(dashboard, metrics_scrape):
+    missing = missing_from(dashboard, metrics_scrape)
+    assert not missing, "metrics queried but absent from the scrape:\n" + report(missing)
+
+
+def test_queried_metrics_exist_in_a_fresh_scrape(dashboard, fresh_scrape):
+    missing = missing_from(dashboard, fresh_scrape)
+    assert not missing, "metrics queried but absent from a fresh process's first scrape:\n" + report(missing)

@@ -49,6 +49,7 @@ SCENARIOS: dict[str, dict] = {
         "ingress": {"enabled": True, "tls": [{"secretName": "fg-tls", "hosts": ["fleetgate.example.com"]}]},
         "autoscaling": {"enabled": True},
         "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+        "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
         "dashboards": {"enabled": True},
         "config": {"maxAgeMs": 604800000, "batchMs": 250, "corsOrigins": ["https://a.example", "https://b.example"]},
         "probes": {"startup": {"enabled": True}},
@@ -264,7 +265,21 @@ def check_http_route(doc: dict) -> None:
             assert ref["name"] and isinstance(ref["port"], int) and 1 <= ref["port"] <= 65535
 
 
-CUSTOM_RESOURCES = {"ServiceMonitor": check_service_monitor, "HTTPRoute": check_http_route}
+def check_prometheus_rule(doc: dict) -> None:
+    # test_alerts.py checks the rules themselves.
+    assert doc["apiVersion"] == "monitoring.coreos.com/v1"
+    assert set(doc["spec"]) == {"groups"} and doc["spec"]["groups"]
+    for group in doc["spec"]["groups"]:
+        assert group["name"] and group["rules"]
+        for rule in group["rules"]:
+            assert set(rule) <= {"alert", "expr", "for", "labels", "annotations"}, rule
+
+
+CUSTOM_RESOURCES = {
+    "ServiceMonitor": check_service_monitor,
+    "HTTPRoute": check_http_route,
+    "PrometheusRule": check_prometheus_rule,
+}
 
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
@@ -300,7 +315,7 @@ def test_expected_objects_per_scenario(rendered):
         return {d["kind"] for d in rendered[name]}
 
     assert kinds_of("defaults") == {"Deployment", "PodDisruptionBudget", "Pod", "Secret", "Service", "ServiceAccount"}
-    assert {"Ingress", "HorizontalPodAutoscaler", "ServiceMonitor", "ConfigMap"} <= kinds_of("scaled")
+    assert {"Ingress", "HorizontalPodAutoscaler", "ServiceMonitor", "PrometheusRule", "ConfigMap"} <= kinds_of("scaled")
     assert "HTTPRoute" in kinds_of("httproute") and "Ingress" not in kinds_of("httproute")
     # Everything comes from existing Secrets: the chart has nothing to store.
     assert "Secret" not in kinds_of("hs256-existing")

@@ -10,12 +10,13 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import time
 import tomllib
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import REPO
+from conftest import REPO, scrape
 
 SUFFIXES = ("_bucket", "_sum", "_count")
 
@@ -72,6 +73,19 @@ def test_every_catalogued_metric_is_exported_with_its_labels(metrics_scrape):
         assert name in types, f"{name} is in the README catalogue but not exported"
         assert types[name] == kind, f"{name}: README says {kind}, exported as {types[name]}"
         assert exported.get(name, set()) == labels, f"{name}: README labels {labels}, exported {exported.get(name)}"
+
+
+def test_every_catalogued_counter_and_histogram_is_in_a_fresh_scrape(fresh_scrape):
+    # Gauges are set when sampled or changed; counters and histograms are
+    # pre-registered at zero, so a replica that has seen no traffic has them.
+    types = dict(re.findall(r"^# TYPE (\S+) (\S+)$", fresh_scrape, re.M))
+    missing = sorted(n for n, (kind, _) in catalogue().items() if kind != "gauge" and n not in types)
+    assert not missing, f"counters and histograms absent from a fresh process's first scrape: {missing}"
+    assert value(fresh_scrape, "fleetgate_position_updates_total") == 0
+    for source in ("socket", "http", "demo", "osmand", "mqtt"):
+        assert any(
+            n == "fleetgate_position_updates_total" and ls.get("source") == source for n, ls, _ in samples(fresh_scrape)
+        ), f"no fleetgate_position_updates_total series for source={source}"
 
 
 def test_nothing_exported_is_undocumented(metrics_scrape):
@@ -132,7 +146,6 @@ def test_numbers_follow_the_traffic(metrics_scrape):
     assert value(t, "fleetgate_position_updates_total", source="socket", outcome="invalid") >= 1
     assert value(t, "fleetgate_position_updates_total", source="socket", outcome="forbidden") >= 1
     assert value(t, "fleetgate_position_updates_total", source="http", outcome="accepted") >= 1
-    assert value(t, "fleetgate_position_updates_total", source="demo", outcome="accepted") >= 1
     # Fan-out, locally and from the other replica.
     assert value(t, "fleetgate_broadcasts_total") >= 1
     assert value(t, "fleetgate_deliveries_total") >= 1
@@ -172,3 +185,16 @@ def test_numbers_follow_the_traffic(metrics_scrape):
     assert value(t, "fleetgate_process_open_fds") > 5
     assert value(t, "fleetgate_process_cpu_seconds_total") > 0
     assert value(t, "fleetgate_process_start_time_seconds") > 1.7e9
+
+
+def test_demo_positions_count_as_their_own_source(fleetgate_factory):
+    """The demo fleet (a --demo server: it refuses real keys, so it runs
+    apart from the scraped replicas) counts its positions as `demo`."""
+    demo = fleetgate_factory("metrics-demo", FLEETGATE_DEMO="true", FLEETGATE_DEMO_VEHICLES="3")
+    deadline = time.monotonic() + 15
+    while True:
+        t = scrape(demo)
+        if value(t, "fleetgate_position_updates_total", source="demo", outcome="accepted") >= 1:
+            break
+        assert time.monotonic() < deadline, "the demo fleet published nothing"
+        time.sleep(0.5)

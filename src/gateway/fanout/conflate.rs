@@ -17,6 +17,7 @@ use socketioxide::{
 };
 
 use super::{Fanout, Mode, NAMESPACE, Outgoing, fleet_room, slow::Batch};
+use crate::metrics::names;
 
 /// Positions waiting for the end of the window: fleet → vehicle → newest.
 pub(super) type Pending = HashMap<String, HashMap<String, Arc<Outgoing>>>;
@@ -70,10 +71,10 @@ impl<A: Adapter> Fanout<A> {
                     delivered += self.slow.offer_batch(&socket, &items, &encoded);
                 }
             }
-            metrics::counter!("fleetgate_broadcasts_total").increment(all.len() as u64);
+            metrics::counter!(names::BROADCASTS).increment(all.len() as u64);
             all.iter().for_each(|p| p.record_lag());
         }
-        metrics::counter!("fleetgate_deliveries_total").increment(delivered as u64);
+        metrics::counter!(names::DELIVERIES).increment(delivered as u64);
     }
 }
 

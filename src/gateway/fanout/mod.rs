@@ -47,6 +47,7 @@ use slow::SlowViewers;
 use crate::{
     error::ApiError,
     geo::{self, BBox, Cell},
+    metrics::{DeliveryPath, names},
     replication::Relay,
 };
 
@@ -106,9 +107,9 @@ impl Outgoing {
     }
 
     fn record_lag(&self) {
-        let path = if self.relayed { "relay" } else { "local" };
+        let path = if self.relayed { DeliveryPath::Relay } else { DeliveryPath::Local };
         let lag = (crate::ids::now_ms() - self.received_at).max(0) as f64 / 1000.0;
-        metrics::histogram!("fleetgate_delivery_lag_seconds", "path" => path).record(lag);
+        metrics::histogram!(names::DELIVERY_LAG_SECONDS, "path" => path).record(lag);
     }
 }
 
@@ -212,7 +213,7 @@ impl<A: Adapter> Fanout<A> {
     /// Writes one position to its watchers now.
     fn send_now(&self, p: &Arc<Outgoing>) {
         let sockets = self.watchers(p);
-        metrics::counter!("fleetgate_broadcasts_total").increment(1);
+        metrics::counter!(names::BROADCASTS).increment(1);
         if sockets.is_empty() {
             return;
         }
@@ -222,7 +223,7 @@ impl<A: Adapter> Fanout<A> {
                 delivered += 1;
             }
         }
-        metrics::counter!("fleetgate_deliveries_total").increment(delivered);
+        metrics::counter!(names::DELIVERIES).increment(delivered);
         p.record_lag();
     }
 

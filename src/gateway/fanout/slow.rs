@@ -29,6 +29,7 @@ use socketioxide::{
 };
 
 use super::Outgoing;
+use crate::metrics::names;
 
 /// How often lagging sockets are offered their backlog.
 const SWEEP: Duration = Duration::from_millis(100);
@@ -72,7 +73,7 @@ impl<A: Adapter> Lag<A> {
 }
 
 fn dropped(n: usize) {
-    metrics::counter!("fleetgate_emits_dropped_total").increment(n as u64);
+    metrics::counter!(names::EMITS_DROPPED).increment(n as u64);
 }
 
 fn is_full(e: &SendError) -> bool {
@@ -119,7 +120,7 @@ impl<A: Adapter> SlowViewers<A> {
         let Some(first) = items.first() else { return };
         let mut lagging = self.lock();
         let lag = lagging.entry(socket.id).or_insert_with(|| {
-            metrics::counter!("fleetgate_slow_viewers_total").increment(1);
+            metrics::counter!(names::SLOW_VIEWERS).increment(1);
             tracing::debug!(sid = %socket.id, "viewer lagging");
             Lag {
                 socket: socket.clone(),
@@ -191,7 +192,7 @@ impl<A: Adapter> SlowViewers<A> {
                 dropped(lag.backlog.len());
                 lag.backlog.clear();
                 lag.expelled = true;
-                metrics::counter!("fleetgate_slow_viewers_expelled_total").increment(1);
+                metrics::counter!(names::SLOW_VIEWERS_EXPELLED).increment(1);
                 tracing::info!(sid = %lag.socket.id, "disconnecting a viewer that does not keep up");
             }
             if lag.expelled {
@@ -220,7 +221,7 @@ impl<A: Adapter> SlowViewers<A> {
             !lag.backlog.is_empty()
         });
         self.count.store(lagging.len(), Ordering::Relaxed);
-        metrics::counter!("fleetgate_deliveries_total").increment(delivered);
+        metrics::counter!(names::DELIVERIES).increment(delivered);
         expel
     }
 }
@@ -239,7 +240,7 @@ pub(super) async fn run_sweep<A: Adapter>(gw: Arc<crate::gateway::Gateway<A>>) {
             let sid = socket.id;
             // Refused while its buffer is full: tried again at the next sweep.
             if socket.disconnect().is_ok() {
-                metrics::counter!("fleetgate_slow_viewers_disconnected_total").increment(1);
+                metrics::counter!(names::SLOW_VIEWERS_DISCONNECTED).increment(1);
                 gw.fanout.slow.forget(sid);
             }
         }
