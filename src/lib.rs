@@ -5,6 +5,35 @@
 //! to a fleet, some vehicles or a bounding box and receive every accepted
 //! position live. Replicas share state through Redis; without Redis one
 //! node keeps everything in memory. The wire contract is `PROTOCOL.md`.
+//!
+//! # Layout
+//!
+//! - [`server`] wires one process: the listeners, the store, the adapter
+//!   and graceful shutdown. [`config`] is the one `Config` it reads.
+//! - [`auth`] verifies tokens (configured keys and a JWKS, `auth::remote`)
+//!   and holds the scope of a viewer token; [`session`] is what a verified
+//!   client becomes.
+//! - [`gateway`] is the `/fleet` namespace: the handshake and the events
+//!   (routed by name in `gateway::Route`), [`gateway::publish`] the accept
+//!   path, `gateway::fanout` the delivery to local sockets, and the viewers,
+//!   rooms, presence, limits and deadlines of sockets beside them.
+//! - [`store`] keeps sessions, positions, presence and chat: `memory`
+//!   (embedded) or `redis` (replicas), behind the `Store` trait.
+//! - [`replication`] carries positions between replicas over Redis pub/sub,
+//!   its wire format in `replication::wire`; [`relay`] is the pub/sub client
+//!   it and the Socket.IO adapter run on; [`redis_target`], [`redis_tls`] and
+//!   [`sentinel`] say which Redis and how to reach it.
+//! - [`http`] is the HTTP API, probes and pages; [`device`] the OsmAnd
+//!   listener and the MQTT subscription; [`demo`] the simulated fleet.
+//! - [`metrics`] holds every metric name and label set; [`position`] and
+//!   [`geo`] the domain types.
+//!
+//! A position's path: a `locationupdate` frame (or an HTTP, OsmAnd or MQTT
+//! request) → [`gateway::publish`]: parse ([`position`]), authorise against
+//! the [`session`], batch by fleet → [`store`] (one compare-and-set per
+//! update, one publish per batch) → the ack, and `gateway::fanout` to this
+//! replica's viewers; other replicas receive the batch through
+//! [`replication`] and fan it out to theirs.
 
 pub mod auth;
 pub mod config;
