@@ -3,7 +3,7 @@
 //!
 //! The grid has a few levels of square cells (0.01° up to the whole world).
 //! A box is filed under the finest level at which it spans at most
-//! [`MAX_CELLS_PER_AXIS`]² cells; an update probes one cell per level and
+//! `MAX_CELLS_PER_AXIS`² cells; an update probes one cell per level and
 //! checks the candidates it finds exactly.
 
 use serde_json::Value;

@@ -1,6 +1,6 @@
 //! The pub/sub client of Redis: fred's subscriber client, which reconnects
 //! with backoff, with its channels re-subscribed after each reconnect (see
-//! [`resubscribe_on_reconnect`]). Replication ([`crate::replication`]) and
+//! `resubscribe_on_reconnect`). Replication ([`crate::replication`]) and
 //! the Socket.IO adapter each run on one.
 
 use std::time::Duration;

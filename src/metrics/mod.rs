@@ -147,7 +147,10 @@ fn describe() {
     );
     describe_counter!(names::RATE_LIMITED, "Events and connections refused by a limit, by limit.");
     describe_counter!(names::RELAY_RECEIVED, "Positions received from other replicas.");
-    describe_counter!(names::RELAY_DROPPED, "Positions from other replicas dropped before local fan-out.");
+    describe_counter!(
+        names::RELAY_DROPPED,
+        "Positions from other replicas dropped before local fan-out (on a subscriber lag, whole messages: each one or more positions)."
+    );
     describe_counter!(
         names::INGEST_BATCHES,
         "Store calls carrying position updates: updates per call = fleetgate_position_updates_total that reached the store ÷ this."

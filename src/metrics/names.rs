@@ -3,7 +3,7 @@
 //! pre-registration all use these, and README "Metrics" lists the same names.
 //!
 //! The process families (`fleetgate_process_*`) are written by
-//! [`super::process`] and are not here.
+//! `metrics::process` and are not here.
 
 pub const BUILD_INFO: &str = "fleetgate_build_info";
 pub const READY: &str = "fleetgate_ready";

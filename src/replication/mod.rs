@@ -67,6 +67,8 @@ impl Relay {
                 let msg = match messages.recv().await {
                     Ok(msg) => msg,
                     Err(RecvError::Lagged(n)) => {
+                        // Whole messages, of unknown size: the subscriber
+                        // lagged before they were read.
                         metrics::counter!(crate::metrics::names::RELAY_DROPPED).increment(n);
                         continue;
                     }

@@ -12,14 +12,14 @@
 //! another replica, travel together. A task takes everything queued at once
 //! and hands it to the sockets. Each
 //! position is encoded once into the Socket.IO packet its viewers receive
-//! ([`Outgoing::wire`]); handing it to a socket is a reference-count
+//! (`Outgoing::wire`); handing it to a socket is a reference-count
 //! increment and a push onto the socket's queue. The websocket connection
 //! (`vendor/engineioxide`) then coalesces by `FLEETGATE_WRITE_WINDOW_MS`
 //! (contract section 9): what reaches a socket within a window of its last
 //! write leaves together, in one write, at the end of that window.
 //!
 //! With conflation on (`FLEETGATE_BATCH_MS` > 0) positions wait in a
-//! per-fleet map that keeps the newest per vehicle (see [`conflate`]).
+//! per-fleet map that keeps the newest per vehicle (see `conflate`).
 
 mod conflate;
 mod slow;
