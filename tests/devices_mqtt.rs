@@ -13,7 +13,7 @@ use std::{
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{Value, json};
-use support::{Mosquitto, Redis, Server, http_request_as, now_ms, token_for};
+use support::{Certs, Mosquitto, Redis, Server, http_request_as, now_ms, token_for};
 use tokio::sync::{mpsc, watch};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -297,76 +297,18 @@ async fn a_broker_restart_is_survived() {
     assert_eq!(fleet(&server, "f")["bus-r"]["ts"], ts + 1);
 }
 
-fn openssl(dir: &std::path::Path, args: &[&str]) {
-    let out = std::process::Command::new("openssl").current_dir(dir).args(args).output().expect("openssl");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// A CA (`<name>-ca.pem`) and, signed by it, a certificate for localhost.
+/// The suite's test certificates (`support::Certs`: a CA, a server
+/// certificate for localhost signed by it, and a CA that signed nothing),
+/// under the names the broker's configuration below uses.
 fn certificates(dir: &std::path::Path) {
-    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
-    for args in [
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=fleetgate test CA",
-        ][..],
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=localhost",
-        ],
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "1",
-            "-extfile",
-            "san.ext",
-        ],
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "other.key",
-            "-out",
-            "other-ca.pem",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=someone else",
-        ],
+    let certs = Certs::generate();
+    for (from, to) in [
+        ("ca.crt", "ca.pem"),
+        ("server.crt", "server.pem"),
+        ("server.key", "server.key"),
+        ("other-ca.crt", "other-ca.pem"),
     ] {
-        openssl(dir, args);
+        std::fs::copy(certs.path(from), dir.join(to)).expect("copy a test certificate");
     }
 }
 
