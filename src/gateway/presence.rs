@@ -17,6 +17,7 @@ use std::{
 
 use serde::Serialize;
 use socketioxide::adapter::Adapter;
+use tokio::sync::oneshot;
 
 use super::{
     Gateway,
@@ -31,43 +32,89 @@ use crate::{
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// This replica's vehicle sockets, by (fleet, vehicle).
+///
+/// The store hears of a vehicle's first socket here in the background, so
+/// its "last one left" can be sent before its "first one arrived" has
+/// landed (a socket that resumes a session on this replica and is revoked
+/// at once). The store would then keep a claim no socket holds, and the
+/// vehicle would stay online until the claim lapses. So each vehicle's
+/// presence changes are sent in turn: one waits for the previous one.
 #[derive(Default)]
 pub struct LocalVehicles {
-    counts: Mutex<HashMap<(String, String), usize>>,
+    vehicles: Mutex<HashMap<(String, String), Vehicle>>,
+}
+
+/// A vehicle's sockets here and its presence changes still on their way to the store.
+#[derive(Default)]
+struct Vehicle {
+    sockets: usize,
+    turns: u64,
+    last_turn: Option<oneshot::Receiver<()>>,
+}
+
+/// One presence change's place in its vehicle's order: it goes after
+/// `after` and signals the next one by dropping `done`.
+struct Turn {
+    after: Option<oneshot::Receiver<()>>,
+    done: oneshot::Sender<()>,
+    number: u64,
+}
+
+impl Turn {
+    async fn wait(&mut self) {
+        if let Some(previous) = self.after.take() {
+            // An error only means the previous change's task is gone: either way it is over.
+            let _ = previous.await;
+        }
+    }
+}
+
+impl Vehicle {
+    fn next_turn(&mut self) -> Turn {
+        let (done, next) = oneshot::channel();
+        self.turns += 1;
+        Turn { after: self.last_turn.replace(next), done, number: self.turns }
+    }
 }
 
 impl LocalVehicles {
-    /// Counts a socket in; whether it is the vehicle's first here.
-    fn add(&self, key: &(String, String)) -> bool {
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let n = counts.entry(key.clone()).or_insert(0);
-        *n += 1;
-        *n == 1
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Vehicle>> {
+        self.vehicles.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Counts a socket out; whether it was the vehicle's last here.
-    fn remove(&self, key: &(String, String)) -> bool {
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        match counts.get_mut(key) {
-            Some(n) if *n > 1 => {
-                *n -= 1;
-                false
-            }
-            Some(_) => {
-                counts.remove(key);
-                true
-            }
-            None => false,
+    /// Counts a socket in; the store's turn when it is the vehicle's first here.
+    fn add(&self, key: &(String, String)) -> Option<Turn> {
+        let mut vehicles = self.lock();
+        let vehicle = vehicles.entry(key.clone()).or_default();
+        vehicle.sockets += 1;
+        (vehicle.sockets == 1).then(|| vehicle.next_turn())
+    }
+
+    /// Counts a socket out; the store's turn when it was the vehicle's last here.
+    fn remove(&self, key: &(String, String)) -> Option<Turn> {
+        let mut vehicles = self.lock();
+        let vehicle = vehicles.get_mut(key).filter(|v| v.sockets > 0)?;
+        vehicle.sockets -= 1;
+        (vehicle.sockets == 0).then(|| vehicle.next_turn())
+    }
+
+    /// A presence change reached the store: the vehicle is forgotten when
+    /// it has no socket here and nothing else is on its way.
+    fn finish(&self, key: &(String, String), turn: Turn) {
+        let mut vehicles = self.lock();
+        if vehicles.get(key).is_some_and(|v| v.sockets == 0 && v.turns == turn.number) {
+            vehicles.remove(key);
         }
+        drop(turn.done);
     }
 
     /// How many vehicles have a socket here.
     pub fn count(&self) -> usize {
-        self.counts.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.lock().values().filter(|v| v.sockets > 0).count()
     }
 
     fn snapshot(&self) -> Vec<(String, String)> {
-        self.counts.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
+        self.lock().iter().filter(|(_, v)| v.sockets > 0).map(|(k, _)| k.clone()).collect()
     }
 }
 
@@ -96,33 +143,34 @@ impl<A: Adapter> Gateway<A> {
     /// store's part runs in the background.
     pub(super) fn vehicle_socket_opened(self: &Arc<Self>, fleet: &str, vehicle: &str) {
         let key = (fleet.to_owned(), vehicle.to_owned());
-        if !self.local_vehicles.add(&key) {
-            return;
-        }
+        let Some(mut turn) = self.local_vehicles.add(&key) else { return };
         let gw = self.clone();
         tokio::spawn(async move {
+            turn.wait().await;
             let (fleet, vehicle) = &key;
             match gw.store.vehicle_connected(fleet, vehicle, &gw.node_id).await {
                 Ok(true) => gw.announce_online(fleet, vehicle).await,
                 Ok(false) => {}
                 Err(e) => tracing::warn!(error = %e, "presence not recorded"),
             }
+            gw.local_vehicles.finish(&key, turn);
         });
     }
 
     /// A socket with a vehicle session closed on this replica.
     pub(super) async fn vehicle_socket_closed(&self, fleet: &str, vehicle: &str) {
         let key = (fleet.to_owned(), vehicle.to_owned());
-        if !self.local_vehicles.remove(&key) {
-            return;
-        }
+        let Some(mut turn) = self.local_vehicles.remove(&key) else { return };
+        turn.wait().await;
         match self.store.vehicle_disconnected(fleet, vehicle, &self.node_id).await {
             Ok(Some(last_seen)) => {
-                self.announce_offline(&Offline { fleet: key.0, vehicle: key.1, last_seen }).await;
+                let offline = Offline { fleet: fleet.to_owned(), vehicle: vehicle.to_owned(), last_seen };
+                self.announce_offline(&offline).await;
             }
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "presence not updated; the sweep will catch up"),
         }
+        self.local_vehicles.finish(&key, turn);
     }
 
     pub(super) async fn announce_online(&self, fleet: &str, vehicle: &str) {
@@ -170,5 +218,46 @@ pub async fn run<A: Adapter>(gateway: Arc<Gateway<A>>) {
                 Err(e) => tracing::debug!(error = %e, "presence sweep failed"),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> (String, String) {
+        ("f".to_owned(), "bus-1".to_owned())
+    }
+
+    #[tokio::test]
+    async fn a_vehicles_last_socket_leaving_waits_for_its_first_arriving() {
+        let local = LocalVehicles::default();
+        let mut arrived = local.add(&key()).expect("first socket");
+        assert!(local.add(&key()).is_none(), "a second socket is no change");
+        assert!(local.remove(&key()).is_none());
+        let mut left = local.remove(&key()).expect("last socket");
+        arrived.wait().await;
+        let waiting = tokio::time::timeout(Duration::from_millis(50), left.wait()).await;
+        assert!(waiting.is_err(), "the departure went before the arrival reached the store");
+        local.finish(&key(), arrived);
+        tokio::time::timeout(Duration::from_secs(1), left.wait()).await.expect("departure's turn");
+        assert_eq!(local.count(), 0);
+        local.finish(&key(), left);
+        assert!(local.lock().is_empty(), "a vehicle with no socket and nothing pending is forgotten");
+    }
+
+    #[tokio::test]
+    async fn a_vehicle_back_before_its_departure_landed_stays_known() {
+        let local = LocalVehicles::default();
+        let first = local.add(&key()).expect("first socket");
+        local.finish(&key(), first);
+        let left = local.remove(&key()).expect("last socket");
+        let mut back = local.add(&key()).expect("first socket again");
+        assert_eq!(local.count(), 1);
+        local.finish(&key(), left);
+        assert_eq!(local.snapshot(), vec![key()], "the newer arrival keeps the vehicle");
+        back.wait().await;
+        local.finish(&key(), back);
+        assert_eq!(local.count(), 1);
     }
 }
