@@ -57,7 +57,8 @@ async fn handshake_session_and_resume() {
 
 #[tokio::test]
 async fn authenticate_event_flow_and_timeout() {
-    let server = Server::start(&[("FLEETGATE_AUTH_TIMEOUT_SECS", "1".into())]);
+    // Long enough that a loaded machine still authenticates in time.
+    let server = Server::start(&[("FLEETGATE_AUTH_TIMEOUT_SECS", "3".into())]);
     let mut c = Client::connect(&server, Value::Null).await.unwrap();
     let r = c.call("subscribe", json!({})).await;
     assert_eq!(code(&r), "unauthenticated");
@@ -75,13 +76,12 @@ async fn authenticate_event_flow_and_timeout() {
     assert!(r["data"].get("vehicle").is_none());
 
     // Authenticated in time: still connected after the timeout.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
     assert!(!c.is_disconnected());
     assert_eq!(c.call("subscribe", json!({})).await["ok"], true);
 
     let idle = Client::connect(&server, Value::Null).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(2000)).await;
-    assert!(idle.is_disconnected(), "unauthenticated socket must be dropped");
+    assert!(idle.disconnected_within(Duration::from_secs(15)).await, "unauthenticated socket must be dropped");
 }
 
 #[tokio::test]
@@ -243,8 +243,7 @@ async fn sigterm_closes_sockets_and_exits() {
     let c = Client::connect(&server, json!({"token": token_for("f", "viewer", "v")})).await.unwrap();
     let status = tokio::task::spawn_blocking(move || server.terminate()).await.unwrap();
     assert!(status.success(), "clean exit, got {status:?}");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(c.is_disconnected());
+    assert!(c.disconnected_within(Duration::from_secs(5)).await);
 }
 
 #[tokio::test]

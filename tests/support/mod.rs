@@ -830,6 +830,19 @@ impl Client {
     pub fn is_disconnected(&self) -> bool {
         *self.disconnected.lock().unwrap()
     }
+
+    /// Whether the server closes this socket within `within` (polled, so a
+    /// loaded machine only makes it slower, never wrong).
+    pub async fn disconnected_within(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while !self.is_disconnected() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
 }
 
 /// A private mosquitto broker on a free port (never the host's own on
