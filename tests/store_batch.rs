@@ -47,8 +47,7 @@ fn position(vehicle: &str, ts: i64) -> (Position, String) {
 /// Offers `updates` (vehicle, ts) as one batch; the outcomes, `Err` as "unavailable".
 async fn offer(store: &dyn Store, updates: &[(&str, i64)]) -> Vec<Result<PutOutcome, String>> {
     let owned: Vec<(Position, String)> = updates.iter().map(|(v, ts)| position(v, *ts)).collect();
-    let writes: Vec<PositionWrite<'_>> =
-        owned.iter().map(|(p, e)| PositionWrite::new(p, e, Instant::now())).collect();
+    let writes: Vec<PositionWrite<'_>> = owned.iter().map(|(p, e)| PositionWrite::new(p, e, Instant::now())).collect();
     store.put_positions(FLEET, &writes).await.into_iter().map(|r| r.map_err(|e| e.to_string())).collect()
 }
 

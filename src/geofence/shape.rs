@@ -39,7 +39,10 @@ fn fault(field: impl Into<String>, reason: impl Into<String>) -> ShapeError {
 pub enum Shape {
     Area(MultiPolygon<f64>),
     /// Centre and radius in metres.
-    Circle { center: Point<f64>, radius_m: f64 },
+    Circle {
+        center: Point<f64>,
+        radius_m: f64,
+    },
 }
 
 impl Shape {
@@ -63,9 +66,11 @@ impl Shape {
 
     pub fn vertices(&self) -> usize {
         match self {
-            Self::Area(area) => {
-                area.0.iter().map(|p| p.exterior().0.len() + p.interiors().iter().map(|r| r.0.len()).sum::<usize>()).sum()
-            }
+            Self::Area(area) => area
+                .0
+                .iter()
+                .map(|p| p.exterior().0.len() + p.interiors().iter().map(|r| r.0.len()).sum::<usize>())
+                .sum(),
             Self::Circle { .. } => 1,
         }
     }
@@ -218,11 +223,8 @@ fn ring(v: &Value, field: &str, max_vertices: usize, seen: &mut usize) -> Result
     if items.len() < 4 {
         return Err(fault(field, "a ring needs at least 4 positions (the last repeating the first)"));
     }
-    let coords = items
-        .iter()
-        .enumerate()
-        .map(|(i, p)| position(p, &format!("{field}[{i}]")))
-        .collect::<Result<Vec<_>, _>>()?;
+    let coords =
+        items.iter().enumerate().map(|(i, p)| position(p, &format!("{field}[{i}]"))).collect::<Result<Vec<_>, _>>()?;
     if coords.first() != coords.last() {
         return Err(fault(field, "ring is not closed (its last position must equal its first)"));
     }
@@ -271,7 +273,10 @@ mod tests {
 
     #[test]
     fn a_polygon_with_a_hole() {
-        let body = feature(json!({"type": "Polygon", "coordinates": [square(0.0, 0.0, 10.0, 10.0), square(4.0, 4.0, 6.0, 6.0)]}), json!({"name": "depot"}));
+        let body = feature(
+            json!({"type": "Polygon", "coordinates": [square(0.0, 0.0, 10.0, 10.0), square(4.0, 4.0, 6.0, 6.0)]}),
+            json!({"name": "depot"}),
+        );
         let p = parse("depot", &body, 10_000).unwrap();
         assert!(p.shape.contains(1.0, 1.0));
         assert!(!p.shape.contains(5.0, 5.0), "the hole is outside");
@@ -292,7 +297,9 @@ mod tests {
         assert!(!p.shape.contains(126.978, 37.5665 + 0.001));
         // Near the pole, a degree of longitude is a few metres: a circle
         // of 100 km around 89.5° N holds every longitude at 89.9° N.
-        let polar = parse("p", &feature(json!({"type": "Point", "coordinates": [0, 89.5]}), json!({"radius": 100000})), 10).unwrap();
+        let polar =
+            parse("p", &feature(json!({"type": "Point", "coordinates": [0, 89.5]}), json!({"radius": 100000})), 10)
+                .unwrap();
         for lon in [-180.0, -90.0, 0.0, 90.0, 179.9] {
             assert!(polar.shape.contains(lon, 89.9), "{lon}");
             let b = polar.shape.bounds();
@@ -300,7 +307,9 @@ mod tests {
         }
         assert!(!polar.shape.contains(180.0, 88.0));
         // Across the antimeridian, a circle still holds both sides.
-        let dateline = parse("d", &feature(json!({"type": "Point", "coordinates": [179.999, 0]}), json!({"radius": 1000})), 10).unwrap();
+        let dateline =
+            parse("d", &feature(json!({"type": "Point", "coordinates": [179.999, 0]}), json!({"radius": 1000})), 10)
+                .unwrap();
         assert!(dateline.shape.contains(-179.999, 0.0));
         let b = dateline.shape.bounds();
         assert!(b.min().x <= -179.999);
@@ -327,21 +336,37 @@ mod tests {
     #[test]
     fn bad_geometry_names_the_fault() {
         let open = json!([[0, 0], [1, 0], [1, 1], [0, 1]]);
-        assert_eq!(err(feature(json!({"type": "Polygon", "coordinates": [open]}), json!({}))).field, "geometry.coordinates[0]");
+        assert_eq!(
+            err(feature(json!({"type": "Polygon", "coordinates": [open]}), json!({}))).field,
+            "geometry.coordinates[0]"
+        );
         let bow = json!([[0, 0], [1, 1], [1, 0], [0, 1], [0, 0]]);
         let e = err(feature(json!({"type": "Polygon", "coordinates": [bow]}), json!({})));
         assert!(e.reason.contains("self-intersection"), "{e}");
         let far = json!([[0, 0], [181, 0], [1, 1], [0, 0]]);
-        assert_eq!(err(feature(json!({"type": "Polygon", "coordinates": [far]}), json!({}))).field, "geometry.coordinates[0][1]");
+        assert_eq!(
+            err(feature(json!({"type": "Polygon", "coordinates": [far]}), json!({}))).field,
+            "geometry.coordinates[0][1]"
+        );
         let e = err(feature(json!({"type": "Polygon", "coordinates": [square(0.0, 0.0, 1.0, 91.0)]}), json!({})));
         assert!(e.reason.contains("latitude"), "{e}");
-        let e = err(feature(json!({"type": "Polygon", "coordinates": [[[0, 0], ["1", 0], [1, 1], [0, 0]]]}), json!({})));
+        let e =
+            err(feature(json!({"type": "Polygon", "coordinates": [[[0, 0], ["1", 0], [1, 1], [0, 0]]]}), json!({})));
         assert_eq!(e.field, "geometry.coordinates[0][1]");
-        let e = err(feature(json!({"type": "Polygon", "coordinates": [[[170, 0], [-170, 0], [-170, 1], [170, 0]]]}), json!({})));
+        let e = err(feature(
+            json!({"type": "Polygon", "coordinates": [[[170, 0], [-170, 0], [-170, 1], [170, 0]]]}),
+            json!({}),
+        ));
         assert!(e.reason.contains("antimeridian"), "{e}");
-        assert_eq!(err(feature(json!({"type": "LineString", "coordinates": [[0, 0], [1, 1]]}), json!({}))).field, "geometry.type");
+        assert_eq!(
+            err(feature(json!({"type": "LineString", "coordinates": [[0, 0], [1, 1]]}), json!({}))).field,
+            "geometry.type"
+        );
         assert_eq!(err(feature(json!({"type": "Polygon"}), json!({}))).field, "geometry.coordinates");
-        assert_eq!(err(feature(json!({"type": "Polygon", "coordinates": []}), json!({}))).field, "geometry.coordinates");
+        assert_eq!(
+            err(feature(json!({"type": "Polygon", "coordinates": []}), json!({}))).field,
+            "geometry.coordinates"
+        );
         assert_eq!(err(json!({"type": "Feature", "properties": {}})).field, "geometry");
     }
 
@@ -357,14 +382,23 @@ mod tests {
         extra["colour"] = json!("red");
         assert_eq!(err(extra).field, "colour");
         assert_eq!(err(json!({"type": "Featur", "geometry": point, "properties": {"radius": 5}})).field, "type");
-        assert_eq!(err(json!({"type": "Feature", "id": "other", "geometry": point, "properties": {"radius": 5}})).field, "id");
+        assert_eq!(
+            err(json!({"type": "Feature", "id": "other", "geometry": point, "properties": {"radius": 5}})).field,
+            "id"
+        );
         assert_eq!(err(json!([1, 2])).field, "body");
-        assert_eq!(err(feature(json!({"type": "Point", "coordinates": [10, 10], "crs": 1}), json!({"radius": 5}))).field, "geometry.crs");
+        assert_eq!(
+            err(feature(json!({"type": "Point", "coordinates": [10, 10], "crs": 1}), json!({"radius": 5}))).field,
+            "geometry.crs"
+        );
     }
 
     #[test]
     fn vertex_limit_counts_every_ring() {
-        let body = feature(json!({"type": "MultiPolygon", "coordinates": [[square(0.0, 0.0, 1.0, 1.0)], [square(2.0, 2.0, 3.0, 3.0)]]}), json!({}));
+        let body = feature(
+            json!({"type": "MultiPolygon", "coordinates": [[square(0.0, 0.0, 1.0, 1.0)], [square(2.0, 2.0, 3.0, 3.0)]]}),
+            json!({}),
+        );
         assert!(parse("g", &body, 10).is_ok());
         let e = parse("g", &body, 9).unwrap_err();
         assert!(e.reason.contains("more than 9 vertices"), "{e}");
@@ -372,7 +406,10 @@ mod tests {
 
     #[test]
     fn overlapping_multipolygon_parts_are_refused() {
-        let body = feature(json!({"type": "MultiPolygon", "coordinates": [[square(0.0, 0.0, 2.0, 2.0)], [square(1.0, 1.0, 3.0, 3.0)]]}), json!({}));
+        let body = feature(
+            json!({"type": "MultiPolygon", "coordinates": [[square(0.0, 0.0, 2.0, 2.0)], [square(1.0, 1.0, 3.0, 3.0)]]}),
+            json!({}),
+        );
         assert_eq!(err(body).field, "geometry.coordinates");
     }
 }

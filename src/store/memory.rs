@@ -11,8 +11,8 @@ use std::{
 use async_trait::async_trait;
 
 use super::{
-    ChatMessage, Crossing, CrossingKind, FenceSet, FenceWrite, Offline, PositionWrite, PutOutcome, Retention, Scope, Store,
-    StoreError,
+    ChatMessage, Crossing, CrossingKind, FenceSet, FenceWrite, Offline, PositionWrite, PutOutcome, Retention, Scope,
+    Store, StoreError,
 };
 use crate::{ids::now_ms, session::Session};
 

@@ -79,7 +79,10 @@ pub struct FenceSet {
 /// The result of storing a geofence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FenceWrite {
-    Stored { created: bool, version: u64 },
+    Stored {
+        created: bool,
+        version: u64,
+    },
     /// A new id over the fleet's cap: nothing stored.
     Full,
 }

@@ -45,7 +45,8 @@ use redis::{
 };
 
 use super::{
-    ChatMessage, Crossing, FenceSet, FenceWrite, Offline, PositionWrite, PutOutcome, Retention, Scope, Store, StoreError,
+    ChatMessage, Crossing, FenceSet, FenceWrite, Offline, PositionWrite, PutOutcome, Retention, Scope, Store,
+    StoreError,
 };
 use crate::{
     ids::now_ms,

@@ -237,6 +237,8 @@ impl<A: Adapter> Fanout<A> {
         let sockets = self.watchers(p);
         metrics::counter!(names::BROADCASTS).increment(1);
         if sockets.is_empty() {
+            // Geofence subscribers may still want its crossings.
+            self.send_crossings(p);
             return;
         }
         let mut delivered = 0u64;
@@ -247,13 +249,7 @@ impl<A: Adapter> Fanout<A> {
         }
         metrics::counter!(names::DELIVERIES).increment(delivered);
         p.record_lag();
-        if !p.crossings.is_empty() && self.mode_is_immediate() {
-            self.send_crossings(p);
-        }
-    }
-
-    fn mode_is_immediate(&self) -> bool {
-        matches!(self.mode, Mode::Immediate { .. })
+        self.send_crossings(p);
     }
 
     /// One `geofence` event per crossing of `p`, to the position's
