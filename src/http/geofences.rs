@@ -85,7 +85,7 @@ pub async fn put_geofence(
     params(("fleet" = String, Path)),
     responses(
         (status = 200, description = "`{ ok: true, data: FeatureCollection }`, or bare with `Accept: application/geo+json`"),
-        (status = 401, description = "unauthenticated"), (status = 403, description = "forbidden"), (status = 503, description = "unavailable"),
+        (status = 400, description = "invalid_payload"), (status = 401, description = "unauthenticated"), (status = 403, description = "forbidden"), (status = 503, description = "unavailable"),
     ),
     security(("bearer" = [])), tag = "geofences"
 )]
@@ -109,7 +109,7 @@ pub async fn list_geofences(
     params(("fleet" = String, Path), ("id" = String, Path)),
     responses(
         (status = 200, description = "`{ ok: true, data: Feature }` with `properties.inside`", body = GeofenceDoc),
-        (status = 401, description = "unauthenticated"), (status = 403, description = "forbidden"), (status = 404, description = "not_found"),
+        (status = 400, description = "invalid_payload"), (status = 401, description = "unauthenticated"), (status = 403, description = "forbidden"), (status = 404, description = "not_found"),
         (status = 503, description = "unavailable"),
     ),
     security(("bearer" = [])), tag = "geofences"
@@ -137,7 +137,7 @@ pub async fn get_geofence(
     params(("fleet" = String, Path), ("id" = String, Path)),
     responses(
         (status = 200, description = "deleted", body = Deleted),
-        (status = 401, description = "unauthenticated"), (status = 403, description = "forbidden"), (status = 404, description = "not_found"),
+        (status = 400, description = "invalid_payload"), (status = 401, description = "unauthenticated"), (status = 403, description = "forbidden"), (status = 404, description = "not_found"),
         (status = 503, description = "unavailable"),
     ),
     security(("bearer" = [])), tag = "geofences"
