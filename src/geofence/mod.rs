@@ -174,7 +174,7 @@ impl Geofences {
             .filter_map(|(id, json)| {
                 let parsed = serde_json::from_str::<Value>(json)
                     .map_err(|e| ShapeError { field: "stored".into(), reason: e.to_string() })
-                    .and_then(|v| shape::parse(id, &v, usize::MAX));
+                    .and_then(|v| shape::parse_stored(id, &v));
                 match parsed {
                     Ok(p) => Some((id.clone(), p.shape)),
                     Err(e) => {
@@ -198,7 +198,12 @@ impl Geofences {
 
     /// Validates and stores a geofence; whether it was new.
     pub async fn put(&self, fleet: &str, id: &str, body: &Value) -> Result<bool, GeofenceError> {
-        let parsed = shape::parse(id, body, self.max_vertices)?;
+        // The topology checks take long for large rings: off the async
+        // workers, so other clients are not kept waiting meanwhile.
+        let (owned_id, owned_body, max) = (id.to_owned(), body.clone(), self.max_vertices);
+        let parsed = tokio::task::spawn_blocking(move || shape::parse(&owned_id, &owned_body, max))
+            .await
+            .map_err(|_| StoreError::Corrupt("geofence validation did not finish".into()))??;
         let json = parsed.feature.to_string();
         match self.store.put_geofence(fleet, id, &json, self.max_per_fleet).await? {
             FenceWrite::Full => Err(GeofenceError::Full(self.max_per_fleet)),

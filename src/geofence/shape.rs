@@ -107,6 +107,17 @@ const GEOMETRY_MEMBERS: [&str; 3] = ["type", "coordinates", "bbox"];
 /// Reads a Feature sent for geofence `id`, allowing at most `max_vertices`
 /// positions over all its rings.
 pub fn parse(id: &str, body: &Value, max_vertices: usize) -> Result<Parsed, ShapeError> {
+    parse_with(id, body, max_vertices, true)
+}
+
+/// A Feature that passed [`parse`] when it was stored: read again without
+/// the topology checks (self-crossings, holes, overlaps), which cost time
+/// quadratic in the vertices and would be repeated by every reload.
+pub fn parse_stored(id: &str, body: &Value) -> Result<Parsed, ShapeError> {
+    parse_with(id, body, usize::MAX, false)
+}
+
+fn parse_with(id: &str, body: &Value, max_vertices: usize, check: bool) -> Result<Parsed, ShapeError> {
     let Value::Object(feature) = body else { return Err(fault("body", "must be a GeoJSON Feature object")) };
     if let Some(k) = feature.keys().find(|k| !FEATURE_MEMBERS.contains(&k.as_str())) {
         return Err(fault(k.as_str(), "unknown member (a Feature has type, id, geometry, properties, bbox)"));
@@ -137,7 +148,7 @@ pub fn parse(id: &str, body: &Value, max_vertices: usize) -> Result<Parsed, Shap
     let coordinates = geometry.get("coordinates").ok_or_else(|| fault("geometry.coordinates", "required"))?;
     let shape = match geometry.get("type").and_then(Value::as_str) {
         Some("Polygon") => {
-            let polygon = polygon(coordinates, "geometry.coordinates", max_vertices, &mut 0)?;
+            let polygon = polygon(coordinates, "geometry.coordinates", max_vertices, &mut 0, check)?;
             Shape::Area(MultiPolygon(vec![polygon]))
         }
         Some("MultiPolygon") => {
@@ -151,11 +162,13 @@ pub fn parse(id: &str, body: &Value, max_vertices: usize) -> Result<Parsed, Shap
             let polygons = items
                 .iter()
                 .enumerate()
-                .map(|(i, p)| polygon(p, &format!("geometry.coordinates[{i}]"), max_vertices, &mut seen))
+                .map(|(i, p)| polygon(p, &format!("geometry.coordinates[{i}]"), max_vertices, &mut seen, check))
                 .collect::<Result<Vec<_>, _>>()?;
             let area = MultiPolygon(polygons);
             use geo::algorithm::Validation;
-            area.check_validation().map_err(|e| fault("geometry.coordinates", e.to_string()))?;
+            if check {
+                area.check_validation().map_err(|e| fault("geometry.coordinates", e.to_string()))?;
+            }
             Shape::Area(area)
         }
         Some("Point") => {
@@ -237,7 +250,13 @@ fn ring(v: &Value, field: &str, max_vertices: usize, seen: &mut usize) -> Result
     Ok(LineString(coords))
 }
 
-fn polygon(v: &Value, field: &str, max_vertices: usize, seen: &mut usize) -> Result<Polygon<f64>, ShapeError> {
+fn polygon(
+    v: &Value,
+    field: &str,
+    max_vertices: usize,
+    seen: &mut usize,
+    check: bool,
+) -> Result<Polygon<f64>, ShapeError> {
     let Value::Array(rings) = v else { return Err(fault(field, "must be an array of rings")) };
     let Some((outer, holes)) = rings.split_first() else {
         return Err(fault(field, "must hold an exterior ring"));
@@ -250,7 +269,9 @@ fn polygon(v: &Value, field: &str, max_vertices: usize, seen: &mut usize) -> Res
         .collect::<Result<Vec<_>, _>>()?;
     let polygon = Polygon::new(exterior, interiors);
     use geo::algorithm::Validation;
-    polygon.check_validation().map_err(|e| fault(field, e.to_string()))?;
+    if check {
+        polygon.check_validation().map_err(|e| fault(field, e.to_string()))?;
+    }
     Ok(polygon)
 }
 
