@@ -328,6 +328,15 @@ pub struct Config {
     /// PEM CA bundle that verifies an `mqtts://` broker instead of the system roots.
     #[arg(long, env = "FLEETGATE_MQTT_TLS_CA_FILE", global = true)]
     pub mqtt_tls_ca_file: Option<PathBuf>,
+
+    // Geofences (contract section 11).
+    /// Most positions over all rings of one geofence.
+    #[arg(long, env = "FLEETGATE_GEOFENCE_MAX_VERTICES", default_value_t = 10_000, global = true)]
+    pub geofence_max_vertices: usize,
+
+    /// Most geofences per fleet.
+    #[arg(long, env = "FLEETGATE_GEOFENCES_MAX", default_value_t = 10_000, global = true)]
+    pub geofences_max: usize,
 }
 
 /// The write window when none is configured: chosen with `bench/run.sh`

@@ -75,6 +75,21 @@ impl Serialize for ErrorCode {
     }
 }
 
+impl From<crate::geofence::GeofenceError> for ApiError {
+    fn from(e: crate::geofence::GeofenceError) -> Self {
+        use crate::geofence::GeofenceError as E;
+        match e {
+            E::Invalid(fault) => ApiError::invalid(fault.to_string()),
+            E::Full(max) => ApiError::new(ErrorCode::PayloadTooLarge, format!("at most {max} geofences per fleet")),
+            E::NotFound => ApiError::new(ErrorCode::NotFound, "no such geofence"),
+            E::Store(e) => {
+                tracing::warn!(error = %e, "geofence store call failed");
+                ApiError::unavailable()
+            }
+        }
+    }
+}
+
 /// A failure as a client sees it: a contract code and a human message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code:?}: {message}")]

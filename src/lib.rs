@@ -27,6 +27,10 @@
 //!   listener and the MQTT subscription; [`demo`] the simulated fleet.
 //! - [`metrics`] holds every metric name and label set; [`position`] and
 //!   [`geo`] the domain types.
+//! - [`geofence`] is section 11: geofence shapes and their validation,
+//!   each fleet's spatial index on this replica and its sync with the
+//!   store. The crossings themselves are decided by the store, in the
+//!   position's compare-and-set, and travel with the positions.
 //!
 //! A position's path: a `locationupdate` frame (or an HTTP, OsmAnd or MQTT
 //! request) → [`gateway::publish`]: parse ([`position`]), authorise against
@@ -42,6 +46,7 @@ pub mod device;
 pub mod error;
 pub mod gateway;
 pub mod geo;
+pub mod geofence;
 pub mod healthcheck;
 pub mod http;
 pub mod ids;

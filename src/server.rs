@@ -164,6 +164,7 @@ async fn run<A: Adapter>(
     let presence_task = tokio::spawn(gateway::presence::run(gateway.clone()));
     let deadline_task = tokio::spawn(gateway::deadline::run(gateway.clone()));
     let fanout_tasks = gateway::fanout::spawn(&gateway);
+    let geofence_task = tokio::spawn(crate::geofence::sync::run(gateway.geofences.clone()));
     let limits_task = {
         let limits = gateway.limits.clone();
         tokio::spawn(async move {
@@ -210,6 +211,7 @@ async fn run<A: Adapter>(
             presence_task.abort();
             deadline_task.abort();
             limits_task.abort();
+            geofence_task.abort();
             if let Some(t) = conflation_task {
                 t.abort();
             }

@@ -47,12 +47,11 @@ fn position(vehicle: &str, ts: i64) -> (Position, String) {
 /// Offers `updates` (vehicle, ts) as one batch; the outcomes, `Err` as "unavailable".
 async fn offer(store: &dyn Store, updates: &[(&str, i64)]) -> Vec<Result<PutOutcome, String>> {
     let owned: Vec<(Position, String)> = updates.iter().map(|(v, ts)| position(v, *ts)).collect();
-    let writes: Vec<PositionWrite<'_>> =
-        owned.iter().map(|(p, e)| PositionWrite { position: p, encoded: e, started: Instant::now() }).collect();
+    let writes: Vec<PositionWrite<'_>> = owned.iter().map(|(p, e)| PositionWrite::new(p, e, Instant::now())).collect();
     store.put_positions(FLEET, &writes).await.into_iter().map(|r| r.map_err(|e| e.to_string())).collect()
 }
 
-const ACCEPTED: Result<PutOutcome, String> = Ok(PutOutcome::Accepted { back_online: false });
+const ACCEPTED: Result<PutOutcome, String> = Ok(PutOutcome::Accepted { back_online: false, crossings: Vec::new() });
 const STALE: Result<PutOutcome, String> = Ok(PutOutcome::Stale);
 
 /// Two of one vehicle in one batch meet each other's result.
@@ -162,8 +161,8 @@ async fn an_update_whose_fence_passed_while_it_queued_is_refused_and_never_store
     let (fresh, fresh_encoded) = position("fresh", 10);
     let writes = [
         // Its sender has been waiting longer than a call may take.
-        PositionWrite { position: &late, encoded: &late_encoded, started: Instant::now() - Duration::from_secs(3) },
-        PositionWrite { position: &fresh, encoded: &fresh_encoded, started: Instant::now() },
+        PositionWrite::new(&late, &late_encoded, Instant::now() - Duration::from_secs(3)),
+        PositionWrite::new(&fresh, &fresh_encoded, Instant::now()),
     ];
     let outcomes = store.put_positions(FLEET, &writes).await;
     assert!(matches!(outcomes[0], Err(StoreError::Timeout)), "{:?}", outcomes[0]);

@@ -46,13 +46,15 @@ pub struct Subscriptions {
     pub whole_fleet: bool,
     pub vehicles: HashSet<String>,
     pub boxes: Vec<BBox>,
+    /// Geofences whose events it watches (section 11).
+    pub geofences: HashSet<String>,
     /// Whether this socket counts as a watcher of its fleet's relay channel.
     pub watching: bool,
 }
 
 impl Subscriptions {
     pub fn count(&self) -> usize {
-        usize::from(self.whole_fleet) + self.vehicles.len() + self.boxes.len()
+        usize::from(self.whole_fleet) + self.vehicles.len() + self.boxes.len() + self.geofences.len()
     }
 }
 

@@ -51,6 +51,8 @@ pub struct Gateway<A: Adapter> {
     pub local_vehicles: presence::LocalVehicles,
     pub limits: Arc<limits::Limits>,
     pub deadlines: deadline::Deadlines<A>,
+    /// Every fleet's geofence index on this replica (section 11).
+    pub geofences: Arc<crate::geofence::Geofences>,
     /// Updates queued behind their fleet's store call in flight.
     batches: publish::Batches<A>,
     /// This gateway, for the batch tasks it starts.
@@ -73,6 +75,11 @@ impl<A: Adapter> Gateway<A> {
         };
         Self {
             limits: limits::Limits::new(&config),
+            geofences: crate::geofence::Geofences::new(
+                store.clone(),
+                config.geofence_max_vertices,
+                config.geofences_max,
+            ),
             deadlines: deadline::Deadlines::default(),
             config,
             auth,

@@ -309,15 +309,49 @@ impl<A: Adapter> Gateway<A> {
         }
     }
 
+    /// The store call of a batch, each fix tested against the fleet's
+    /// geofences first. Should the geofences have changed since this
+    /// replica read them, the store refuses the call whole (nothing
+    /// written): the index is read again and the batch tested again.
+    async fn put_tested(&self, fleet: &str, batch: &[Queued<A>]) -> Vec<Result<PutOutcome, StoreError>> {
+        /// Reloads before giving up (answered `unavailable`): only a
+        /// geofence written between every reload and call exhausts them.
+        const TRIES: usize = 3;
+        let mut index = self.geofences.index(fleet).await;
+        for _ in 0..TRIES {
+            let fences = match index {
+                Ok(fences) => fences,
+                Err(e) => return batch.iter().map(|_| Err(e.clone())).collect(),
+            };
+            let started = Instant::now();
+            let inside: Vec<Vec<String>> =
+                batch.iter().map(|q| fences.containing(q.position.lon, q.position.lat)).collect();
+            if !fences.is_empty() {
+                metrics::histogram!(crate::metrics::names::GEOFENCE_EVALUATION_SECONDS)
+                    .record(started.elapsed().as_secs_f64());
+            }
+            let writes: Vec<PositionWrite<'_>> = batch
+                .iter()
+                .zip(&inside)
+                .map(|(q, inside)| PositionWrite {
+                    inside,
+                    fences_version: fences.version,
+                    ..PositionWrite::new(&q.position, q.encoded.get(), q.queued)
+                })
+                .collect();
+            let outcomes = self.store.put_positions(fleet, &writes).await;
+            if !outcomes.iter().any(|o| matches!(o, Err(StoreError::FencesChanged))) {
+                return outcomes;
+            }
+            index = self.geofences.reload(fleet).await;
+        }
+        batch.iter().map(|_| Err(StoreError::FencesChanged)).collect()
+    }
+
     /// One store call for a batch; then one fan-out round of what it
     /// stored, and every sender's answer.
     async fn store_batch(&self, fleet: &str, batch: Vec<Queued<A>>) {
-        let writes: Vec<PositionWrite<'_>> = batch
-            .iter()
-            .map(|q| PositionWrite { position: &q.position, encoded: q.encoded.get(), started: q.queued })
-            .collect();
-        let outcomes = self.store.put_positions(fleet, &writes).await;
-        drop(writes);
+        let outcomes = self.put_tested(fleet, &batch).await;
         metrics::counter!(crate::metrics::names::INGEST_BATCHES).increment(1);
         let mut round = Vec::with_capacity(batch.len());
         let mut answers = Vec::with_capacity(batch.len());
@@ -325,8 +359,11 @@ impl<A: Adapter> Gateway<A> {
         let outcomes = outcomes.into_iter().map(Some).chain(std::iter::repeat_with(|| None));
         for (q, outcome) in batch.into_iter().zip(outcomes) {
             let result = match outcome.unwrap_or(Err(StoreError::Timeout)) {
-                Ok(PutOutcome::Accepted { back_online }) => {
+                Ok(PutOutcome::Accepted { back_online, crossings }) => {
                     let p = q.position;
+                    for c in &crossings {
+                        metrics::counter!(crate::metrics::names::GEOFENCE_EVENTS, "kind" => c.kind).increment(1);
+                    }
                     metrics::histogram!(crate::metrics::names::INGEST_SECONDS)
                         .record((ids::now_ms() - p.received_at).max(0) as f64 / 1000.0);
                     if back_online {
@@ -345,6 +382,7 @@ impl<A: Adapter> Gateway<A> {
                         received_at: p.received_at,
                         relayed: false,
                         wire: Default::default(),
+                        crossings,
                     });
                     Ok(Accepted { accepted: true, reason: None })
                 }

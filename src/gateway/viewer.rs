@@ -11,7 +11,7 @@ use socketioxide::{adapter::Adapter, extract::SocketRef};
 use super::{
     Conn, Gateway, Request,
     auth::require_session,
-    fanout::{fleet_room, socket_room, vehicle_room},
+    fanout::{fleet_room, geofence_room, scoped_geofence_room, socket_room, vehicle_room},
 };
 use crate::{
     error::{ApiError, ErrorCode},
@@ -29,11 +29,42 @@ pub struct Selection {
     pub fleet: String,
     pub vehicles: Vec<String>,
     pub bbox: Option<BBox>,
+    /// Geofences whose events to watch (section 11): no positions come of these.
+    pub geofences: Vec<String>,
+}
+
+/// A list of ids (`vehicles`, `geofences`): non-empty, at most `max`, each
+/// once, in order.
+fn id_list(field: &'static str, value: Option<&Value>, max: usize) -> Result<Vec<String>, ApiError> {
+    let items = match value {
+        None => return Ok(Vec::new()),
+        Some(Value::Array(items)) => items,
+        Some(_) => return Err(ApiError::invalid(format!("{field}: must be an array of ids"))),
+    };
+    if items.is_empty() {
+        return Err(ApiError::invalid(format!("{field}: must not be empty (omit it instead)")));
+    }
+    if items.len() > max {
+        return Err(ApiError::new(ErrorCode::PayloadTooLarge, format!("{field}: at most {max}")));
+    }
+    let mut seen = HashSet::with_capacity(items.len());
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        match item {
+            Value::String(v) if ids::is_valid_id(v) => {
+                if seen.insert(v.as_str()) {
+                    out.push(v.clone());
+                }
+            }
+            _ => return Err(ApiError::invalid(format!("{field}: items must be ids (1–64 of [A-Za-z0-9._:-])"))),
+        }
+    }
+    Ok(out)
 }
 
 impl Selection {
     fn whole_fleet(&self) -> bool {
-        self.vehicles.is_empty() && self.bbox.is_none()
+        self.vehicles.is_empty() && self.bbox.is_none() && self.geofences.is_empty()
     }
 
     /// Reads the payload of `session`'s `subscribe` or `unsubscribe` (at most
@@ -79,14 +110,15 @@ impl Selection {
             Some(_) => return Err(ApiError::invalid("vehicles: must be an array of vehicle ids")),
         };
         let bbox = field("bbox").map(|b| BBox::from_json(b, "bbox")).transpose()?;
-        Ok(Self { fleet, vehicles, bbox })
+        let geofences = id_list("geofences", field("geofences"), max)?;
+        Ok(Self { fleet, vehicles, bbox, geofences })
     }
 
     /// Whether `session` may watch this selection: a scoped viewer names
     /// only vehicles of its scope, never the whole fleet or a box (a box
-    /// would show whichever vehicles drive into it). Geofence subscriptions
-    /// (section 11), once they exist, must be refused here for a scoped
-    /// session unless the events they carry are narrowed to its vehicles.
+    /// would show whichever vehicles drive into it). A scoped session's
+    /// geofence subscriptions are narrowed to its vehicles by their rooms
+    /// (`fanout::scoped_geofence_room`).
     pub fn authorize(&self, session: &Session) -> Result<(), ApiError> {
         let Some(scope) = &session.vehicles else { return Ok(()) };
         if self.whole_fleet() {
@@ -158,7 +190,8 @@ async fn subscribe<A: Adapter>(
         sel.authorize(&current)?;
         let added = usize::from(sel.whole_fleet() && !subs.whole_fleet)
             + sel.vehicles.iter().filter(|v| !subs.vehicles.contains(*v)).count()
-            + usize::from(sel.bbox.is_some_and(|b| !subs.boxes.contains(&b)));
+            + usize::from(sel.bbox.is_some_and(|b| !subs.boxes.contains(&b)))
+            + sel.geofences.iter().filter(|g| !subs.geofences.contains(*g)).count();
         if subs.count() + added > gw.config.max_subscriptions {
             return Err(ApiError::new(
                 ErrorCode::PayloadTooLarge,
@@ -184,6 +217,12 @@ async fn subscribe<A: Adapter>(
             gw.fanout.add_box(&sel.fleet, socket.id, b);
             metrics::gauge!(names::SUBSCRIPTIONS, "kind" => SubscriptionKind::Bbox).increment(1.0);
         }
+        for g in &sel.geofences {
+            if subs.geofences.insert(g.clone()) {
+                join_geofence(socket, &current, &sel.fleet, g);
+                metrics::gauge!(names::SUBSCRIPTIONS, "kind" => SubscriptionKind::Geofence).increment(1.0);
+            }
+        }
         let newly = !subs.watching;
         subs.watching = true;
         newly
@@ -201,6 +240,27 @@ async fn subscribe<A: Adapter>(
             .retain(|e| serde_json::from_str::<PositionKey>(e.get()).is_ok_and(|k| session.may_watch(&k.vehicle_id)));
     }
     Ok(Snapshot { fleet: sel.fleet, vehicles })
+}
+
+/// The rooms a socket hears a geofence's crossings in: a scoped session
+/// only those of its own vehicles.
+fn geofence_rooms(session: &Session, fleet: &str, geofence: &str) -> Vec<String> {
+    match &session.vehicles {
+        None => vec![geofence_room(fleet, geofence)],
+        Some(scope) => scope.iter().map(|v| scoped_geofence_room(fleet, geofence, v)).collect(),
+    }
+}
+
+fn join_geofence<A: Adapter>(socket: &SocketRef<A>, session: &Session, fleet: &str, geofence: &str) {
+    for room in geofence_rooms(session, fleet, geofence) {
+        socket.join(room);
+    }
+}
+
+fn leave_geofence<A: Adapter>(socket: &SocketRef<A>, session: &Session, fleet: &str, geofence: &str) {
+    for room in geofence_rooms(session, fleet, geofence) {
+        socket.leave(room);
+    }
 }
 
 /// Last-known positions within the selection, each vehicle once.
@@ -260,6 +320,14 @@ pub(super) async fn on_unsubscribe<A: Adapter>(req: Request<A>, conn: Arc<Conn>,
                 gw.fanout.remove_box(&sel.fleet, req.socket.id, b);
                 metrics::gauge!(names::SUBSCRIPTIONS, "kind" => SubscriptionKind::Bbox).decrement(1.0);
             }
+            let geofences: Vec<String> =
+                if everything { subs.geofences.drain().collect() } else { sel.geofences.clone() };
+            for g in geofences {
+                if everything || subs.geofences.remove(&g) {
+                    leave_geofence(&req.socket, &session, &sel.fleet, &g);
+                    metrics::gauge!(names::SUBSCRIPTIONS, "kind" => SubscriptionKind::Geofence).decrement(1.0);
+                }
+            }
             if subs.boxes.is_empty() {
                 req.socket.leave(socket_room(req.socket.id));
             }
@@ -306,6 +374,20 @@ pub(super) async fn narrow_to_session<A: Adapter>(socket: &SocketRef<A>, conn: &
         if !boxes.is_empty() {
             socket.leave(socket_room(socket.id));
         }
+        // Joined under the old session's scope, which may have held other
+        // vehicles: every geofence room goes (the client subscribes again).
+        let geofences = std::mem::take(&mut subs.geofences).len();
+        if geofences > 0 {
+            let (unscoped, scoped) = (geofence_room(&session.fleet, ""), scoped_geofence_room(&session.fleet, "", ""));
+            let (scoped_prefix, _) = scoped.split_at(scoped.len() - 1);
+            for room in socket.rooms() {
+                if room.starts_with(unscoped.as_str()) || room.starts_with(scoped_prefix) {
+                    socket.leave(room);
+                }
+            }
+            metrics::gauge!(crate::metrics::names::SUBSCRIPTIONS, "kind" => crate::metrics::SubscriptionKind::Geofence)
+                .decrement(geofences as f64);
+        }
         let stop = subs.watching && subs.count() == 0;
         if stop {
             subs.watching = false;
@@ -324,6 +406,8 @@ pub(super) async fn forget<A: Adapter>(socket: &SocketRef<A>, conn: &Conn, gw: &
         let mut subs = conn.subscriptions();
         let whole = std::mem::take(&mut subs.whole_fleet);
         let vehicles = std::mem::take(&mut subs.vehicles).len();
+        let geofences = std::mem::take(&mut subs.geofences).len();
+        metrics::gauge!(names::SUBSCRIPTIONS, "kind" => SubscriptionKind::Geofence).decrement(geofences as f64);
         (std::mem::take(&mut subs.watching), std::mem::take(&mut subs.boxes), whole, vehicles)
     };
     for b in &boxes {

@@ -28,11 +28,11 @@ use crate::{
 /// Most items in one batch.
 pub const MAX_BATCH: usize = 1000;
 
-fn path<T>(p: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
+pub(super) fn path<T>(p: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
     p.map(|Path(t)| t).map_err(|e| ApiError::invalid(format!("path: {}", e.body_text())))
 }
 
-fn check_id(kind: &'static str, id: &str) -> Result<(), ApiError> {
+pub(super) fn check_id(kind: &'static str, id: &str) -> Result<(), ApiError> {
     if ids::is_valid_id(id) {
         Result::Ok(())
     } else {
@@ -194,7 +194,7 @@ fn wants_geojson(headers: &HeaderMap) -> bool {
 }
 
 /// GeoJSON in the envelope, or bare with `Accept: application/geo+json`.
-fn geojson(headers: &HeaderMap, value: Value) -> Response {
+pub(super) fn geojson(headers: &HeaderMap, value: Value) -> Response {
     if wants_geojson(headers) {
         ([(header::CONTENT_TYPE, "application/geo+json")], Json(value)).into_response()
     } else {

@@ -31,6 +31,8 @@ pub trait Backend: Send + Sync + 'static {
     async fn session(&self, id: &str) -> Result<Option<Session>, StoreError>;
     async fn revoke(&self, id: &str) -> Result<bool, ApiError>;
     async fn ping(&self) -> Result<(), StoreError>;
+    /// Section 11's geofences.
+    fn geofences(&self) -> &crate::geofence::Geofences;
 }
 
 #[async_trait]
@@ -73,5 +75,9 @@ impl<A: Adapter> Backend for Gateway<A> {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.store.ping().await
+    }
+
+    fn geofences(&self) -> &crate::geofence::Geofences {
+        &self.geofences
     }
 }

@@ -5,6 +5,7 @@
 pub mod api;
 mod backend;
 mod caller;
+mod geofences;
 mod json;
 pub mod openapi;
 mod pages;
@@ -69,11 +70,27 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .route("/api/v1/fleets/{fleet}/vehicles/{vehicle}", get(api::get_vehicle))
         .route("/api/v1/fleets/{fleet}/rooms/{room}/messages", post(api::post_message))
         .route("/api/v1/sessions/{session_id}", delete(api::delete_session))
+        .merge(geofence_routes(&state))
         .merge(pages::routes());
     if state.backend.config().demo {
         router = router.route("/api/v1/demo/token", post(demo_token));
     }
     router.fallback(not_found).layer(axum::middleware::from_fn(telemetry::track)).with_state(state)
+}
+
+/// Section 11's routes. A geofence of `FLEETGATE_GEOFENCE_MAX_VERTICES`
+/// vertices is larger than the general body limit allows, so its writes
+/// get a limit of their own, sized to hold one.
+fn geofence_routes(state: &HttpState) -> Router<Arc<HttpState>> {
+    let config = state.backend.config();
+    let body_max = config.geofence_max_vertices.saturating_mul(64).saturating_add(config.max_message_bytes);
+    Router::new()
+        .route("/api/v1/fleets/{fleet}/geofences", get(geofences::list_geofences))
+        .route(
+            "/api/v1/fleets/{fleet}/geofences/{id}",
+            get(geofences::get_geofence).put(geofences::put_geofence).delete(geofences::delete_geofence),
+        )
+        .layer(axum::extract::DefaultBodyLimit::max(body_max))
 }
 
 async fn not_found() -> ApiError {

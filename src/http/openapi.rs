@@ -7,14 +7,17 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use super::api;
+use super::{api, geofences};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "fleetgate HTTP API", description = "Positions in, the fleet out, room messages and session revocation. Every reply is `{ ok: true, data }` or `{ ok: false, error: { code, message } }`."),
-    paths(api::put_location, api::post_locations, api::get_vehicles, api::get_vehicle, api::post_message, api::delete_session),
+    paths(
+        api::put_location, api::post_locations, api::get_vehicles, api::get_vehicle, api::post_message, api::delete_session,
+        geofences::put_geofence, geofences::list_geofences, geofences::get_geofence, geofences::delete_geofence,
+    ),
     modifiers(&Bearer),
-    tags((name = "positions"), (name = "rooms"), (name = "sessions"))
+    tags((name = "positions"), (name = "rooms"), (name = "sessions"), (name = "geofences"))
 )]
 pub struct ApiDoc;
 

@@ -53,6 +53,11 @@ label_set! {
         RefreshPresence => "refresh_presence",
         SweepPresence => "sweep_presence",
         Ping => "ping",
+        PutGeofence => "put_geofence",
+        DeleteGeofence => "delete_geofence",
+        Geofences => "geofences",
+        Geofence => "geofence",
+        GeofenceVersions => "geofence_versions",
         Subscribe => "subscribe",
         Resubscribe => "resubscribe",
         /// Asking the Sentinels for the primary.
@@ -109,6 +114,7 @@ label_set! {
         Fleet => "fleet",
         Vehicle => "vehicle",
         Bbox => "bbox",
+        Geofence => "geofence",
     }
 }
 

@@ -179,6 +179,27 @@ fn describe() {
     describe_counter!(names::REDIS_ERRORS, "Failed Redis calls (errors and timeouts), by operation.");
     describe_counter!(names::ADAPTER_ERRORS, "Socket.IO adapter operations across replicas that failed, by operation.");
 
+    // Geofences.
+    describe_counter!(
+        names::GEOFENCE_EVENTS,
+        "Geofence crossings decided by this replica's store calls, by kind (enter, exit): each crossing counted once across replicas."
+    );
+    describe_counter!(names::GEOFENCE_DELIVERIES, "geofence events handed to local sockets.");
+    describe_counter!(
+        names::GEOFENCE_EVENTS_DROPPED,
+        "geofence events a socket did not get because its send buffer was full."
+    );
+    describe_gauge!(names::GEOFENCES, "Geofences indexed on this replica, over all fleets.");
+    describe_counter!(
+        names::GEOFENCE_RELOADS,
+        "Reads of a fleet's geofences into this replica's index (first use, a change seen by the sync, or a refused write)."
+    );
+    describe_histogram!(
+        names::GEOFENCE_EVALUATION_SECONDS,
+        Unit::Seconds,
+        "Time to find the geofences holding every fix of one store call."
+    );
+
     // HTTP API.
     describe_counter!(names::HTTP_REQUESTS, "HTTP requests by method, route and status.");
     describe_histogram!(
@@ -243,6 +264,14 @@ fn preregister() {
         let _ = metrics::histogram!(names::DELIVERY_LAG_SECONDS, "path" => *path);
     }
     let _ = metrics::histogram!(names::INGEST_SECONDS);
+    for kind in crate::geofence::CrossingKind::ALL {
+        metrics::counter!(names::GEOFENCE_EVENTS, "kind" => *kind).increment(0);
+    }
+    metrics::counter!(names::GEOFENCE_DELIVERIES).increment(0);
+    metrics::counter!(names::GEOFENCE_EVENTS_DROPPED).increment(0);
+    metrics::counter!(names::GEOFENCE_RELOADS).increment(0);
+    metrics::gauge!(names::GEOFENCES).set(0.0);
+    let _ = metrics::histogram!(names::GEOFENCE_EVALUATION_SECONDS);
     for route in PROBE_ROUTES {
         metrics::counter!(names::HTTP_REQUESTS, "method" => "GET", "route" => route, "status" => "200").increment(0);
         let _ = metrics::histogram!(names::HTTP_REQUEST_DURATION_SECONDS, "method" => "GET", "route" => route);

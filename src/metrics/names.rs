@@ -62,3 +62,11 @@ pub const MQTT_SUBSCRIBED: &str = "fleetgate_mqtt_subscribed";
 pub const MQTT_MESSAGES: &str = "fleetgate_mqtt_messages_total";
 pub const MQTT_CONNECTION_ERRORS: &str = "fleetgate_mqtt_connection_errors_total";
 pub const MQTT_REPLIES_DROPPED: &str = "fleetgate_mqtt_replies_dropped_total";
+
+// Geofences (contract section 11).
+pub const GEOFENCE_EVENTS: &str = "fleetgate_geofence_events_total";
+pub const GEOFENCE_DELIVERIES: &str = "fleetgate_geofence_deliveries_total";
+pub const GEOFENCE_EVENTS_DROPPED: &str = "fleetgate_geofence_events_dropped_total";
+pub const GEOFENCES: &str = "fleetgate_geofences";
+pub const GEOFENCE_RELOADS: &str = "fleetgate_geofence_reloads_total";
+pub const GEOFENCE_EVALUATION_SECONDS: &str = "fleetgate_geofence_evaluation_seconds";

@@ -130,26 +130,33 @@ impl Relay {
     }
 }
 
-/// The positions of a message, ready for fan-out; events that are not
-/// position events are skipped.
+/// The positions of a message, each with the geofence crossings that
+/// follow it, ready for fan-out; other lines are skipped.
 fn round(a: &Announcement) -> Vec<Outgoing> {
-    a.0.events()
-        .filter_map(|event| {
-            let key = serde_json::from_slice::<PositionKey>(&event).ok()?;
-            let encoded = serde_json::from_slice::<Box<RawValue>>(&event).ok()?;
-            Some(Outgoing {
-                fleet: key.fleet.into_owned(),
-                vehicle: key.vehicle_id.into_owned(),
-                lon: key.lon,
-                lat: key.lat,
-                ts: key.ts,
-                encoded,
-                received_at: key.received_at,
-                relayed: true,
-                wire: Default::default(),
-            })
-        })
-        .collect()
+    let mut out: Vec<Outgoing> = Vec::new();
+    for event in a.0.events() {
+        if let Some(crossings) = wire::crossings(&event) {
+            if let Some(last) = out.last_mut() {
+                last.crossings.extend(crossings);
+            }
+            continue;
+        }
+        let Ok(key) = serde_json::from_slice::<PositionKey>(&event) else { continue };
+        let Ok(encoded) = serde_json::from_slice::<Box<RawValue>>(&event) else { continue };
+        out.push(Outgoing {
+            fleet: key.fleet.into_owned(),
+            vehicle: key.vehicle_id.into_owned(),
+            lon: key.lon,
+            lat: key.lat,
+            ts: key.ts,
+            encoded,
+            received_at: key.received_at,
+            relayed: true,
+            wire: Default::default(),
+            crossings: Vec::new(),
+        });
+    }
+    out
 }
 
 /// Hands each message from other replicas to local fan-out, one round per

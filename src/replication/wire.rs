@@ -20,6 +20,13 @@
 //! whitespace), so LF separates events unambiguously; a message of one event
 //! is the format of earlier releases.
 //!
+//! A position event may be followed by a line of the geofences it crossed
+//! (contract section 11): `G` then `-<id>` (left) and `+<id>` (entered),
+//! separated by spaces (geofence ids have none), exits first. A crossing
+//! travels in the same message as its position, so every replica delivers
+//! the two together and in order. Such a line is not JSON, so replicas of
+//! earlier releases skip it.
+//!
 //! The store's script writes these messages (publishing inside the script
 //! keeps "stored" and "announced" atomic); [`encode`] is the same format in
 //! Rust, for tests and any publisher outside the script.
@@ -31,6 +38,15 @@ const NODE_END: u8 = b' ';
 
 /// Separates events.
 pub const EVENT_SEPARATOR: u8 = b'\n';
+
+/// Starts a line of geofence crossings.
+pub const CROSSINGS: u8 = b'G';
+
+/// The crossings of a line that starts with [`CROSSINGS`]; `None` for any other line.
+pub fn crossings(line: &[u8]) -> Option<Vec<crate::geofence::Crossing>> {
+    let rest = line.strip_prefix(&[CROSSINGS])?;
+    Some(crate::geofence::Crossing::parse_list(std::str::from_utf8(rest).ok()?))
+}
 
 /// The fleet's replication channel.
 pub fn position_channel(fleet: &str) -> String {
@@ -75,8 +91,9 @@ impl Message {
         body.split(|b| *b == EVENT_SEPARATOR).filter(|e| !e.is_empty()).map(move |e| body.slice_ref(e))
     }
 
+    /// Position events (crossing lines are not counted).
     pub fn len(&self) -> usize {
-        self.events().count()
+        self.events().filter(|e| e.first() != Some(&CROSSINGS)).count()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -108,6 +125,23 @@ mod tests {
         let m = Message::decode(Bytes::from_static(br#"n1 {"a":1}"#)).unwrap();
         assert_eq!(m.events().collect::<Vec<_>>(), vec![Bytes::from_static(br#"{"a":1}"#)]);
         assert!(Message::decode(Bytes::from_static(b"no-node-id")).is_none());
+    }
+
+    #[test]
+    fn crossings_follow_their_position() {
+        use crate::geofence::{Crossing, CrossingKind};
+        let m = Message::decode(Bytes::from_static(b"n1 {\"a\":1}\nG-old +depot\n{\"b\":2}")).unwrap();
+        let lines: Vec<Bytes> = m.events().collect();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(crossings(&lines[0]), None);
+        assert_eq!(
+            crossings(&lines[1]).unwrap(),
+            vec![
+                Crossing { geofence: "old".into(), kind: CrossingKind::Exit },
+                Crossing { geofence: "depot".into(), kind: CrossingKind::Enter },
+            ]
+        );
+        assert_eq!(Crossing::encode_list(&crossings(&lines[1]).unwrap()), "-old +depot");
     }
 
     #[test]

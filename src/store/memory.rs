@@ -10,8 +10,11 @@ use std::{
 
 use async_trait::async_trait;
 
-use super::{ChatMessage, Offline, PositionWrite, PutOutcome, Retention, Scope, Store, StoreError};
-use crate::{ids::now_ms, position::Position, session::Session};
+use super::{
+    ChatMessage, Crossing, CrossingKind, FenceSet, FenceWrite, Offline, PositionWrite, PutOutcome, Retention, Scope,
+    Store, StoreError,
+};
+use crate::{ids::now_ms, session::Session};
 
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
@@ -19,6 +22,16 @@ struct Entry {
     ts: i64,
     expires_at: i64,
     encoded: String,
+    /// The geofences its fix is inside (sorted), as of this position.
+    inside: Vec<String>,
+}
+
+/// A fleet's geofences.
+#[derive(Default)]
+struct Fences {
+    version: u64,
+    /// Id → Feature JSON.
+    features: HashMap<String, String>,
 }
 
 struct RoomLog {
@@ -43,6 +56,7 @@ struct State {
     rooms: HashMap<(String, String), RoomLog>,
     /// Keyed by (fleet, vehicle).
     presence: HashMap<(String, String), Presence>,
+    fences: HashMap<String, Fences>,
 }
 
 pub struct MemoryStore {
@@ -65,20 +79,24 @@ impl MemoryStore {
     }
 
     /// The compare-and-set of one position, as Redis's script does it.
-    fn put_one(&self, state: &mut State, fleet: &str, p: &Position, encoded: &str, now: i64) -> PutOutcome {
+    fn put_one(&self, state: &mut State, fleet: &str, w: &PositionWrite<'_>, now: i64) -> PutOutcome {
+        let (p, encoded) = (w.position, w.encoded);
         let vehicles = match state.fleets.get_mut(fleet) {
             Some(v) => v,
             None => state.fleets.entry(fleet.to_owned()).or_default(),
         };
-        if vehicles.get(&p.vehicle_id).is_some_and(|e| e.expires_at > now && e.ts >= p.ts) {
+        let current = vehicles.get(&p.vehicle_id).filter(|e| e.expires_at > now);
+        if current.is_some_and(|e| e.ts >= p.ts) {
             return PutOutcome::Stale;
         }
+        let crossings = crossings(current.map_or(&[][..], |e| &e.inside), w.inside);
         vehicles.insert(
             p.vehicle_id.clone(),
             Entry {
                 ts: p.ts,
                 expires_at: now.saturating_add(self.retention.location_ttl_ms),
                 encoded: encoded.to_owned(),
+                inside: w.inside.to_vec(),
             },
         );
         let stale_after = self.retention.stale_after_ms;
@@ -90,7 +108,7 @@ impl MemoryStore {
             }
             _ => false,
         };
-        PutOutcome::Accepted { back_online }
+        PutOutcome::Accepted { back_online, crossings }
     }
 
     fn sweep_once(&self) {
@@ -121,7 +139,11 @@ impl Store for MemoryStore {
     async fn put_positions(&self, fleet: &str, writes: &[PositionWrite<'_>]) -> Vec<Result<PutOutcome, StoreError>> {
         let now = now_ms();
         let mut state = self.lock();
-        writes.iter().map(|w| Ok(self.put_one(&mut state, fleet, w.position, w.encoded, now))).collect()
+        let version = state.fences.get(fleet).map_or(0, |f| f.version);
+        if writes.first().is_some_and(|w| w.fences_version != version) {
+            return writes.iter().map(|_| Err(StoreError::FencesChanged)).collect();
+        }
+        writes.iter().map(|w| Ok(self.put_one(&mut state, fleet, w, now))).collect()
     }
 
     async fn positions(&self, fleet: &str, scope: Scope<'_>) -> Result<Vec<String>, StoreError> {
@@ -248,9 +270,73 @@ impl Store for MemoryStore {
         Ok(out)
     }
 
+    async fn put_geofence(&self, fleet: &str, id: &str, feature: &str, max: usize) -> Result<FenceWrite, StoreError> {
+        let mut state = self.lock();
+        let fences = state.fences.entry(fleet.to_owned()).or_default();
+        let created = !fences.features.contains_key(id);
+        if created && fences.features.len() >= max {
+            return Ok(FenceWrite::Full);
+        }
+        fences.features.insert(id.to_owned(), feature.to_owned());
+        fences.version += 1;
+        Ok(FenceWrite::Stored { created, version: fences.version })
+    }
+
+    async fn delete_geofence(&self, fleet: &str, id: &str) -> Result<bool, StoreError> {
+        let mut state = self.lock();
+        let Some(fences) = state.fences.get_mut(fleet) else { return Ok(false) };
+        if fences.features.remove(id).is_none() {
+            return Ok(false);
+        }
+        fences.version += 1;
+        // Nobody inside gets an exit, and a geofence created again under
+        // this id starts empty.
+        if let Some(vehicles) = state.fleets.get_mut(fleet) {
+            vehicles.values_mut().for_each(|e| e.inside.retain(|g| g != id));
+        }
+        Ok(true)
+    }
+
+    async fn geofences(&self, fleet: &str) -> Result<FenceSet, StoreError> {
+        let state = self.lock();
+        Ok(state.fences.get(fleet).map_or_else(FenceSet::default, |f| FenceSet {
+            version: f.version,
+            features: f.features.iter().map(|(id, json)| (id.clone(), json.clone())).collect(),
+        }))
+    }
+
+    async fn geofence(&self, fleet: &str, id: &str) -> Result<Option<(String, Vec<String>)>, StoreError> {
+        let now = now_ms();
+        let state = self.lock();
+        let Some(feature) = state.fences.get(fleet).and_then(|f| f.features.get(id)) else { return Ok(None) };
+        let mut inside: Vec<String> = state.fleets.get(fleet).map_or_else(Vec::new, |vehicles| {
+            vehicles
+                .iter()
+                .filter(|(_, e)| e.expires_at > now && e.inside.iter().any(|g| g == id))
+                .map(|(v, _)| v.clone())
+                .collect()
+        });
+        inside.sort();
+        Ok(Some((feature.clone(), inside)))
+    }
+
+    async fn geofence_versions(&self, fleets: &[String]) -> Result<Vec<u64>, StoreError> {
+        let state = self.lock();
+        Ok(fleets.iter().map(|f| state.fences.get(f).map_or(0, |f| f.version)).collect())
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }
+}
+
+/// What a vehicle inside `before` crossed to be inside `after` (both
+/// sorted): exits first, then entries, each in id order. The store's
+/// script does the same.
+pub fn crossings(before: &[String], after: &[String]) -> Vec<Crossing> {
+    let exits = before.iter().filter(|g| after.binary_search(g).is_err()).map(|g| (g, CrossingKind::Exit));
+    let enters = after.iter().filter(|g| before.binary_search(g).is_err()).map(|g| (g, CrossingKind::Enter));
+    exits.chain(enters).map(|(g, kind)| Crossing { geofence: g.clone(), kind }).collect()
 }
 
 fn parse_id(id: &str) -> Option<(i64, u64)> {

@@ -20,15 +20,20 @@ pub enum StoreError {
     Timeout,
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// The fleet's geofences changed since the writes were tested against
+    /// them: nothing was written; test again against the new ones.
+    #[error("geofences changed")]
+    FencesChanged,
 }
 
 /// The result of offering a position to the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PutOutcome {
     /// Newer than what was stored: stored, and announced to other replicas.
     /// `back_online`: the vehicle is connected and had gone stale, so this
-    /// update makes it online again.
-    Accepted { back_online: bool },
+    /// update makes it online again. `crossings`: the geofences it entered
+    /// or left (section 11), decided in the same step.
+    Accepted { back_online: bool, crossings: Vec<Crossing> },
     /// Not newer than the stored position: dropped.
     Stale,
 }
@@ -44,6 +49,42 @@ pub struct PositionWrite<'a> {
     /// so an update that queued behind a slow call is fenced as early as
     /// one sent alone.
     pub started: std::time::Instant,
+    /// The ids of the fleet's geofences holding the fix (sorted), as the
+    /// replica's index found them.
+    pub inside: &'a [String],
+    /// The fleet's geofence version `inside` was computed at; the store
+    /// refuses the call ([`StoreError::FencesChanged`]) when it stores
+    /// another. Every write of one call carries the same.
+    pub fences_version: u64,
+}
+
+impl<'a> PositionWrite<'a> {
+    /// A write tested against no geofences (version 0: a fleet that never had any).
+    pub fn new(position: &'a Position, encoded: &'a str, started: std::time::Instant) -> Self {
+        Self { position, encoded, started, inside: &[], fences_version: 0 }
+    }
+}
+
+pub use crate::geofence::{Crossing, CrossingKind};
+
+/// A fleet's stored geofences (section 11) with their version.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FenceSet {
+    /// Bumped by every create, replace and delete.
+    pub version: u64,
+    /// (id, Feature JSON), in no particular order.
+    pub features: Vec<(String, String)>,
+}
+
+/// The result of storing a geofence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FenceWrite {
+    Stored {
+        created: bool,
+        version: u64,
+    },
+    /// A new id over the fleet's cap: nothing stored.
+    Full,
 }
 
 /// What a snapshot covers.
@@ -118,7 +159,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// [`Store::put_positions`] of one position.
     async fn put_position(&self, position: &Position, encoded: &str) -> Result<PutOutcome, StoreError> {
-        let write = PositionWrite { position, encoded, started: std::time::Instant::now() };
+        let write = PositionWrite::new(position, encoded, std::time::Instant::now());
         self.put_positions(&position.fleet, &[write]).await.pop().unwrap_or(Err(StoreError::Timeout))
     }
 
@@ -158,6 +199,23 @@ pub trait Store: Send + Sync + 'static {
     /// Vehicles gone stale, or whose replicas stopped refreshing them; each
     /// is returned to exactly one caller across replicas.
     async fn sweep_presence(&self) -> Result<Vec<Offline>, StoreError>;
+
+    /// Creates or replaces a fleet's geofence (its Feature JSON), unless
+    /// it is new and the fleet already has `max`; bumps the version.
+    async fn put_geofence(&self, fleet: &str, id: &str, feature: &str, max: usize) -> Result<FenceWrite, StoreError>;
+
+    /// Deletes a geofence and forgets who was inside it (nobody gets an
+    /// `exit`); bumps the version. Whether it existed.
+    async fn delete_geofence(&self, fleet: &str, id: &str) -> Result<bool, StoreError>;
+
+    /// Every geofence of a fleet, with the version they are at, read together.
+    async fn geofences(&self, fleet: &str) -> Result<FenceSet, StoreError>;
+
+    /// One geofence's Feature JSON and the vehicles inside it now (sorted).
+    async fn geofence(&self, fleet: &str, id: &str) -> Result<Option<(String, Vec<String>)>, StoreError>;
+
+    /// The geofence versions of these fleets (0: never had any), in order.
+    async fn geofence_versions(&self, fleets: &[String]) -> Result<Vec<u64>, StoreError>;
 
     /// Whether the backing service answers (readiness).
     async fn ping(&self) -> Result<(), StoreError>;

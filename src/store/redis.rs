@@ -16,6 +16,10 @@
 //! - `fg:{<fleet>}:conns:<vehicle>`: sorted set of replicas holding a socket
 //!   of the vehicle, scored by when that claim lapses unless refreshed
 //! - `fg:{<fleet>}:room:<room>`: the room's history, a capped stream with a TTL
+//! - `fg:{<fleet>}:geofences`: hash geofence id → its Feature JSON;
+//!   `fg:{<fleet>}:geofences:version`: counter bumped by every change;
+//!   `fg:{<fleet>}:fence-inside:<geofence>`: set of vehicles inside; the
+//!   position hash's field `g` holds the geofences its fix is inside
 //! - `fg:presence:fleets`: set of fleets that have had presence, for the sweep
 //! - `fg:session:<id>`: the session JSON, TTL until it expires
 //!
@@ -40,7 +44,10 @@ use redis::{
     cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo},
 };
 
-use super::{ChatMessage, Offline, PositionWrite, PutOutcome, Retention, Scope, Store, StoreError};
+use super::{
+    ChatMessage, Crossing, FenceSet, FenceWrite, Offline, PositionWrite, PutOutcome, Retention, Scope, Store,
+    StoreError,
+};
 use crate::{
     ids::now_ms,
     metrics::{StoreOp, names},
@@ -85,9 +92,12 @@ const CALIBRATION_MAX_RTT: Duration = Duration::from_millis(250);
 /// KEYS: index, presence, then per update its position key and conns key.
 /// ARGV: ttl, now (ms), stale-after, channel, node id, prune (`1`: drop the
 /// index's expired members too), then per update ts, event, vehicle,
-/// deadline. Returns `{redis_now_ms, outcome...}` (outcome -1: past its
-/// deadline, 0: stale, 1: stored, 2: stored and back online); Redis's time
-/// calibrates the deadlines of later calls.
+/// deadline; then the geofence arguments (see the block in the script).
+/// Returns `{redis_now_ms, outcome..., crossings...}` (outcome -1: past its
+/// deadline, -2: refused, the geofences changed, 0: stale, 1: stored, 2:
+/// stored and back online; crossings: per update `-<id>`/`+<id>` separated
+/// by spaces, `""` when none); Redis's time calibrates the deadlines of
+/// later calls.
 const PUT_POSITIONS: &str = r#"
 local t = redis.call('TIME')
 local rnow = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -97,6 +107,40 @@ local stale = tonumber(ARGV[3])
 local out = {rnow}
 local events = {}
 local index = {}
+-- Geofences (contract section 11) ----------------------------------------
+-- ARGV after the updates': the fleet's geofence version the replica
+-- tested these fixes against, the version's key, the prefix of the
+-- per-geofence sets of who is inside, then per update the ids of the
+-- geofences holding its fix (sorted, space separated). A call tested
+-- against another version than the stored one is refused whole (-2)
+-- before anything is written. An accepted update's set is diffed against
+-- the one stored with its vehicle's position (field `g`): the crossings.
+local gn = (#KEYS - 2) / 2
+local ga = 6 + gn * 4
+if (redis.call('GET', ARGV[ga + 2]) or '0') ~= ARGV[ga + 1] then
+  local refused = {rnow}
+  for i = 1, gn do refused[i + 1] = -2 end
+  return refused
+end
+local crossed = {}
+for i = 1, gn do crossed[i] = '' end
+local function cross(i, pos, vehicle)
+  local now_in, was_in, after, before = {}, {}, {}, {}
+  for id in string.gmatch(ARGV[ga + 3 + i], '[^ ]+') do now_in[id] = true; after[#after + 1] = id end
+  local old = redis.call('HGET', pos, 'g')
+  if old then for id in string.gmatch(old, '[^ ]+') do was_in[id] = true; before[#before + 1] = id end end
+  if #after == 0 and #before == 0 then return end
+  local c = {}
+  for _, id in ipairs(before) do
+    if not now_in[id] then c[#c + 1] = '-' .. id; redis.call('SREM', ARGV[ga + 3] .. id, vehicle) end
+  end
+  for _, id in ipairs(after) do
+    if not was_in[id] then c[#c + 1] = '+' .. id; redis.call('SADD', ARGV[ga + 3] .. id, vehicle) end
+  end
+  redis.call('HSET', pos, 'g', ARGV[ga + 3 + i])
+  crossed[i] = table.concat(c, ' ')
+end
+-- ------------------------------------------------------------------------
 for i = 1, (#KEYS - 2) / 2 do
   local a = 6 + (i - 1) * 4
   local pos, conns = KEYS[1 + 2 * i], KEYS[2 + 2 * i]
@@ -112,6 +156,8 @@ for i = 1, (#KEYS - 2) / 2 do
       index[#index + 1] = now + ttl
       index[#index + 1] = vehicle
       events[#events + 1] = ARGV[a + 2]
+      cross(i, pos, vehicle) -- geofences
+      if crossed[i] ~= '' then events[#events + 1] = 'G' .. crossed[i] end -- geofences
       outcome = 1
       if redis.call('ZCOUNT', conns, now, '+inf') > 0 then
         if not redis.call('ZSCORE', KEYS[2], vehicle) then outcome = 2 end
@@ -129,7 +175,60 @@ if #events > 0 then
   redis.call('PEXPIRE', KEYS[1], ttl)
   redis.call('SPUBLISH', ARGV[4], ARGV[5] .. ' ' .. table.concat(events, '\n'))
 end
+for i = 1, gn do out[#out + 1] = crossed[i] end -- geofences
 return out
+"#;
+
+/// Creates or replaces a geofence (KEYS: the fleet's geofences hash, its
+/// version; ARGV: id, Feature JSON, the fleet's cap). Returns
+/// `{created, version}`, or `-1` for a new id over the cap.
+const PUT_GEOFENCE: &str = r#"
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then
+  return -1
+end
+local created = redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return {created, redis.call('INCR', KEYS[2])}
+"#;
+
+/// Deletes a geofence (KEYS: geofences hash, version, its inside set;
+/// ARGV: id, position key prefix) and takes it out of the stored sets of
+/// the vehicles inside, so none gets an exit and a geofence created again
+/// under this id starts empty. Returns whether it existed.
+const DELETE_GEOFENCE: &str = r#"
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('INCR', KEYS[2])
+for _, v in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+  local pos = ARGV[2] .. v
+  local g = redis.call('HGET', pos, 'g')
+  if g then
+    local keep = {}
+    for id in string.gmatch(g, '[^ ]+') do if id ~= ARGV[1] then keep[#keep + 1] = id end end
+    redis.call('HSET', pos, 'g', table.concat(keep, ' '))
+  end
+end
+redis.call('DEL', KEYS[3])
+return 1
+"#;
+
+/// A fleet's geofences with their version, read together (KEYS: hash, version).
+const GEOFENCES: &str = r#"
+return {redis.call('GET', KEYS[2]) or '0', redis.call('HGETALL', KEYS[1])}
+"#;
+
+/// One geofence and who is inside it (KEYS: hash, its inside set; ARGV:
+/// id, position key prefix). Members whose position expired, or whose
+/// stored set no longer holds the geofence, are dropped on the way.
+const GEOFENCE: &str = r#"
+local f = redis.call('HGET', KEYS[1], ARGV[1])
+if not f then return {false, {}} end
+local inside = {}
+for _, v in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  local g = redis.call('HGET', ARGV[2] .. v, 'g')
+  local found = false
+  if g then for id in string.gmatch(g, '[^ ]+') do if id == ARGV[1] then found = true end end end
+  if found then inside[#inside + 1] = v else redis.call('SREM', KEYS[2], v) end
+end
+return {f, inside}
 "#;
 
 /// Appends a chat message to its room's capped stream, fenced like
@@ -228,6 +327,18 @@ fn conns_key(fleet: &str, vehicle: &str) -> String {
     format!("fg:{{{fleet}}}:conns:{vehicle}")
 }
 
+fn geofences_key(fleet: &str) -> String {
+    format!("fg:{{{fleet}}}:geofences")
+}
+
+fn geofence_version_key(fleet: &str) -> String {
+    format!("fg:{{{fleet}}}:geofences:version")
+}
+
+fn geofence_inside_key(fleet: &str, geofence: &str) -> String {
+    format!("fg:{{{fleet}}}:fence-inside:{geofence}")
+}
+
 fn room_key(fleet: &str, room: &str) -> String {
     format!("fg:{{{fleet}}}:room:{room}")
 }
@@ -280,6 +391,25 @@ impl ConnectionLike for Conn {
     }
 }
 
+/// The scripts of section 11's geofences.
+struct GeofenceScripts {
+    put: Script,
+    delete: Script,
+    all: Script,
+    one: Script,
+}
+
+impl Default for GeofenceScripts {
+    fn default() -> Self {
+        Self {
+            put: Script::new(PUT_GEOFENCE),
+            delete: Script::new(DELETE_GEOFENCE),
+            all: Script::new(GEOFENCES),
+            one: Script::new(GEOFENCE),
+        }
+    }
+}
+
 pub struct RedisStore {
     /// Replaced whole when Sentinel names a new primary.
     connections: Arc<RwLock<Vec<Conn>>>,
@@ -295,6 +425,7 @@ pub struct RedisStore {
     vehicle_connected: Script,
     vehicle_disconnected: Script,
     sweep_presence: Script,
+    geofence_scripts: GeofenceScripts,
     retention: Retention,
     /// Sweeps since start; every few, the sweep also looks for dead replicas.
     sweeps: std::sync::atomic::AtomicU64,
@@ -375,6 +506,7 @@ impl RedisStore {
             vehicle_connected: Script::new(VEHICLE_CONNECTED),
             vehicle_disconnected: Script::new(VEHICLE_DISCONNECTED),
             sweep_presence: Script::new(SWEEP_PRESENCE),
+            geofence_scripts: GeofenceScripts::default(),
             retention,
             sweeps: std::sync::atomic::AtomicU64::new(0),
             node_id,
@@ -621,6 +753,7 @@ impl Store for RedisStore {
                 .arg(&self.node_id)
                 .arg(if prune { "1" } else { "0" });
             let mut sending = Vec::with_capacity(todo.len());
+            let mut inside = Vec::with_capacity(todo.len());
             for i in todo.drain(..) {
                 let w = &writes[i];
                 // A write whose fence passed while it queued is not sent.
@@ -636,11 +769,14 @@ impl Store for RedisStore {
                     .arg(&w.position.vehicle_id)
                     .arg(deadline);
                 sending.push(i);
+                inside.push(w.inside.join(" "));
             }
             if sending.is_empty() {
                 break;
             }
-            let reply: Result<Vec<i64>, StoreError> = self
+            let version = writes.first().map_or(0, |w| w.fences_version);
+            call.arg(version).arg(geofence_version_key(fleet)).arg(geofence_inside_key(fleet, "")).arg(&inside);
+            let reply: Result<Vec<Value>, StoreError> = self
                 .bounded_until(StoreOp::PutPosition, give_up, || async {
                     let mut conn = self.conn().await?;
                     Ok(call.invoke_async(&mut conn).await?)
@@ -654,13 +790,20 @@ impl Store for RedisStore {
                 }
             };
             let rtt = sent.elapsed();
-            if let Some(&redis_now) = reply.first() {
+            let int = |k: usize| reply.get(k).and_then(|v| redis::from_redis_value_ref::<i64>(v).ok());
+            if let Some(redis_now) = int(0) {
                 self.calibrate(redis_now, sent_ms, rtt);
             }
+            let m = sending.len();
             for (k, i) in sending.into_iter().enumerate() {
-                outcomes[i] = match reply.get(k + 1) {
+                outcomes[i] = match int(k + 1) {
                     Some(0) => Some(Ok(PutOutcome::Stale)),
-                    Some(&n) if n > 0 => Some(Ok(PutOutcome::Accepted { back_online: n == 2 })),
+                    Some(n) if n > 0 => {
+                        let crossed = reply.get(1 + m + k).and_then(|v| redis::from_redis_value_ref::<String>(v).ok());
+                        let crossings = crossed.map_or_else(Vec::new, |c| Crossing::parse_list(&c));
+                        Some(Ok(PutOutcome::Accepted { back_online: n == 2, crossings }))
+                    }
+                    Some(-2) => Some(Err(StoreError::FencesChanged)),
                     // A refusal that is back quickly says the offset was off
                     // (clocks apart), not that the call was late: nothing
                     // was written, so try once more with the offset just
@@ -915,6 +1058,96 @@ impl Store for RedisStore {
                 }
                 None => Ok(out),
             }
+        })
+        .await
+    }
+
+    async fn put_geofence(&self, fleet: &str, id: &str, feature: &str, max: usize) -> Result<FenceWrite, StoreError> {
+        self.bounded(StoreOp::PutGeofence, || async {
+            let mut conn = self.conn().await?;
+            let reply: Value = self
+                .geofence_scripts
+                .put
+                .key(geofences_key(fleet))
+                .key(geofence_version_key(fleet))
+                .arg(id)
+                .arg(feature)
+                .arg(max)
+                .invoke_async(&mut conn)
+                .await?;
+            Ok(match redis::from_redis_value_ref::<(i64, u64)>(&reply) {
+                Ok((created, version)) => FenceWrite::Stored { created: created == 1, version },
+                Err(_) => FenceWrite::Full,
+            })
+        })
+        .await
+    }
+
+    async fn delete_geofence(&self, fleet: &str, id: &str) -> Result<bool, StoreError> {
+        self.bounded(StoreOp::DeleteGeofence, || async {
+            let mut conn = self.conn().await?;
+            let existed: i64 = self
+                .geofence_scripts
+                .delete
+                .key(geofences_key(fleet))
+                .key(geofence_version_key(fleet))
+                .key(geofence_inside_key(fleet, id))
+                .arg(id)
+                .arg(position_key(fleet, ""))
+                .invoke_async(&mut conn)
+                .await?;
+            Ok(existed == 1)
+        })
+        .await
+    }
+
+    async fn geofences(&self, fleet: &str) -> Result<FenceSet, StoreError> {
+        let (version, flat): (String, Vec<String>) = self
+            .bounded(StoreOp::Geofences, || async {
+                let mut conn = self.conn().await?;
+                Ok(self
+                    .geofence_scripts
+                    .all
+                    .key(geofences_key(fleet))
+                    .key(geofence_version_key(fleet))
+                    .invoke_async(&mut conn)
+                    .await?)
+            })
+            .await?;
+        let version = version.parse().map_err(|_| StoreError::Corrupt("geofence version".into()))?;
+        let features = flat.chunks(2).filter_map(|kv| Some((kv.first()?.clone(), kv.get(1)?.clone()))).collect();
+        Ok(FenceSet { version, features })
+    }
+
+    async fn geofence(&self, fleet: &str, id: &str) -> Result<Option<(String, Vec<String>)>, StoreError> {
+        let (feature, mut inside): (Option<String>, Vec<String>) = self
+            .bounded(StoreOp::Geofence, || async {
+                let mut conn = self.conn().await?;
+                Ok(self
+                    .geofence_scripts
+                    .one
+                    .key(geofences_key(fleet))
+                    .key(geofence_inside_key(fleet, id))
+                    .arg(id)
+                    .arg(position_key(fleet, ""))
+                    .invoke_async(&mut conn)
+                    .await?)
+            })
+            .await?;
+        inside.sort();
+        Ok(feature.map(|f| (f, inside)))
+    }
+
+    async fn geofence_versions(&self, fleets: &[String]) -> Result<Vec<u64>, StoreError> {
+        self.bounded(StoreOp::GeofenceVersions, || async {
+            // One GET per fleet, side by side: on a cluster each fleet's
+            // version lives on its own shard.
+            let gets = fleets.iter().map(|fleet| async move {
+                let mut conn = self.conn().await?;
+                let v: Option<u64> = redis::cmd("GET").arg(geofence_version_key(fleet)).query_async(&mut conn).await?;
+                Ok::<_, StoreError>(v.unwrap_or(0))
+            });
+            futures_util::future::try_join_all(gets).await
         })
         .await
     }

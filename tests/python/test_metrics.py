@@ -120,7 +120,7 @@ def test_labels_never_carry_ids(metrics_scrape):
         },
         "source": {"socket", "http", "demo", "osmand", "mqtt"},
         "path": {"local", "relay"},
-        "kind": {"fleet", "vehicle", "bbox"},
+        "kind": {"fleet", "vehicle", "bbox", "geofence", "enter", "exit"},
         "state": {"online", "offline"},
     }
     for name, labels, _ in samples(metrics_scrape):

@@ -29,6 +29,10 @@ OPERATIONS = {
     ("get", "/api/v1/fleets/{}/vehicles/{}"),
     ("post", "/api/v1/fleets/{}/rooms/{}/messages"),
     ("delete", "/api/v1/sessions/{}"),
+    ("put", "/api/v1/fleets/{}/geofences/{}"),
+    ("get", "/api/v1/fleets/{}/geofences"),
+    ("get", "/api/v1/fleets/{}/geofences/{}"),
+    ("delete", "/api/v1/fleets/{}/geofences/{}"),
 }
 
 
@@ -81,6 +85,9 @@ EXTRA_STATUSES = {
     ("post", "/api/v1/fleets/{}/rooms/{}/messages"): {"413"},
     ("get", "/api/v1/fleets/{}/vehicles/{}"): {"404"},
     ("delete", "/api/v1/sessions/{}"): {"404"},
+    ("put", "/api/v1/fleets/{}/geofences/{}"): {"413"},
+    ("get", "/api/v1/fleets/{}/geofences/{}"): {"404"},
+    ("delete", "/api/v1/fleets/{}/geofences/{}"): {"404"},
 }
 
 

@@ -20,6 +20,12 @@
 //!
 //! With conflation on (`FLEETGATE_BATCH_MS` > 0) positions wait in a
 //! per-fleet map that keeps the newest per vehicle (see `conflate`).
+//!
+//! Geofence crossings (section 11) ride on the position that made them
+//! (`Outgoing::crossings`): each becomes one `geofence` event, encoded
+//! once, for the position's watchers plus the sockets subscribed to that
+//! geofence, each socket once, right after the position itself (with
+//! conflation on, at once: before the window's `locations`).
 
 mod conflate;
 mod slow;
@@ -72,6 +78,17 @@ pub fn vehicle_room(fleet: &str, vehicle: &str) -> String {
     format!("v/{fleet}/{vehicle}")
 }
 
+/// Room of the sockets subscribed to a geofence's events (section 11).
+pub fn geofence_room(fleet: &str, geofence: &str) -> String {
+    format!("g/{fleet}/{geofence}")
+}
+
+/// Room of a scoped viewer subscribed to a geofence: one per vehicle of
+/// its scope, so it hears only its own vehicles' crossings.
+pub fn scoped_geofence_room(fleet: &str, geofence: &str, vehicle: &str) -> String {
+    format!("gv/{fleet}/{geofence}/{vehicle}")
+}
+
 /// The room every socket with a box subscription joins: its own id.
 pub fn socket_room(sid: Sid) -> String {
     sid.to_string()
@@ -94,6 +111,8 @@ pub struct Outgoing {
     /// The `locationupdate` packet, encoded by the first socket that sends
     /// it and shared by all the others.
     pub wire: std::sync::OnceLock<EncodedEvent>,
+    /// The geofences this position entered or left, in order.
+    pub crossings: Vec<crate::geofence::Crossing>,
 }
 
 impl Outgoing {
@@ -198,7 +217,10 @@ impl<A: Adapter> Fanout<A> {
     pub async fn deliver_round(&self, round: Vec<Outgoing>) {
         let Some(first) = round.first() else { return };
         match &self.mode {
-            Mode::Conflate(pending) => round.into_iter().for_each(|p| conflate::add(pending, p)),
+            Mode::Conflate(pending) => round.into_iter().for_each(|p| {
+                self.send_crossings(&p);
+                conflate::add(pending, p)
+            }),
             Mode::Immediate { queues, .. } => {
                 let queue = &queues[(self.hasher.hash_one(&first.fleet) % queues.len() as u64) as usize];
                 let round: Vec<Arc<Outgoing>> = round.into_iter().map(Arc::new).collect();
@@ -215,6 +237,8 @@ impl<A: Adapter> Fanout<A> {
         let sockets = self.watchers(p);
         metrics::counter!(names::BROADCASTS).increment(1);
         if sockets.is_empty() {
+            // Geofence subscribers may still want its crossings.
+            self.send_crossings(p);
             return;
         }
         let mut delivered = 0u64;
@@ -225,6 +249,45 @@ impl<A: Adapter> Fanout<A> {
         }
         metrics::counter!(names::DELIVERIES).increment(delivered);
         p.record_lag();
+        self.send_crossings(p);
+    }
+
+    /// One `geofence` event per crossing of `p`, to the position's
+    /// watchers and the geofence's subscribers, each socket once.
+    fn send_crossings(&self, p: &Outgoing) {
+        if p.crossings.is_empty() {
+            return;
+        }
+        let Some(ns) = self.io.of(NAMESPACE) else { return };
+        let watching = self.rooms_for(&p.fleet, &p.vehicle, p.lon, p.lat);
+        for c in &p.crossings {
+            let mut rooms = watching.clone();
+            rooms.push(geofence_room(&p.fleet, &c.geofence).into());
+            rooms.push(scoped_geofence_room(&p.fleet, &c.geofence, &p.vehicle).into());
+            let sockets = ns.clone().local().to(rooms).sockets();
+            let Some(first) = sockets.first() else { continue };
+            let event = crate::geofence::GeofenceEvent {
+                fleet: &p.fleet,
+                vehicle_id: &p.vehicle,
+                geofence: &c.geofence,
+                kind: c.kind,
+                ts: p.ts,
+                lat: p.lat,
+                lon: p.lon,
+            };
+            let Ok(wire) = first.encode_event("geofence", &event) else { continue };
+            let (mut sent, mut dropped) = (0u64, 0u64);
+            for socket in &sockets {
+                match socket.emit_encoded(&wire) {
+                    Ok(()) => sent += 1,
+                    Err(_) => dropped += 1,
+                }
+            }
+            metrics::counter!(names::GEOFENCE_DELIVERIES).increment(sent);
+            if dropped > 0 {
+                metrics::counter!(names::GEOFENCE_EVENTS_DROPPED).increment(dropped);
+            }
+        }
     }
 
     /// Forgets what fan-out keeps for a socket that is gone.

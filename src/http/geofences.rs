@@ -1,0 +1,154 @@
+//! The geofence routes of section 11: create or replace, list, read one
+//! (with who is inside now), delete. Dispatchers write; any role of the
+//! fleet reads; a scoped viewer's `inside` lists only its own vehicles.
+
+use std::sync::Arc;
+
+use axum::{
+    extract::{Path, State, rejection::PathRejection},
+    http::HeaderMap,
+    response::Response,
+};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use super::{
+    HttpState, JsonBody, Ok,
+    api::{check_id, geojson, path},
+    caller::Caller,
+};
+use crate::{auth::Role, error::ApiError};
+
+const READERS: &[Role] = &[Role::Vehicle, Role::Viewer, Role::Dispatcher];
+
+/// A geofence: a GeoJSON Feature (RFC 7946) whose geometry is a
+/// `Polygon` or `MultiPolygon` (holes allowed), or a `Point` with
+/// `properties.radius` in metres.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+struct GeofenceDoc {
+    #[schema(example = "Feature")]
+    r#type: String,
+    #[schema(example = "depot")]
+    id: Option<String>,
+    #[schema(value_type = Object)]
+    geometry: Value,
+    #[schema(value_type = Object)]
+    properties: Option<Value>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Deleted {
+    deleted: bool,
+}
+
+fn ids(p: Result<Path<(String, String)>, PathRejection>) -> Result<(String, String), ApiError> {
+    let (fleet, id) = path(p)?;
+    check_id("fleet", &fleet)?;
+    check_id("geofence", &id)?;
+    Result::Ok((fleet, id))
+}
+
+/// Creates or replaces a geofence.
+#[utoipa::path(
+    put,
+    path = "/api/v1/fleets/{fleet}/geofences/{id}",
+    params(("fleet" = String, Path), ("id" = String, Path)),
+    request_body = GeofenceDoc,
+    responses(
+        (status = 200, description = "`{ ok: true, data: Feature }`: the geofence as stored", body = GeofenceDoc),
+        (status = 400, description = "invalid_payload (the message names the field)"), (status = 401, description = "unauthenticated"),
+        (status = 403, description = "forbidden"), (status = 413, description = "payload_too_large: over FLEETGATE_GEOFENCES_MAX"),
+        (status = 503, description = "unavailable"),
+    ),
+    security(("bearer" = [])), tag = "geofences"
+)]
+pub async fn put_geofence(
+    State(state): State<Arc<HttpState>>,
+    caller: Caller,
+    p: Result<Path<(String, String)>, PathRejection>,
+    JsonBody(body): JsonBody<Value>,
+) -> Result<Ok<Value>, ApiError> {
+    let (fleet, id) = ids(p)?;
+    caller.require(&fleet, &[Role::Dispatcher])?;
+    let geofences = state.backend.geofences();
+    geofences.put(&fleet, &id, &body).await?;
+    let (feature, _) = geofences.get(&fleet, &id).await?;
+    Result::Ok(Ok(feature))
+}
+
+/// The fleet's geofences as a GeoJSON FeatureCollection.
+#[utoipa::path(
+    get,
+    path = "/api/v1/fleets/{fleet}/geofences",
+    params(("fleet" = String, Path)),
+    responses(
+        (status = 200, description = "`{ ok: true, data: FeatureCollection }`, or bare with `Accept: application/geo+json`"),
+        (status = 400, description = "invalid_payload"), (status = 401, description = "unauthenticated"), (status = 403, description = "forbidden"), (status = 503, description = "unavailable"),
+    ),
+    security(("bearer" = [])), tag = "geofences"
+)]
+pub async fn list_geofences(
+    State(state): State<Arc<HttpState>>,
+    caller: Caller,
+    headers: HeaderMap,
+    p: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let fleet = path(p)?;
+    check_id("fleet", &fleet)?;
+    caller.require(&fleet, READERS)?;
+    let features = state.backend.geofences().list(&fleet).await?;
+    Result::Ok(geojson(&headers, serde_json::json!({ "type": "FeatureCollection", "features": features })))
+}
+
+/// One geofence, with `properties.inside`: the vehicles inside it now.
+#[utoipa::path(
+    get,
+    path = "/api/v1/fleets/{fleet}/geofences/{id}",
+    params(("fleet" = String, Path), ("id" = String, Path)),
+    responses(
+        (status = 200, description = "`{ ok: true, data: Feature }` with `properties.inside`", body = GeofenceDoc),
+        (status = 400, description = "invalid_payload"), (status = 401, description = "unauthenticated"), (status = 403, description = "forbidden"), (status = 404, description = "not_found"),
+        (status = 503, description = "unavailable"),
+    ),
+    security(("bearer" = [])), tag = "geofences"
+)]
+pub async fn get_geofence(
+    State(state): State<Arc<HttpState>>,
+    caller: Caller,
+    headers: HeaderMap,
+    p: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let (fleet, id) = ids(p)?;
+    caller.require(&fleet, READERS)?;
+    let (mut feature, inside) = state.backend.geofences().get(&fleet, &id).await?;
+    let inside: Vec<Value> = inside.into_iter().filter(|v| caller.may_watch(v)).map(Value::String).collect();
+    if let Some(props) = feature.get_mut("properties").and_then(Value::as_object_mut) {
+        props.insert("inside".into(), Value::Array(inside));
+    }
+    Result::Ok(geojson(&headers, feature))
+}
+
+/// Deletes a geofence; vehicles inside get no `exit`.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/fleets/{fleet}/geofences/{id}",
+    params(("fleet" = String, Path), ("id" = String, Path)),
+    responses(
+        (status = 200, description = "deleted", body = Deleted),
+        (status = 400, description = "invalid_payload"), (status = 401, description = "unauthenticated"), (status = 403, description = "forbidden"), (status = 404, description = "not_found"),
+        (status = 503, description = "unavailable"),
+    ),
+    security(("bearer" = [])), tag = "geofences"
+)]
+pub async fn delete_geofence(
+    State(state): State<Arc<HttpState>>,
+    caller: Caller,
+    p: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Ok<Deleted>, ApiError> {
+    let (fleet, id) = ids(p)?;
+    caller.require(&fleet, &[Role::Dispatcher])?;
+    state.backend.geofences().delete(&fleet, &id).await?;
+    Result::Ok(Ok(Deleted { deleted: true }))
+}
