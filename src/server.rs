@@ -162,6 +162,7 @@ async fn run<A: Adapter>(
     }
     let demo_task = config.demo.then(|| tokio::spawn(demo::run(gateway.clone(), config.demo_vehicles)));
     let presence_task = tokio::spawn(gateway::presence::run(gateway.clone()));
+    let recovery_task = tokio::spawn(gateway::recovery::run(gateway.clone()));
     let deadline_task = tokio::spawn(gateway::deadline::run(gateway.clone()));
     let fanout_tasks = gateway::fanout::spawn(&gateway);
     let limits_task = {
@@ -208,6 +209,7 @@ async fn run<A: Adapter>(
                 t.abort();
             }
             presence_task.abort();
+            recovery_task.abort();
             deadline_task.abort();
             limits_task.abort();
             if let Some(t) = conflation_task {

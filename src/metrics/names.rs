@@ -62,3 +62,9 @@ pub const MQTT_SUBSCRIBED: &str = "fleetgate_mqtt_subscribed";
 pub const MQTT_MESSAGES: &str = "fleetgate_mqtt_messages_total";
 pub const MQTT_CONNECTION_ERRORS: &str = "fleetgate_mqtt_connection_errors_total";
 pub const MQTT_REPLIES_DROPPED: &str = "fleetgate_mqtt_replies_dropped_total";
+
+// Connection state recovery (contract section 10).
+pub const RECOVERY_ATTEMPTS: &str = "fleetgate_recovery_attempts_total";
+pub const RECOVERY_SUCCESSES: &str = "fleetgate_recovery_successes_total";
+pub const RECOVERY_FALLBACKS: &str = "fleetgate_recovery_fallbacks_total";
+pub const RECOVERY_REPLAYED: &str = "fleetgate_recovery_replayed_events_total";
