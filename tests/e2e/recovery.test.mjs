@@ -1,0 +1,246 @@
+// Connection state recovery (contract section 10) with the official
+// socket.io-client: a client that opted in with `auth.recovery` and lost
+// its connection gets back its socket id, subscriptions and rooms without
+// re-subscribing, then exactly what it missed (the newest position per
+// vehicle, every presence and chat event in order), then live events. What
+// cannot be recovered (too late, revoked) is a fresh socket. Clients that
+// did not opt in see no extra argument.
+
+import { after, before, describe } from "node:test";
+import assert from "node:assert/strict";
+
+import {
+  connect,
+  connectWithSession,
+  emitWithAck,
+  expectOk,
+  openSocket,
+  publishAccepted,
+  sleep,
+  startCluster,
+  startProxy,
+  startServer,
+  subscribe,
+  test,
+  tsAt,
+  uid,
+} from "./lib/harness.mjs";
+
+/** Every event of `name` with all its arguments. */
+function recordArgs(socket, name) {
+  const items = [];
+  socket.on(name, (...args) => items.push(args));
+  return items;
+}
+
+function waitFor(fn, ms, what) {
+  const started = Date.now();
+  return new Promise((resolve, reject) => {
+    const tick = () => {
+      const v = fn();
+      if (v) return resolve(v);
+      if (Date.now() - started > ms) return reject(new Error(`timed out: ${what}`));
+      setTimeout(tick, 50);
+    };
+    tick();
+  });
+}
+
+function onceConnected(socket, ms = 10_000) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error("no reconnect")), ms);
+    socket.once("connect", () => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+}
+
+/** A recovering viewer: reconnects by itself, as apps run the client. */
+async function recoveringViewer(server, auth) {
+  const socket = openSocket(server, {
+    auth: { ...auth, recovery: true },
+    reconnection: true,
+    reconnectionDelay: 200,
+    reconnectionDelayMax: 200,
+  });
+  await onceConnected(socket);
+  return socket;
+}
+
+describe("connection state recovery across two replicas", () => {
+  let cluster;
+  before(async () => {
+    cluster = await startCluster({ replicas: 2 });
+  });
+  after(async () => {
+    await cluster?.stop();
+  });
+
+  const tokens = (fleet) => ({
+    viewer: cluster.token({ sub: uid("viewer"), fleet, role: "viewer" }),
+    dispatcher: cluster.token({ sub: uid("disp"), fleet, role: "dispatcher" }),
+    vehicle: (id) => cluster.token({ sub: id, fleet, role: "vehicle", vehicle: id }),
+  });
+
+  test("brief transport loss: same id, subscriptions and rooms back, exactly what was missed, then live", async () => {
+    const fleet = uid("fleet");
+    const t = tokens(fleet);
+    const [a, b] = cluster.servers;
+    const viewer = await recoveringViewer(a, { token: t.viewer });
+    assert.equal(viewer.recovered, false);
+    const id = viewer.id;
+    const positions = recordArgs(viewer, "locationupdate");
+    const chats = recordArgs(viewer, "chat");
+    const online = recordArgs(viewer, "vehicle_online");
+    await subscribe(viewer, {});
+    expectOk(await emitWithAck(viewer, "join_room", { room: "ops" }), "join_room");
+
+    const bus1 = await connect(b, { auth: { token: t.vehicle("bus-1") } });
+    await publishAccepted(bus1, { lat: 37.5, lon: 127.0, ts: tsAt(-3000) });
+    await waitFor(() => positions.length === 1 && online.length === 1, 5000, "first position and presence");
+    assert.equal(positions[0].length, 2, "an opted-in socket gets the offset as a trailing argument");
+    assert.match(positions[0][1], /^\d+-\d+$/);
+
+    // Transport lost; meanwhile bus-1 moves twice, bus-2 comes online and
+    // moves, and a dispatcher on the other replica writes to the room.
+    viewer.io.engine.close();
+    await sleep(20);
+    await publishAccepted(bus1, { lat: 37.51, lon: 127.01, ts: tsAt(-2000) });
+    await publishAccepted(bus1, { lat: 37.52, lon: 127.02, ts: tsAt(-1000) });
+    const bus2 = await connect(b, { auth: { token: t.vehicle("bus-2") } });
+    await publishAccepted(bus2, { lat: 37.6, lon: 127.1, ts: tsAt(-500) });
+    const disp = (await connectWithSession(b, t.dispatcher)).socket;
+    expectOk(await emitWithAck(disp, "join_room", { room: "ops" }), "dispatcher join_room");
+    expectOk(await emitWithAck(disp, "chat", { room: "ops", text: "one" }), "chat one");
+    expectOk(await emitWithAck(disp, "chat", { room: "ops", text: "two" }), "chat two");
+
+    await onceConnected(viewer);
+    assert.equal(viewer.recovered, true, "socket.recovered");
+    assert.equal(viewer.id, id, "the socket id is restored");
+    await waitFor(() => positions.length >= 3 && chats.length >= 2 && online.length >= 2, 5000, "replay");
+    await sleep(300);
+    const replayed = positions.slice(1).map(([p]) => [p.vehicleId, p.lat]);
+    assert.deepEqual(replayed.sort(), [["bus-1", 37.52], ["bus-2", 37.6]], "newest position per vehicle, once");
+    assert.deepEqual(chats.map(([m]) => m.text), ["one", "two"], "every chat message, in order");
+    assert.deepEqual(online.slice(1).map(([e]) => e.vehicleId), ["bus-2"], "the presence event missed");
+
+    // Live, with no re-subscribe.
+    await publishAccepted(bus2, { lat: 37.61, lon: 127.11, ts: tsAt(0) });
+    await waitFor(() => positions.some(([p]) => p.lat === 37.61), 5000, "live position after recovery");
+    expectOk(await emitWithAck(disp, "chat", { room: "ops", text: "three" }), "chat three");
+    await waitFor(() => chats.some(([m]) => m.text === "three"), 5000, "live chat after recovery");
+    viewer.disconnect();
+  });
+
+  test("zero-event recovery: a client that received nothing recovers what it missed since it connected", async () => {
+    const fleet = uid("fleet");
+    const t = tokens(fleet);
+    const [a, b] = cluster.servers;
+    const viewer = await recoveringViewer(a, { token: t.viewer });
+    const positions = recordArgs(viewer, "locationupdate");
+    await subscribe(viewer, { vehicles: ["bus-9"] });
+    const id = viewer.id;
+    viewer.io.engine.close();
+    const bus = await connect(b, { auth: { token: t.vehicle("bus-9") } });
+    await publishAccepted(bus, { lat: 1.5, lon: 2.5, ts: tsAt(0) });
+    await onceConnected(viewer);
+    assert.equal(viewer.recovered, true);
+    assert.equal(viewer.id, id);
+    await waitFor(() => positions.length === 1, 5000, "replayed position");
+    assert.equal(positions[0][0].vehicleId, "bus-9");
+    viewer.disconnect();
+  });
+
+  test("revoked while away: a fresh socket, not recovered", async () => {
+    const fleet = uid("fleet");
+    const t = tokens(fleet);
+    const [a] = cluster.servers;
+    const viewer = openSocket(a, { auth: { token: t.viewer, recovery: true }, reconnection: true, reconnectionDelay: 200 });
+    const session = await new Promise((resolve) => viewer.once("session", resolve));
+    const id = viewer.id;
+    viewer.io.engine.close();
+    const res = await fetch(`${a.url}/api/v1/sessions/${session.sessionId}`, {
+      method: "DELETE",
+      headers: { authorization: `Bearer ${t.dispatcher}` },
+    });
+    assert.ok(res.ok, `revoke: ${res.status}`);
+    await onceConnected(viewer);
+    assert.equal(viewer.recovered, false, "a revoked session is never recovered");
+    assert.notEqual(viewer.id, id);
+    viewer.disconnect();
+  });
+
+  test("clients that did not opt in see no extra argument", async () => {
+    const fleet = uid("fleet");
+    const t = tokens(fleet);
+    const [a, b] = cluster.servers;
+    const plain = (await connectWithSession(a, t.viewer)).socket;
+    const args = recordArgs(plain, "locationupdate");
+    const onlineArgs = recordArgs(plain, "vehicle_online");
+    await subscribe(plain, {});
+    const bus = await connect(b, { auth: { token: t.vehicle("bus-1") } });
+    await publishAccepted(bus, { lat: 3.5, lon: 4.5, ts: tsAt(0) });
+    await waitFor(() => args.length === 1 && onlineArgs.length === 1, 5000, "events");
+    assert.equal(args[0].length, 1);
+    assert.equal(onlineArgs[0].length, 1);
+  });
+
+  test("the replica dies: the client recovers on the other one behind a failover proxy", async () => {
+    const fleet = uid("fleet");
+    const t = tokens(fleet);
+    const [a, b] = cluster.servers;
+    // A third replica to kill, sharing the cluster's Redis.
+    const doomed = await startServer({
+      name: "replica-doomed",
+      env: { FLEETGATE_JWT_SECRET: cluster.secret, ...cluster.redis.env },
+    });
+    const proxy = await startProxy([doomed, a]);
+    try {
+      const viewer = await recoveringViewer(proxy, { token: t.viewer });
+      const positions = recordArgs(viewer, "locationupdate");
+      await subscribe(viewer, {});
+      const id = viewer.id;
+      const bus = await connect(b, { auth: { token: t.vehicle("bus-1") } });
+      await publishAccepted(bus, { lat: 10.5, lon: 20.5, ts: tsAt(-1000) });
+      await waitFor(() => positions.length === 1, 5000, "first position");
+      await doomed.kill("SIGKILL");
+      await publishAccepted(bus, { lat: 10.6, lon: 20.6, ts: tsAt(0) });
+      await onceConnected(viewer, 15_000);
+      assert.equal(viewer.recovered, true, "recovered on the surviving replica");
+      assert.equal(viewer.id, id);
+      await waitFor(() => positions.length >= 2, 5000, "missed position");
+      assert.equal(positions[1][0].lat, 10.6);
+      await publishAccepted(bus, { lat: 10.7, lon: 20.7, ts: tsAt(1) });
+      await waitFor(() => positions.some(([p]) => p.lat === 10.7), 5000, "live after failover");
+      viewer.disconnect();
+    } finally {
+      await proxy.stop();
+      await doomed.stop();
+    }
+  });
+});
+
+describe("connection state recovery: too late", () => {
+  let cluster;
+  before(async () => {
+    cluster = await startCluster({ replicas: 1, env: { FLEETGATE_RECOVERY_SECS: "1" } });
+  });
+  after(async () => {
+    await cluster?.stop();
+  });
+
+  test("past FLEETGATE_RECOVERY_SECS the client gets a fresh socket", async () => {
+    const fleet = uid("fleet");
+    const token = cluster.token({ sub: uid("viewer"), fleet, role: "viewer" });
+    const [a] = cluster.servers;
+    const viewer = openSocket(a, { auth: { token, recovery: true }, reconnection: true, reconnectionDelay: 3000, reconnectionDelayMax: 3000, randomizationFactor: 0 });
+    await onceConnected(viewer);
+    const id = viewer.id;
+    viewer.io.engine.close();
+    await onceConnected(viewer, 15_000);
+    assert.equal(viewer.recovered, false);
+    assert.notEqual(viewer.id, id);
+    viewer.disconnect();
+  });
+});
