@@ -2,8 +2,8 @@
 //! notices; geofence crossings are meant to go through here too): it is
 //! appended to the fleet's recovery log first, then sent to its rooms on
 //! every replica twice, encoded once each: without an offset to the sockets
-//! in [`PLAIN_ROOM`](super::PLAIN_ROOM), and with the log id as one trailing
-//! argument to those in [`OFFSETS_ROOM`](super::OFFSETS_ROOM).
+//! in [`super::PLAIN_ROOM`], and with the log id as one trailing
+//! argument to those in [`super::OFFSETS_ROOM`].
 
 use serde::Serialize;
 use socketioxide::{BroadcastError, adapter::Adapter, extract::SocketRef};

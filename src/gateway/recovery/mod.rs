@@ -4,7 +4,7 @@
 //! back its socket id, session, subscriptions and rooms, then everything it
 //! missed, then live events.
 //!
-//! - The handshake ([`decide`]) looks the socket's record up in the store
+//! - The handshake (`decide`) looks the socket's record up in the store
 //!   and either restores it (the CONNECT reply repeats the `pid`, under the
 //!   old socket id: `vendor/PATCHES.md` S3) or falls back to a fresh socket
 //!   with a new `pid`; it never restores a gap it cannot replay whole.
@@ -16,7 +16,7 @@
 //! - Offsets: positions carry `<receivedAt>-0`; presence, chat and notices
 //!   the id of their entry in the fleet's log ([`emit`]). Missed positions
 //!   come from the last-known state (the newest per vehicle), the rest from
-//!   the log ([`replay`]).
+//!   the log (`replay`).
 
 pub mod emit;
 mod replay;
