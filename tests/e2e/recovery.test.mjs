@@ -16,6 +16,7 @@ import {
   expectOk,
   openSocket,
   publishAccepted,
+  redisCli,
   sleep,
   startCluster,
   startProxy,
@@ -241,6 +242,61 @@ describe("connection state recovery: too late", () => {
     await onceConnected(viewer, 15_000);
     assert.equal(viewer.recovered, false);
     assert.notEqual(viewer.id, id);
+    viewer.disconnect();
+  });
+});
+
+describe("connection state recovery: Redis commands per position update", () => {
+  let cluster;
+  before(async () => {
+    cluster = await startCluster({
+      replicas: 1,
+      redis: { cluster: false },
+      env: { FLEETGATE_RATE_VEHICLE_PER_SEC: "0", FLEETGATE_RATE_EVENTS_PER_SEC: "0" },
+    });
+  });
+  after(async () => {
+    await cluster?.stop();
+  });
+
+  /** Every command Redis ran so far (scripts' commands included). */
+  async function commands() {
+    const port = new URL(cluster.redis.url).port;
+    const out = await redisCli(["-p", port, "INFO", "commandstats"]);
+    return [...out.matchAll(/calls=(\d+)/g)].reduce((n, m) => n + Number(m[1]), 0);
+  }
+
+  async function publishMany(bus, n, base) {
+    const before = await commands();
+    for (let i = 0; i < n; i += 1) {
+      await publishAccepted(bus, { lat: 5 + i / 1000, lon: 6, ts: base + i });
+    }
+    return (await commands()) - before;
+  }
+
+  test("a recovering viewer adds no Redis command per position update", async () => {
+    const fleet = uid("fleet");
+    const [a] = cluster.servers;
+    const viewerToken = () => cluster.token({ sub: uid("viewer"), fleet, role: "viewer" });
+    const bus = await connect(a, { auth: { token: cluster.token({ sub: "bus-1", fleet, role: "vehicle", vehicle: "bus-1" }) } });
+    const N = 200;
+    const plain = (await connectWithSession(a, viewerToken())).socket;
+    await subscribe(plain, {});
+    const without = await publishMany(bus, N, tsAt(-100_000));
+    plain.disconnect();
+    const viewer = await recoveringViewer(a, { token: viewerToken() });
+    await subscribe(viewer, {});
+    const got = recordArgs(viewer, "locationupdate");
+    const withRecovering = await publishMany(bus, N, tsAt(-50_000));
+    await waitFor(() => got.length === N, 5000, "every update reached the recovering viewer");
+    assert.ok(got.every((args) => args.length === 2), "each with its offset");
+    // Background work (presence sweeps, record refreshes) adds a few
+    // commands to either run; one more command per update would add N.
+    assert.ok(
+      withRecovering - without < N / 4,
+      `commands for ${N} updates: ${without} without a recovering viewer, ${withRecovering} with one`,
+    );
+    console.log(`# redis commands for ${N} updates: ${without} without a recovering viewer, ${withRecovering} with one`);
     viewer.disconnect();
   });
 });
