@@ -300,3 +300,97 @@ describe("connection state recovery: Redis commands per position update", () => 
     viewer.disconnect();
   });
 });
+
+describe("connection state recovery: rolling restart of both replicas under traffic", () => {
+  let cluster;
+  before(async () => {
+    cluster = await startCluster({ replicas: 2 });
+  });
+  after(async () => {
+    await cluster?.stop();
+  });
+
+  // Known gap: a position relayed between replicas and a chat message sent
+  // through the adapter can reach a socket in the other order than their
+  // offsets; a client that drops between the two may then resume past the
+  // message it never got. Kept as a todo until offsets follow delivery order.
+  test("a recovering viewer misses no chat message and ends on every vehicle's newest position", {
+    todo: "offsets of positions and events can arrive out of order across replicas",
+  }, async () => {
+    const fleet = uid("fleet");
+    const dispatcher = cluster.token({ sub: uid("disp"), fleet, role: "dispatcher" });
+    const env = { FLEETGATE_JWT_SECRET: cluster.secret, ...cluster.redis.env };
+    let live = [...cluster.servers];
+    const proxy = await startProxy([...live]);
+    try {
+      const viewer = await recoveringViewer(proxy, { token: cluster.token({ sub: uid("viewer"), fleet, role: "viewer" }) });
+      const id = viewer.id;
+      await subscribe(viewer, {});
+      expectOk(await emitWithAck(viewer, "join_room", { room: "ops" }), "join_room");
+      const chats = recordArgs(viewer, "chat");
+      const positions = recordArgs(viewer, "locationupdate");
+      const recoveries = [];
+      viewer.on("connect", () => recoveries.push(viewer.recovered));
+
+      // Traffic through the HTTP API of whichever replica is up.
+      const sent = [];
+      const newest = new Map();
+      let stop = false;
+      const call = async (method, path, body, token) => {
+        for (const s of live) {
+          try {
+            const res = await fetch(s.url + path, {
+              method,
+              headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+              body: JSON.stringify(body),
+            });
+            if (res.ok) return true;
+          } catch {
+            // that replica is going away; try the next
+          }
+        }
+        return false;
+      };
+      const traffic = (async () => {
+        for (let i = 0; !stop; i += 1) {
+          const text = `m${i}`;
+          if (await call("POST", `/api/v1/fleets/${fleet}/rooms/ops/messages`, { text }, dispatcher)) sent.push(text);
+          const vehicle = `bus-${i % 3}`;
+          const fix = { lat: 40 + i / 1000, lon: 10, ts: tsAt(-60_000 + i) };
+          const token = cluster.token({ sub: vehicle, fleet, role: "vehicle", vehicle });
+          if (await call("PUT", `/api/v1/fleets/${fleet}/vehicles/${vehicle}/location`, fix, token)) newest.set(vehicle, fix.lat);
+          await sleep(20);
+        }
+      })();
+
+      for (const old of [...cluster.servers]) {
+        await sleep(500);
+        const fresh = await startServer({ name: `${old.name}-new`, env });
+        live = [...live.filter((s) => s !== old), fresh];
+        proxy.targets = [...live];
+        await old.stop();
+        await waitFor(() => viewer.connected && recoveries.length > 0, 15_000, "viewer back");
+        await sleep(500);
+      }
+      stop = true;
+      await traffic;
+      cluster.servers = live;
+
+      assert.ok(recoveries.length >= 2, `reconnected through both restarts: ${recoveries}`);
+      assert.ok(recoveries.every((r) => r === true), `every reconnection recovered: ${recoveries}`);
+      assert.equal(viewer.id, id);
+      await waitFor(() => sent.every((t) => chats.some(([m]) => m.text === t)), 5000, "every chat message").catch((e) => {
+        const missing = sent.filter((t) => !chats.some(([m]) => m.text === t));
+        throw new Error(`${e.message}: missing ${missing} of ${sent.length}; recoveries ${recoveries}`);
+      });
+      const texts = chats.map(([m]) => m.text).filter((t, i, all) => all.indexOf(t) === i);
+      assert.deepEqual(texts, sent, "every message, in order");
+      const last = new Map();
+      for (const [p] of positions) last.set(p.vehicleId, p.lat);
+      assert.deepEqual([...last.entries()].sort(), [...newest.entries()].sort(), "each vehicle's newest position");
+      viewer.disconnect();
+    } finally {
+      await proxy.stop();
+    }
+  });
+});
