@@ -235,11 +235,13 @@ describe("connection state recovery: too late", () => {
     const fleet = uid("fleet");
     const token = cluster.token({ sub: uid("viewer"), fleet, role: "viewer" });
     const [a] = cluster.servers;
-    const viewer = openSocket(a, { auth: { token, recovery: true }, reconnection: true, reconnectionDelay: 3000, reconnectionDelayMax: 3000, randomizationFactor: 0 });
+    const viewer = openSocket(a, { auth: { token, recovery: true }, reconnection: true, reconnectionDelay: 4000, reconnectionDelayMax: 4000, randomizationFactor: 0 });
     await onceConnected(viewer);
     const id = viewer.id;
+    const lost = Date.now();
     viewer.io.engine.close();
     await onceConnected(viewer, 15_000);
+    assert.ok(Date.now() - lost > 2_000, `reconnected after ${Date.now() - lost} ms, within the window`);
     assert.equal(viewer.recovered, false);
     assert.notEqual(viewer.id, id);
     viewer.disconnect();
