@@ -337,6 +337,20 @@ pub struct Config {
     /// Most geofences per fleet.
     #[arg(long, env = "FLEETGATE_GEOFENCES_MAX", default_value_t = 10_000, global = true)]
     pub geofences_max: usize,
+
+    /// Connection state recovery (contract section 10): how long after the
+    /// server last heard from an opted-in client it may reconnect, to any
+    /// replica, and get back its socket and what it missed. 0 turns
+    /// recovery off (no `pid` in the CONNECT reply, no offsets).
+    #[arg(long, env = "FLEETGATE_RECOVERY_SECS", default_value_t = 120, global = true)]
+    pub recovery_secs: u64,
+
+    /// Presence, chat and notice events kept per fleet for recovery: a
+    /// client that missed more than this many of its fleet's events gets a
+    /// fresh socket instead.
+    #[arg(long, env = "FLEETGATE_RECOVERY_EVENTS_MAX", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000), global = true)]
+    pub recovery_events_max: u64,
 }
 
 /// The write window when none is configured: chosen with `bench/run.sh`

@@ -16,9 +16,11 @@
 //! - [`gateway`] is the `/fleet` namespace: the handshake and the events
 //!   (routed by name in `gateway::Route`), [`gateway::publish`] the accept
 //!   path, `gateway::fanout` the delivery to local sockets, and the viewers,
-//!   rooms, presence, limits and deadlines of sockets beside them.
+//!   rooms, presence, limits and deadlines of sockets beside them;
+//!   [`gateway::recovery`] is connection state recovery (section 10).
 //! - [`store`] keeps sessions, positions, presence and chat: `memory`
-//!   (embedded) or `redis` (replicas), behind the `Store` trait.
+//!   (embedded) or `redis` (replicas), behind the `Store` trait;
+//!   [`store::recovery`] what recovery keeps there.
 //! - [`replication`] carries positions between replicas over Redis pub/sub,
 //!   its wire format in `replication::wire`; [`relay`] is the pub/sub client
 //!   it and the Socket.IO adapter run on; [`redis_target`], [`redis_tls`] and

@@ -162,6 +162,7 @@ async fn run<A: Adapter>(
     }
     let demo_task = config.demo.then(|| tokio::spawn(demo::run(gateway.clone(), config.demo_vehicles)));
     let presence_task = tokio::spawn(gateway::presence::run(gateway.clone()));
+    let recovery_task = tokio::spawn(gateway::recovery::run(gateway.clone()));
     let deadline_task = tokio::spawn(gateway::deadline::run(gateway.clone()));
     let fanout_tasks = gateway::fanout::spawn(&gateway);
     let geofence_task = tokio::spawn(crate::geofence::sync::run(gateway.geofences.clone()));
@@ -209,6 +210,7 @@ async fn run<A: Adapter>(
                 t.abort();
             }
             presence_task.abort();
+            recovery_task.abort();
             deadline_task.abort();
             limits_task.abort();
             geofence_task.abort();

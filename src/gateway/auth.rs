@@ -91,6 +91,7 @@ pub(super) async fn handshake<A: Adapter>(
             let limit = if e.code == ErrorCode::RateLimited { Limit::ConnectionsPerIp } else { Limit::Connections };
             metrics::counter!(names::RATE_LIMITED, "limit" => limit).increment(1);
         })?;
+        let wants = super::recovery::Request::from_auth(auth.as_ref());
         let creds = Credentials::from_json(auth).map_err(|e| ApiError::new(ErrorCode::InvalidToken, e.message))?;
         let fleet = creds.fleet()?;
         let session = match (&creds.token, &creds.session) {
@@ -104,11 +105,12 @@ pub(super) async fn handshake<A: Adapter>(
             }
             (None, None) => None,
         };
-        Ok::<_, ApiError>((session, slot))
+        let (session, recovery) = super::recovery::decide(gw, &wants, session).await;
+        Ok::<_, ApiError>((session, slot, recovery))
     }
     .await;
     match result {
-        Ok((session, slot)) => {
+        Ok((session, slot, recovery)) => {
             metrics::counter!(names::HANDSHAKES, "outcome" => HandshakeOutcome::Ok).increment(1);
             let conn = Arc::new(Conn::new(gw.limits.event_limiter(), slot));
             if let Some(s) = session {
@@ -116,6 +118,7 @@ pub(super) async fn handshake<A: Adapter>(
                 socket.join(super::session_room(&s.session_id));
                 conn.set_session(Arc::new(s));
             }
+            super::recovery::on_handshake(socket, &conn, gw, recovery).await;
             Ok(conn)
         }
         Err(e) => {
@@ -182,7 +185,7 @@ pub(super) async fn on_authenticate<A: Adapter>(req: Request<A>, conn: Arc<Conn>
             // The new token's scope applies from here: what the socket
             // watched outside it is dropped before the client hears back.
             super::viewer::narrow_to_session(&req.socket, &conn, &gw).await;
-            super::rooms::leave_all_if_scoped(&req.socket, &conn).await;
+            super::rooms::leave_all_if_scoped(&req.socket, &conn, &gw).await;
             req.reply(Ok(&*session));
             track_presence(&conn, &gw, &session);
         }

@@ -12,6 +12,7 @@ pub mod limits;
 mod location;
 pub mod presence;
 pub mod publish;
+pub mod recovery;
 mod request;
 pub mod rooms;
 pub mod viewer;
@@ -155,6 +156,9 @@ fn on_connect<A: Adapter>(socket: SocketRef<A>, gateway: Arc<Gateway<A>>) {
     };
     metrics::counter!(names::CONNECTIONS_OPENED, "transport" => Transport::from(socket.transport_type())).increment(1);
     auth::on_connected(&socket, &conn, &gateway);
+    if gateway.recovery_enabled() {
+        tokio::spawn(async move { recovery::on_connected(&socket, &conn, &gateway).await });
+    }
 }
 
 /// The client→server events of the namespace (sections 3, 5 and 6).
@@ -201,6 +205,20 @@ impl Route {
     fn from_event(event: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|r| r.event() == event)
     }
+
+    /// Whether the event may change what a socket watches or its rooms
+    /// (which a recovering socket's record keeps).
+    fn changes_what_is_watched(self) -> bool {
+        matches!(
+            self,
+            Route::Authenticate
+                | Route::Subscribe
+                | Route::Unsubscribe
+                | Route::ProviderJoin
+                | Route::JoinRoom
+                | Route::LeaveRoom
+        )
+    }
 }
 
 /// Serves the socket's events through one handler that routes them by
@@ -225,6 +243,7 @@ fn attach_handlers<A: Adapter>(socket: &SocketRef<A>, conn: Arc<Conn>, gateway: 
             let (gateway, conn) = (gateway.clone(), conn.clone());
             async move {
                 let Some(route) = route else { return };
+                let socket = route.changes_what_is_watched().then(|| req.socket.clone());
                 if !allowed {
                     metrics::counter!(names::RATE_LIMITED, "limit" => Limit::Events).increment(1);
                     req.reply::<()>(Err(ApiError::new(ErrorCode::RateLimited, "too many events on this connection")));
@@ -243,15 +262,18 @@ fn attach_handlers<A: Adapter>(socket: &SocketRef<A>, conn: Arc<Conn>, gateway: 
                 // future spawned for every position stays as small as its
                 // own path (tokio moves it several times before it runs).
                 match route {
-                    Route::LocationUpdate => location::on_location_update(req, conn, gateway).await,
-                    Route::Authenticate => Box::pin(auth::on_authenticate(req, conn, gateway)).await,
-                    Route::Subscribe => Box::pin(viewer::on_subscribe(req, conn, gateway)).await,
-                    Route::Unsubscribe => Box::pin(viewer::on_unsubscribe(req, conn, gateway)).await,
-                    Route::ProviderJoin => Box::pin(viewer::on_provider_join(req, conn, gateway)).await,
-                    Route::JoinRoom => Box::pin(rooms::on_join(req, conn, gateway)).await,
-                    Route::LeaveRoom => Box::pin(rooms::on_leave(req, conn, gateway)).await,
-                    Route::Chat => Box::pin(rooms::on_chat(req, conn, gateway)).await,
-                    Route::History => Box::pin(rooms::on_history(req, conn, gateway)).await,
+                    Route::LocationUpdate => return location::on_location_update(req, conn, gateway).await,
+                    Route::Authenticate => Box::pin(auth::on_authenticate(req, conn.clone(), gateway.clone())).await,
+                    Route::Subscribe => Box::pin(viewer::on_subscribe(req, conn.clone(), gateway.clone())).await,
+                    Route::Unsubscribe => Box::pin(viewer::on_unsubscribe(req, conn.clone(), gateway.clone())).await,
+                    Route::ProviderJoin => Box::pin(viewer::on_provider_join(req, conn.clone(), gateway.clone())).await,
+                    Route::JoinRoom => Box::pin(rooms::on_join(req, conn.clone(), gateway.clone())).await,
+                    Route::LeaveRoom => Box::pin(rooms::on_leave(req, conn.clone(), gateway.clone())).await,
+                    Route::Chat => Box::pin(rooms::on_chat(req, conn.clone(), gateway.clone())).await,
+                    Route::History => return Box::pin(rooms::on_history(req, conn, gateway)).await,
+                }
+                if let Some(socket) = socket {
+                    Box::pin(recovery::after_change(&socket, &conn, &gateway)).await;
                 }
             }
         });
@@ -260,6 +282,8 @@ fn attach_handlers<A: Adapter>(socket: &SocketRef<A>, conn: Arc<Conn>, gateway: 
         let (gateway, conn) = (gateway.clone(), conn.clone());
         async move {
             metrics::counter!(names::CONNECTIONS_CLOSED, "reason" => CloseReason::from(reason)).increment(1);
+            // Before its subscriptions are dropped: its record keeps them.
+            recovery::on_disconnect(&socket, &conn, &gateway).await;
             gateway.deadlines.clear(&conn);
             conn.release_slot();
             gateway.fanout.forget_socket(socket.id);

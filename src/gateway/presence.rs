@@ -21,7 +21,7 @@ use tokio::sync::oneshot;
 
 use super::{
     Gateway,
-    fanout::{NAMESPACE, fleet_room, vehicle_room},
+    fanout::{fleet_room, vehicle_room},
 };
 use crate::{
     ids,
@@ -185,10 +185,12 @@ impl<A: Adapter> Gateway<A> {
         self.emit_presence(&o.fleet, &o.vehicle, "vehicle_offline", &event).await;
     }
 
-    /// To the fleet's and the vehicle's subscribers on every replica.
-    async fn emit_presence<T: Serialize>(&self, fleet: &str, vehicle: &str, event: &str, payload: &T) {
-        let Some(ns) = self.io.of(NAMESPACE) else { return };
-        if let Err(e) = ns.to(vec![fleet_room(fleet), vehicle_room(fleet, vehicle)]).emit(event, payload).await {
+    /// To the fleet's and the vehicle's subscribers on every replica
+    /// (recoverable: logged for sockets that recover, section 10).
+    async fn emit_presence<T: Serialize + Sync>(&self, fleet: &str, vehicle: &str, event: &str, payload: &T) {
+        let rooms = vec![fleet_room(fleet), vehicle_room(fleet, vehicle)];
+        let target = super::recovery::Target::Vehicle(vehicle);
+        if let Err(e) = self.emit_recoverable(None, fleet, rooms, target, event, payload).await {
             super::adapter_failed(AdapterOp::Presence, &e);
         }
     }

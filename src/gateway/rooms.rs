@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use socketioxide::{adapter::Adapter, extract::SocketRef};
 
-use super::{Conn, Gateway, Request, auth::require_session, fanout::NAMESPACE};
+use super::{Conn, Gateway, Request, auth::require_session};
 use crate::{
     error::{ApiError, ErrorCode},
     ids,
@@ -71,8 +71,10 @@ fn field<'a>(payload: &'a serde_json::Value, key: &str) -> Option<&'a serde_json
 }
 
 /// Sends a notice to the room's other members, on every replica.
-async fn notify_others<A: Adapter>(socket: &SocketRef<A>, sio_room: String, notice: Notice<'_>) {
-    if let Err(e) = socket.to(sio_room).emit("notice", &notice).await {
+async fn notify_others<A: Adapter>(gw: &Gateway<A>, socket: &SocketRef<A>, fleet: &str, notice: Notice<'_>) {
+    let rooms = vec![chat_room(fleet, notice.room)];
+    let target = super::recovery::Target::Room(notice.room);
+    if let Err(e) = gw.emit_recoverable(Some(socket), fleet, rooms, target, "notice", &notice).await {
         super::adapter_failed(AdapterOp::Notice, &e);
     }
 }
@@ -99,7 +101,8 @@ pub(super) async fn on_join<A: Adapter>(req: Request<A>, conn: Arc<Conn>, gw: Ar
         let sio_room = chat_room(&session.fleet, &room);
         req.socket.join(sio_room.clone());
         if newly {
-            notify_others(&req.socket, sio_room, Notice { room: &room, kind: "join", sub: &session.sub }).await;
+            notify_others(&gw, &req.socket, &session.fleet, Notice { room: &room, kind: "join", sub: &session.sub })
+                .await;
         }
         Ok(RoomRef { room })
     }
@@ -107,15 +110,15 @@ pub(super) async fn on_join<A: Adapter>(req: Request<A>, conn: Arc<Conn>, gw: Ar
     req.reply(result);
 }
 
-pub(super) async fn on_leave<A: Adapter>(req: Request<A>, conn: Arc<Conn>, _gw: Arc<Gateway<A>>) {
+pub(super) async fn on_leave<A: Adapter>(req: Request<A>, conn: Arc<Conn>, gw: Arc<Gateway<A>>) {
     let result = async {
         let session = require_session(&conn)?;
         let room = room_name(field(&req.payload, "room"))?;
         let was_member = conn.rooms().remove(&room);
-        let sio_room = chat_room(&session.fleet, &room);
-        req.socket.leave(sio_room.clone());
+        req.socket.leave(chat_room(&session.fleet, &room));
         if was_member {
-            notify_others(&req.socket, sio_room, Notice { room: &room, kind: "leave", sub: &session.sub }).await;
+            notify_others(&gw, &req.socket, &session.fleet, Notice { room: &room, kind: "leave", sub: &session.sub })
+                .await;
         }
         Ok(RoomRef { room })
     }
@@ -133,8 +136,9 @@ pub(super) async fn on_chat<A: Adapter>(req: Request<A>, conn: Arc<Conn>, gw: Ar
         }
         let message = gw.post_message(&session.fleet, room, session.sub.clone(), text).await?;
         // The sender has its copy in the ack.
-        let sio_room = chat_room(&session.fleet, &message.room);
-        if let Err(e) = req.socket.to(sio_room).emit("chat", &message).await {
+        let rooms = vec![chat_room(&session.fleet, &message.room)];
+        let target = super::recovery::Target::Room(&message.room);
+        if let Err(e) = gw.emit_recoverable(Some(&req.socket), &session.fleet, rooms, target, "chat", &message).await {
             super::adapter_failed(AdapterOp::Chat, &e);
         }
         Ok(message)
@@ -183,13 +187,12 @@ pub(super) async fn on_history<A: Adapter>(req: Request<A>, conn: Arc<Conn>, gw:
 
 /// After a re-authentication to a scoped viewer's session: leaves every
 /// room (scoped viewers may not be in one), telling the other members.
-pub(super) async fn leave_all_if_scoped<A: Adapter>(socket: &SocketRef<A>, conn: &Conn) {
+pub(super) async fn leave_all_if_scoped<A: Adapter>(socket: &SocketRef<A>, conn: &Conn, gw: &Gateway<A>) {
     let Some(session) = conn.session().filter(|s| s.is_scoped()) else { return };
     let left: Vec<String> = conn.rooms().drain().collect();
     for room in left {
-        let sio_room = chat_room(&session.fleet, &room);
-        socket.leave(sio_room.clone());
-        notify_others(socket, sio_room, Notice { room: &room, kind: "leave", sub: &session.sub }).await;
+        socket.leave(chat_room(&session.fleet, &room));
+        notify_others(gw, socket, &session.fleet, Notice { room: &room, kind: "leave", sub: &session.sub }).await;
     }
 }
 
@@ -213,8 +216,9 @@ impl<A: Adapter> Gateway<A> {
 
     /// Sends a stored message to every member of its room, on every replica.
     pub async fn broadcast_message(&self, fleet: &str, message: &ChatMessage) {
-        let Some(ns) = self.io.of(NAMESPACE) else { return };
-        if let Err(e) = ns.to(chat_room(fleet, &message.room)).emit("chat", message).await {
+        let rooms = vec![chat_room(fleet, &message.room)];
+        let target = super::recovery::Target::Room(&message.room);
+        if let Err(e) = self.emit_recoverable(None, fleet, rooms, target, "chat", message).await {
             super::adapter_failed(AdapterOp::Chat, &e);
         }
     }

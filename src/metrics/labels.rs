@@ -58,6 +58,8 @@ label_set! {
         Geofences => "geofences",
         Geofence => "geofence",
         GeofenceVersions => "geofence_versions",
+        /// Connection state recovery's records and event log.
+        Recovery => "recovery",
         Subscribe => "subscribe",
         Resubscribe => "resubscribe",
         /// Asking the Sentinels for the primary.
@@ -214,6 +216,25 @@ impl From<socketioxide::socket::DisconnectReason> for CloseReason {
     }
 }
 
+label_set! {
+    /// Why a reconnecting client got a fresh socket instead of its old one
+    /// (`reason` of `fleetgate_recovery_fallbacks_total`).
+    RecoveryFallback {
+        /// No live record for the pid: unknown, or its window passed.
+        UnknownPid => "unknown_pid",
+        /// The record's session expired or was revoked.
+        SessionGone => "session_gone",
+        /// The credentials are another principal's.
+        Mismatch => "mismatch",
+        /// Events it missed were trimmed from the fleet's log.
+        Trimmed => "trimmed",
+        /// The offset it sent is not one fleetgate gave.
+        BadOffset => "bad_offset",
+        /// The store could not be read.
+        Unavailable => "unavailable",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,7 +247,8 @@ mod tests {
 
     #[test]
     fn label_values_are_distinct_prometheus_label_values() {
-        let sets: [Vec<&str>; 12] = [
+        let sets: [Vec<&str>; 13] = [
+            RecoveryFallback::ALL.iter().map(|l| l.as_str()).collect(),
             StoreOp::ALL.iter().map(|l| l.as_str()).collect(),
             UpdateSource::ALL.iter().map(|l| l.as_str()).collect(),
             UpdateOutcome::ALL.iter().map(|l| l.as_str()).collect(),

@@ -21,6 +21,7 @@ use axum::{Router, extract::State, routing::get};
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+pub use self::labels::RecoveryFallback;
 pub use self::labels::{
     AdapterOp, AuthStage, CloseReason, DeliveryPath, HandshakeOutcome, Limit, PresenceState, StoreOp, SubscriptionKind,
     Transport, UpdateOutcome, UpdateSource,
@@ -169,6 +170,13 @@ fn describe() {
     describe_gauge!(names::VEHICLES_ONLINE, "Vehicles with at least one socket connected to this replica.");
     describe_counter!(names::PRESENCE_CHANGES, "Vehicles announced online or offline, by state.");
     describe_counter!(names::CHAT_MESSAGES, "Room messages stored.");
+    describe_counter!(
+        names::RECOVERY_ATTEMPTS,
+        "Reconnections that asked to recover a socket (a pid in the handshake)."
+    );
+    describe_counter!(names::RECOVERY_SUCCESSES, "Sockets restored with everything they missed.");
+    describe_counter!(names::RECOVERY_FALLBACKS, "Recovery attempts that got a fresh socket instead, by reason.");
+    describe_counter!(names::RECOVERY_REPLAYED, "Events (positions included) replayed to restored sockets.");
 
     // Redis and the adapter.
     describe_histogram!(
@@ -260,6 +268,9 @@ fn preregister() {
     for kind in SubscriptionKind::ALL {
         metrics::gauge!(names::SUBSCRIPTIONS, "kind" => *kind).increment(0.0);
     }
+    for reason in RecoveryFallback::ALL {
+        metrics::counter!(names::RECOVERY_FALLBACKS, "reason" => *reason).increment(0);
+    }
     for path in DeliveryPath::ALL {
         let _ = metrics::histogram!(names::DELIVERY_LAG_SECONDS, "path" => *path);
     }
@@ -290,6 +301,9 @@ fn preregister() {
         names::RELAY_DROPPED,
         names::INGEST_BATCHES,
         names::CHAT_MESSAGES,
+        names::RECOVERY_ATTEMPTS,
+        names::RECOVERY_SUCCESSES,
+        names::RECOVERY_REPLAYED,
     ] {
         metrics::counter!(name).increment(0);
     }

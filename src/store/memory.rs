@@ -10,6 +10,8 @@ use std::{
 
 use async_trait::async_trait;
 
+mod recovery;
+
 use super::{
     ChatMessage, Crossing, CrossingKind, FenceSet, FenceWrite, Offline, PositionWrite, PutOutcome, Retention, Scope,
     Store, StoreError,
@@ -62,12 +64,13 @@ struct State {
 pub struct MemoryStore {
     state: Mutex<State>,
     retention: Retention,
+    recovery: recovery::Recovery,
 }
 
 impl MemoryStore {
     /// A new store; spawns its sweeper, which stops when the store is dropped.
     pub fn new(retention: Retention) -> Arc<Self> {
-        let store = Arc::new(Self { state: Mutex::new(State::default()), retention });
+        let store = Arc::new(Self { state: Mutex::new(State::default()), retention, recovery: Default::default() });
         tokio::spawn(sweep(Arc::downgrade(&store)));
         store
     }
@@ -120,6 +123,8 @@ impl MemoryStore {
         });
         state.sessions.retain(|_, s| !s.is_expired(now));
         state.rooms.retain(|_, r| r.expires_at > now);
+        drop(state);
+        self.recovery.sweep(now);
     }
 }
 
@@ -136,6 +141,10 @@ async fn sweep(store: Weak<MemoryStore>) {
 
 #[async_trait]
 impl Store for MemoryStore {
+    fn recovery(&self) -> &dyn super::recovery::RecoveryStore {
+        self
+    }
+
     async fn put_positions(&self, fleet: &str, writes: &[PositionWrite<'_>]) -> Vec<Result<PutOutcome, StoreError>> {
         let now = now_ms();
         let mut state = self.lock();

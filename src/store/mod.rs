@@ -3,6 +3,7 @@
 //! embedded single node, [`redis`] for replicas sharing a Redis.
 
 pub mod memory;
+pub mod recovery;
 pub mod redis;
 
 use async_trait::async_trait;
@@ -149,6 +150,9 @@ pub fn is_message_id(s: &str) -> bool {
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// What connection state recovery keeps (section 10).
+    fn recovery(&self) -> &dyn recovery::RecoveryStore;
+
     /// Offers a batch of one fleet's positions, in order: each is stored if
     /// its `ts` is newer than its vehicle's stored one (a later write of the
     /// same vehicle meets the earlier one's result), and those stored are

@@ -22,11 +22,15 @@
 //!   position hash's field `g` holds the geofences its fix is inside
 //! - `fg:presence:fleets`: set of fleets that have had presence, for the sweep
 //! - `fg:session:<id>`: the session JSON, TTL until it expires
+//! - `fg:{<fleet>}:recovery`, `fg:{<fleet>}:rsock:<pid>`: connection state
+//!   recovery's event log and socket records (`redis::recovery`)
 //!
 //! The same store runs on one Redis, on a Redis Cluster, or on the primary
 //! Sentinel names (`Conn`): every script's keys share their fleet's slot,
 //! and the one multi-key pipeline (presence refresh) is split per fleet on
 //! a cluster.
+
+mod recovery;
 
 use std::{future::Future, time::Duration};
 
@@ -727,6 +731,10 @@ impl RedisStore {
 
 #[async_trait]
 impl Store for RedisStore {
+    fn recovery(&self) -> &dyn super::recovery::RecoveryStore {
+        self
+    }
+
     async fn put_positions(&self, fleet: &str, writes: &[PositionWrite<'_>]) -> Vec<Result<PutOutcome, StoreError>> {
         let mut outcomes: Vec<Option<Result<PutOutcome, StoreError>>> = vec![None; writes.len()];
         // The newest sender gives up CALL_TIMEOUT after it began: no

@@ -35,9 +35,18 @@ pub(super) fn add(pending: &Mutex<Pending>, p: Outgoing) {
 
 /// The `locations` packet of a window's items, encoded once (on `socket`)
 /// for every socket that gets the same items.
-fn encode<A: Adapter>(socket: &SocketRef<A>, fleet: &str, items: &[&Arc<Outgoing>]) -> Option<EncodedEvent> {
+fn encode<A: Adapter>(
+    socket: &SocketRef<A>,
+    fleet: &str,
+    items: &[&Arc<Outgoing>],
+    offsets: bool,
+) -> Option<EncodedEvent> {
     let batch = Batch { fleet, items: items.iter().map(|p| &*p.encoded).collect() };
-    socket.encode_event("locations", &batch).ok()
+    if offsets {
+        socket.encode_event("locations", &(&batch, super::slow::batch_offset(items.iter().copied()))).ok()
+    } else {
+        socket.encode_event("locations", &batch).ok()
+    }
 }
 
 impl<A: Adapter> Fanout<A> {
@@ -51,11 +60,16 @@ impl<A: Adapter> Fanout<A> {
             let all: Vec<&Arc<Outgoing>> = vehicles.values().collect();
             let froom = fleet_room(&fleet);
             let whole = ns.clone().local().to(froom.clone()).sockets();
-            if let Some(first) = whole.first()
-                && let Some(encoded) = encode(first, &fleet, &all)
-            {
-                for socket in &whole {
-                    delivered += self.slow.offer_batch(socket, &all, &encoded);
+            // Encoded at most twice: as is, and with its offset for sockets that recover.
+            let (mut plain, mut with_offset) = (None, None);
+            for socket in &whole {
+                let offsets = self.recovering.wants_offsets(socket.id);
+                let cell = if offsets { &mut with_offset } else { &mut plain };
+                if cell.is_none() {
+                    *cell = encode(socket, &fleet, &all, offsets);
+                }
+                if let Some(encoded) = cell.as_ref() {
+                    delivered += self.slow.offer_batch(socket, &all, encoded, offsets);
                 }
             }
             // Sockets that watch only some vehicles or boxes get their own share.
@@ -67,8 +81,9 @@ impl<A: Adapter> Fanout<A> {
                 }
             }
             for (socket, items) in partial.into_values() {
-                if let Some(encoded) = encode(&socket, &fleet, &items) {
-                    delivered += self.slow.offer_batch(&socket, &items, &encoded);
+                let offsets = self.recovering.wants_offsets(socket.id);
+                if let Some(encoded) = encode(&socket, &fleet, &items, offsets) {
+                    delivered += self.slow.offer_batch(&socket, &items, &encoded, offsets);
                 }
             }
             metrics::counter!(names::BROADCASTS).increment(all.len() as u64);

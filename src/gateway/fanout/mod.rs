@@ -110,19 +110,41 @@ pub struct Outgoing {
     pub relayed: bool,
     /// The `locationupdate` packet, encoded by the first socket that sends
     /// it and shared by all the others.
-    pub wire: std::sync::OnceLock<EncodedEvent>,
+    pub wire: Wire,
     /// The geofences this position entered or left, in order.
     pub crossings: Vec<crate::geofence::Crossing>,
 }
 
+/// A position's `locationupdate` packet, encoded at most twice: as is, and
+/// with its offset for the sockets that recover (section 10).
+#[derive(Default)]
+pub struct Wire {
+    plain: std::sync::OnceLock<EncodedEvent>,
+    with_offset: std::sync::OnceLock<EncodedEvent>,
+}
+
+/// The `locations` event of a conflation window, for recovery's replay too.
+pub(crate) use slow::Batch as LocationsBatch;
+
 impl Outgoing {
-    /// The `locationupdate` packet of this position, encoded once.
-    fn wire<A: Adapter>(&self, socket: &SocketRef<A>) -> Option<&EncodedEvent> {
-        if let Some(wire) = self.wire.get() {
+    /// The `locationupdate` packet of this position, encoded once (per
+    /// form: `offsets` for sockets that recover).
+    fn wire<A: Adapter>(&self, socket: &SocketRef<A>, offsets: bool) -> Option<&EncodedEvent> {
+        let cell = if offsets { &self.wire.with_offset } else { &self.wire.plain };
+        if let Some(wire) = cell.get() {
             return Some(wire);
         }
-        let wire = socket.encode_event("locationupdate", &*self.encoded).ok()?;
-        Some(self.wire.get_or_init(|| wire))
+        let wire = if offsets {
+            socket.encode_event("locationupdate", &(&*self.encoded, self.offset())).ok()?
+        } else {
+            socket.encode_event("locationupdate", &*self.encoded).ok()?
+        };
+        Some(cell.get_or_init(|| wire))
+    }
+
+    /// Its offset for recovering sockets.
+    fn offset(&self) -> String {
+        crate::store::recovery::LogId::position(self.received_at).to_string()
     }
 
     fn record_lag(&self) {
@@ -151,6 +173,8 @@ pub struct Fanout<A: Adapter> {
     mode: Mode,
     slow: SlowViewers<A>,
     hasher: std::collections::hash_map::RandomState,
+    /// The local sockets whose events carry offsets (section 10).
+    pub recovering: super::recovery::Registry,
 }
 
 /// How fan-out behaves, from configuration.
@@ -177,6 +201,7 @@ impl<A: Adapter> Fanout<A> {
             mode,
             slow: SlowViewers::new(settings.slow_viewer_timeout, settings.conflate),
             hasher: Default::default(),
+            recovering: Default::default(),
         }
     }
 
@@ -243,7 +268,7 @@ impl<A: Adapter> Fanout<A> {
         }
         let mut delivered = 0u64;
         for socket in &sockets {
-            if self.slow.offer(socket, p) {
+            if self.slow.offer(socket, p, self.recovering.wants_offsets(socket.id)) {
                 delivered += 1;
             }
         }

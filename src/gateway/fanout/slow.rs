@@ -39,7 +39,7 @@ const MAX_BACKLOG: usize = 10_000;
 
 /// The `locations` event of a conflation window (section 5.2).
 #[derive(Serialize)]
-pub(super) struct Batch<'a> {
+pub(crate) struct Batch<'a> {
     pub fleet: &'a str,
     pub items: Vec<&'a RawValue>,
 }
@@ -52,6 +52,8 @@ struct Lag<A: Adapter> {
     backlog: HashMap<String, Arc<Outgoing>>,
     /// Gets nothing more; disconnected once that can be sent.
     expelled: bool,
+    /// Its events carry offsets (it recovers).
+    offsets: bool,
 }
 
 impl<A: Adapter> Lag<A> {
@@ -70,6 +72,12 @@ impl<A: Adapter> Lag<A> {
             }
         }
     }
+}
+
+/// The offset of a `locations` batch: its newest item's.
+pub(super) fn batch_offset<'a>(items: impl Iterator<Item = &'a Arc<Outgoing>>) -> String {
+    let newest = items.map(|p| p.received_at).max().unwrap_or(0);
+    crate::store::recovery::LogId::position(newest).to_string()
 }
 
 fn dropped(n: usize) {
@@ -116,7 +124,7 @@ impl<A: Adapter> SlowViewers<A> {
         }
     }
 
-    fn start(&self, socket: &SocketRef<A>, items: &[&Arc<Outgoing>]) {
+    fn start(&self, socket: &SocketRef<A>, items: &[&Arc<Outgoing>], offsets: bool) {
         let Some(first) = items.first() else { return };
         let mut lagging = self.lock();
         let lag = lagging.entry(socket.id).or_insert_with(|| {
@@ -128,6 +136,7 @@ impl<A: Adapter> SlowViewers<A> {
                 fleet: first.fleet.clone(),
                 backlog: HashMap::new(),
                 expelled: false,
+                offsets,
             }
         });
         items.iter().for_each(|p| lag.keep(p));
@@ -136,15 +145,15 @@ impl<A: Adapter> SlowViewers<A> {
 
     /// Sends one `locationupdate`, or keeps it when the socket lags.
     /// Whether it went out now.
-    pub fn offer(&self, socket: &SocketRef<A>, p: &Arc<Outgoing>) -> bool {
+    pub fn offer(&self, socket: &SocketRef<A>, p: &Arc<Outgoing>, offsets: bool) -> bool {
         if self.kept(socket.id, &[p]) {
             return false;
         }
-        let Some(wire) = p.wire(socket) else { return false };
+        let Some(wire) = p.wire(socket, offsets) else { return false };
         match socket.emit_encoded(wire) {
             Ok(()) => true,
             Err(e) if is_full(&e) => {
-                self.start(socket, &[p]);
+                self.start(socket, &[p], offsets);
                 false
             }
             // Closing: its disconnect handler cleans up.
@@ -154,14 +163,20 @@ impl<A: Adapter> SlowViewers<A> {
 
     /// Sends a window's `locations` batch (already encoded), or keeps its
     /// items when the socket lags. How many positions went out now.
-    pub fn offer_batch(&self, socket: &SocketRef<A>, items: &[&Arc<Outgoing>], encoded: &EncodedEvent) -> usize {
+    pub fn offer_batch(
+        &self,
+        socket: &SocketRef<A>,
+        items: &[&Arc<Outgoing>],
+        encoded: &EncodedEvent,
+        offsets: bool,
+    ) -> usize {
         if self.kept(socket.id, items) {
             return 0;
         }
         match socket.emit_encoded(encoded) {
             Ok(()) => items.len(),
             Err(e) if is_full(&e) => {
-                self.start(socket, items);
+                self.start(socket, items, offsets);
                 0
             }
             Err(_) => 0,
@@ -204,14 +219,24 @@ impl<A: Adapter> SlowViewers<A> {
             items.sort_unstable_by_key(|p| p.ts);
             let sent = if self.batches {
                 let batch = Batch { fleet: &lag.fleet, items: items.iter().map(|p| &*p.encoded).collect() };
-                match serde_json::value::to_raw_value(&batch).map(|b| lag.socket.emit("locations", &*b)) {
+                let offset = batch_offset(items.iter());
+                let sent = serde_json::value::to_raw_value(&batch).map(|b| {
+                    if lag.offsets {
+                        lag.socket.emit("locations", &(&*b, offset))
+                    } else {
+                        lag.socket.emit("locations", &*b)
+                    }
+                });
+                match sent {
                     Ok(Ok(())) => items.len(),
                     _ => 0,
                 }
             } else {
                 items
                     .iter()
-                    .take_while(|p| p.wire(&lag.socket).is_some_and(|w| lag.socket.emit_encoded(w).is_ok()))
+                    .take_while(|p| {
+                        p.wire(&lag.socket, lag.offsets).is_some_and(|w| lag.socket.emit_encoded(w).is_ok())
+                    })
                     .count()
             };
             delivered += sent as u64;

@@ -71,6 +71,12 @@ impl Extensions {
         }
     }
 
+    /// Moves every extension of `other` into this one (which is cleared first).
+    pub(crate) fn take_from(&self, other: &Extensions) {
+        let taken = std::mem::take(&mut *other.map.write().unwrap());
+        *self.map.write().unwrap() = taken;
+    }
+
     /// Insert a type into the `Extensions`.
     ///
     /// The type must be cloneable and thread safe to be stored.

@@ -17,7 +17,7 @@ use crate::{
 use socketioxide_core::{
     Sid, Str, Uid, Value,
     adapter::{BroadcastIter, CoreLocalAdapter, RemoteSocketData, SocketEmitter},
-    packet::{ConnectPacket, Packet, PacketData},
+    packet::{Packet, PacketData},
     parser::Parse,
 };
 
@@ -36,6 +36,9 @@ pub struct Namespace<A: Adapter> {
     /// The ids of the sockets that are connecting to this namespace, but which are not yet
     /// in [`Self::sockets`] because their middlewares are still running.
     connecting: Mutex<HashSet<Sid>>,
+    /// The socket id of each engine.io session whose socket connected under another id
+    /// ([`Socket::restore_id`]); empty unless a middleware restores ids.
+    restored: RwLock<HashMap<Sid, Sid>>,
 }
 
 /// Marks a socket as connecting to a namespace until dropped.
@@ -49,7 +52,10 @@ impl<'a, A: Adapter> ConnectingGuard<'a, A> {
         let mut connecting = ns.connecting.lock().unwrap();
         // A socket is inserted in `sockets` before its guard is dropped, so it is
         // always found in at least one of them when the connection is in progress or done.
-        if ns.sockets.read().unwrap().contains_key(&sid) || !connecting.insert(sid) {
+        if ns.sockets.read().unwrap().contains_key(&sid)
+            || ns.restored.read().unwrap().contains_key(&sid)
+            || !connecting.insert(sid)
+        {
             return None;
         }
         Some(Self { ns, sid })
@@ -113,6 +119,7 @@ impl<A: Adapter> Namespace<A> {
             parser,
             sockets: HashMap::new().into(),
             connecting: HashSet::new().into(),
+            restored: HashMap::new().into(),
             adapter: Arc::new(A::new(
                 adapter_state,
                 CoreLocalAdapter::new(Emitter::new(ns.clone(), parser, path, ack_timeout, uid)),
@@ -163,12 +170,23 @@ impl<A: Adapter> Namespace<A> {
             return Err(ConnectFail);
         }
 
-        self.sockets.write().unwrap().insert(sid, socket.clone());
+        let reply = socket.take_connect_reply();
+        let socket = match reply.sid {
+            Some(restored) if restored != sid => self.restore(socket, restored),
+            _ => socket,
+        };
+        self.sockets
+            .write()
+            .unwrap()
+            .insert(socket.id, socket.clone());
         #[cfg(feature = "tracing")]
         tracing::trace!(?socket.id, ?self.path, "socket added to namespace");
 
         let protocol = esocket.protocol.into();
-        let payload = ConnectPacket { sid: socket.id };
+        let payload = ConnectReplyPayload {
+            sid: socket.id,
+            pid: reply.pid.as_deref(),
+        };
         let payload = match protocol {
             ProtocolVersion::V5 => Some(self.parser.encode_default(&payload).unwrap()),
             ProtocolVersion::V4 => None,
@@ -182,7 +200,8 @@ impl<A: Adapter> Namespace<A> {
             tracing::debug!(%sid, "error sending connect packet: {_e}, closing conn");
 
             socket.set_connected(false);
-            self.remove_socket(sid);
+            self.remove_socket(socket.id);
+            self.restored.write().unwrap().remove(&sid);
             esocket.close(engineioxide::DisconnectReason::TransportError);
             return Err(ConnectFail);
         }
@@ -190,6 +209,73 @@ impl<A: Adapter> Namespace<A> {
         self.handler.call(socket, auth);
 
         Ok(())
+    }
+
+    /// Moves a socket that passed its middlewares to the id it asked for
+    /// ([`Socket::restore_id`]): its handlers, extensions and rooms go to a
+    /// socket with that id on the same connection. A socket of this
+    /// namespace still holding the id (its connection is gone but not yet
+    /// noticed) is removed first and closed, so two sockets never share an id.
+    fn restore(&self, socket: Arc<Socket<A>>, id: Sid) -> Arc<Socket<A>> {
+        let transport = socket.id;
+        let previous = self.sockets.read().unwrap().get(&id).cloned();
+        if let Some(previous) = previous {
+            self.remove_socket(id);
+            previous.close(DisconnectReason::ServerNSDisconnect);
+        }
+        let restored = Arc::new(socket.moved_to(id));
+        let local = self.adapter.get_local();
+        let rooms: Vec<_> = local.socket_rooms(transport).into_iter().collect();
+        local.del_all(transport);
+        local.add_all(id, rooms);
+        self.restored.write().unwrap().insert(transport, id);
+        restored
+    }
+
+    /// The id of the socket that the engine.io session `transport` carries
+    /// in this namespace (the session's own id unless it was restored).
+    fn socket_id_of(&self, transport: Sid) -> Sid {
+        self.restored
+            .read()
+            .unwrap()
+            .get(&transport)
+            .copied()
+            .unwrap_or(transport)
+    }
+
+    /// The socket that the engine.io session `transport` carries in this
+    /// namespace. A socket whose id was taken over by a restored one
+    /// ([`Self::restore`]) is gone for its old connection, even when its id
+    /// was that connection's.
+    pub(crate) fn get_socket_of(&self, transport: Sid) -> Result<Arc<Socket<A>>, Error> {
+        let socket = self.get_socket(self.socket_id_of(transport))?;
+        if socket.transport_id() != transport {
+            return Err(Error::SocketGone(transport));
+        }
+        Ok(socket)
+    }
+
+    /// Removes a closed `socket` from the namespace, unless it is no longer
+    /// the one under its id: whoever removed it (or restored another socket
+    /// under the id) already dropped its rooms.
+    pub(crate) fn remove_closed_socket(&self, socket: &Arc<Socket<A>>) {
+        {
+            let mut sockets = self.sockets.write().unwrap();
+            match sockets.get(&socket.id) {
+                Some(current) if Arc::ptr_eq(current, socket) => {
+                    sockets.remove(&socket.id);
+                }
+                _ => return,
+            }
+        }
+        let transport = socket.transport_id();
+        if transport != socket.id {
+            let mut restored = self.restored.write().unwrap();
+            if restored.get(&transport) == Some(&socket.id) {
+                restored.remove(&transport);
+            }
+        }
+        self.adapter.get_local().del_all(socket.id);
     }
 
     /// Removes a socket from a namespace
@@ -209,7 +295,7 @@ impl<A: Adapter> Namespace<A> {
         match packet {
             PacketData::Connect(_) => unreachable!("connect packets should be handled before"),
             PacketData::ConnectError(_) => Err(Error::InvalidPacketType),
-            packet => self.get_socket(sid)?.recv(packet),
+            packet => self.get_socket_of(sid)?.recv(packet),
         }
     }
 
@@ -259,6 +345,15 @@ impl<A: Adapter> Namespace<A> {
             tracing::debug!(?err, ?self.path, "could not close adapter");
         }
     }
+}
+
+/// The namespace CONNECT reply: the socket id, and the private id of
+/// connection state recovery when a middleware set one ([`Socket::set_pid`]).
+#[derive(serde::Serialize)]
+struct ConnectReplyPayload<'a> {
+    sid: Sid,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pid: Option<&'a str>,
 }
 
 /// A type erased emitter to discard the adapter type parameter `A`.

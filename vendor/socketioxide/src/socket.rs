@@ -328,6 +328,17 @@ pub struct Socket<A: Adapter = LocalAdapter> {
     #[cfg(feature = "extensions")]
     pub extensions: Extensions,
     esocket: Arc<engineioxide::Socket<SocketData<A>>>,
+    /// What a connect middleware asked the CONNECT reply to say; taken
+    /// when the reply is sent.
+    connect_reply: Mutex<Option<Box<ConnectReply>>>,
+}
+
+/// The id and the private id a connect middleware chose for the CONNECT
+/// reply ([`Socket::restore_id`], [`Socket::set_pid`]).
+#[derive(Debug, Default)]
+pub(crate) struct ConnectReply {
+    pub(crate) sid: Option<Sid>,
+    pub(crate) pid: Option<String>,
 }
 
 impl<A: Adapter> Socket<A> {
@@ -351,7 +362,64 @@ impl<A: Adapter> Socket<A> {
             #[cfg(feature = "extensions")]
             extensions: Extensions::new(),
             esocket,
+            connect_reply: Mutex::new(None),
         }
+    }
+
+    /// Connection state recovery: from a connect middleware, makes this
+    /// socket connect under `sid` (the id of a socket being restored)
+    /// instead of a new one. Its handlers, extensions and rooms move to the
+    /// socket the namespace then creates with that id on the same
+    /// connection (`socket.id` read inside the middleware is still the
+    /// new id; the connect handler gets the restored one). A socket of this
+    /// namespace still holding `sid` on this server is disconnected first.
+    /// Without effect after the middlewares ran.
+    pub fn restore_id(&self, sid: Sid) {
+        self.connect_reply
+            .lock()
+            .unwrap()
+            .get_or_insert_default()
+            .sid = Some(sid);
+    }
+
+    /// Connection state recovery: from a connect middleware, adds the
+    /// private id `pid` to the CONNECT reply (`{"sid":…,"pid":…}`), which
+    /// socket.io clients (4.6+) keep and send back when they reconnect.
+    /// Without effect after the middlewares ran.
+    pub fn set_pid(&self, pid: impl Into<String>) {
+        self.connect_reply
+            .lock()
+            .unwrap()
+            .get_or_insert_default()
+            .pid = Some(pid.into());
+    }
+
+    pub(crate) fn take_connect_reply(&self) -> ConnectReply {
+        self.connect_reply
+            .lock()
+            .unwrap()
+            .take()
+            .map(|r| *r)
+            .unwrap_or_default()
+    }
+
+    /// The id of the engine.io session this socket runs on.
+    pub(crate) fn transport_id(&self) -> Sid {
+        self.esocket.id
+    }
+
+    /// A socket with id `sid` on the same connection, taking over this
+    /// one's handlers and extensions (see [`Socket::restore_id`]).
+    pub(crate) fn moved_to(&self, sid: Sid) -> Self {
+        let moved = Self::new(sid, self.ns.clone(), self.esocket.clone(), self.parser);
+        *moved.message_handlers.write().unwrap() =
+            std::mem::take(&mut *self.message_handlers.write().unwrap());
+        *moved.fallback_message_handler.write().unwrap() =
+            self.fallback_message_handler.write().unwrap().take();
+        *moved.disconnect_handler.lock().unwrap() = self.disconnect_handler.lock().unwrap().take();
+        #[cfg(feature = "extensions")]
+        moved.extensions.take_from(&self.extensions);
+        moved
     }
 
     /// # Registers a [`MessageHandler`] for the given event.
@@ -543,7 +611,9 @@ impl<A: Adapter> Socket<A> {
         data: &T,
     ) -> Result<EncodedEvent, ParserError> {
         let data = self.parser.encode_value(data, Some(event.as_ref()))?;
-        let value = self.parser.encode(Packet::event(self.ns.path.clone(), data));
+        let value = self
+            .parser
+            .encode(Packet::event(self.ns.path.clone(), data));
         Ok(EncodedEvent {
             ns: self.ns.path.clone(),
             value,
@@ -557,8 +627,12 @@ impl<A: Adapter> Socket<A> {
         if !self.connected() {
             return Err(SendError::Socket(SocketError::Closed));
         }
-        debug_assert_eq!(event.ns, self.ns.path, "an event encoded for another namespace");
-        self.send_raw(event.value.clone()).map_err(SendError::Socket)
+        debug_assert_eq!(
+            event.ns, self.ns.path,
+            "an event encoded for another namespace"
+        );
+        self.send_raw(event.value.clone())
+            .map_err(SendError::Socket)
     }
 
     #[doc = include_str!("../docs/operators/emit_with_ack.md")]
@@ -857,9 +931,9 @@ impl<A: Adapter> Socket<A> {
             #[cfg(feature = "tracing")]
             tracing::trace!(?reason, ?self.id, "spawning disconnect handler");
 
-            handler.call_with_defer(self.clone(), reason, |s| s.ns.remove_socket(s.id));
+            handler.call_with_defer(self.clone(), reason, |s| s.ns.remove_closed_socket(&s));
         } else {
-            self.ns.remove_socket(self.id);
+            self.ns.remove_closed_socket(&self);
         }
     }
 
