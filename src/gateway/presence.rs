@@ -22,6 +22,7 @@ use tokio::sync::oneshot;
 use super::{
     Gateway,
     fanout::{fleet_room, vehicle_room},
+    recovery::{Audience, Target},
 };
 use crate::{
     ids,
@@ -144,12 +145,14 @@ impl<A: Adapter> Gateway<A> {
     pub(super) fn vehicle_socket_opened(self: &Arc<Self>, fleet: &str, vehicle: &str) {
         let key = (fleet.to_owned(), vehicle.to_owned());
         let Some(mut turn) = self.local_vehicles.add(&key) else { return };
+        // Before any position from this socket can be accepted.
+        let opened_at = ids::now_ms();
         let gw = self.clone();
         tokio::spawn(async move {
             turn.wait().await;
             let (fleet, vehicle) = &key;
             match gw.store.vehicle_connected(fleet, vehicle, &gw.node_id).await {
-                Ok(true) => gw.announce_online(fleet, vehicle).await,
+                Ok(true) => gw.announce_online(fleet, vehicle, opened_at).await,
                 Ok(false) => {}
                 Err(e) => tracing::warn!(error = %e, "presence not recorded"),
             }
@@ -173,24 +176,37 @@ impl<A: Adapter> Gateway<A> {
         self.local_vehicles.finish(&key, turn);
     }
 
-    pub(super) async fn announce_online(&self, fleet: &str, vehicle: &str) {
+    /// `at_ms`: when the vehicle came online, the time its event is
+    /// ordered on for recovery (before the positions it then sent).
+    pub(super) async fn announce_online(&self, fleet: &str, vehicle: &str, at_ms: i64) {
         metrics::counter!(names::PRESENCE_CHANGES, "state" => PresenceState::Online).increment(1);
         let event = Online { fleet, vehicle_id: vehicle, ts: ids::now_ms() };
-        self.emit_presence(fleet, vehicle, "vehicle_online", &event).await;
+        self.emit_presence(fleet, vehicle, "vehicle_online", &event, at_ms).await;
     }
 
     async fn announce_offline(&self, o: &Offline) {
         metrics::counter!(names::PRESENCE_CHANGES, "state" => PresenceState::Offline).increment(1);
         let event = OfflineEvent { fleet: &o.fleet, vehicle_id: &o.vehicle, last_seen: o.last_seen };
-        self.emit_presence(&o.fleet, &o.vehicle, "vehicle_offline", &event).await;
+        self.emit_presence(&o.fleet, &o.vehicle, "vehicle_offline", &event, ids::now_ms()).await;
     }
 
     /// To the fleet's and the vehicle's subscribers on every replica
     /// (recoverable: logged for sockets that recover, section 10).
-    async fn emit_presence<T: Serialize + Sync>(&self, fleet: &str, vehicle: &str, event: &str, payload: &T) {
-        let rooms = vec![fleet_room(fleet), vehicle_room(fleet, vehicle)];
-        let target = super::recovery::Target::Vehicle(vehicle);
-        if let Err(e) = self.emit_recoverable(None, fleet, rooms, target, event, payload).await {
+    async fn emit_presence<T: Serialize + Sync>(
+        &self,
+        fleet: &str,
+        vehicle: &str,
+        event: &str,
+        payload: &T,
+        at_ms: i64,
+    ) {
+        let audience = Audience {
+            fleet,
+            rooms: vec![fleet_room(fleet), vehicle_room(fleet, vehicle)],
+            target: Target::Vehicle(vehicle),
+            at_ms,
+        };
+        if let Err(e) = self.emit_recoverable(None, audience, event, payload).await {
             super::adapter_failed(AdapterOp::Presence, &e);
         }
     }

@@ -370,7 +370,8 @@ impl<A: Adapter> Gateway<A> {
                         // Boxed: it is rare, and its (adapter's) future is
                         // large; inline it would be copied with this task's
                         // state at every spawn.
-                        Box::pin(self.announce_online(&p.fleet, &p.vehicle_id)).await;
+                        // Ordered just before the position that brought it back.
+                        Box::pin(self.announce_online(&p.fleet, &p.vehicle_id, p.received_at - 1)).await;
                     }
                     round.push(Outgoing {
                         fleet: p.fleet,

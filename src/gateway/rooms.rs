@@ -7,7 +7,11 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use socketioxide::{adapter::Adapter, extract::SocketRef};
 
-use super::{Conn, Gateway, Request, auth::require_session};
+use super::{
+    Conn, Gateway, Request,
+    auth::require_session,
+    recovery::{Audience, Target},
+};
 use crate::{
     error::{ApiError, ErrorCode},
     ids,
@@ -72,9 +76,13 @@ fn field<'a>(payload: &'a serde_json::Value, key: &str) -> Option<&'a serde_json
 
 /// Sends a notice to the room's other members, on every replica.
 async fn notify_others<A: Adapter>(gw: &Gateway<A>, socket: &SocketRef<A>, fleet: &str, notice: Notice<'_>) {
-    let rooms = vec![chat_room(fleet, notice.room)];
-    let target = super::recovery::Target::Room(notice.room);
-    if let Err(e) = gw.emit_recoverable(Some(socket), fleet, rooms, target, "notice", &notice).await {
+    let audience = Audience {
+        fleet,
+        rooms: vec![chat_room(fleet, notice.room)],
+        target: Target::Room(notice.room),
+        at_ms: ids::now_ms(),
+    };
+    if let Err(e) = gw.emit_recoverable(Some(socket), audience, "notice", &notice).await {
         super::adapter_failed(AdapterOp::Notice, &e);
     }
 }
@@ -136,9 +144,13 @@ pub(super) async fn on_chat<A: Adapter>(req: Request<A>, conn: Arc<Conn>, gw: Ar
         }
         let message = gw.post_message(&session.fleet, room, session.sub.clone(), text).await?;
         // The sender has its copy in the ack.
-        let rooms = vec![chat_room(&session.fleet, &message.room)];
-        let target = super::recovery::Target::Room(&message.room);
-        if let Err(e) = gw.emit_recoverable(Some(&req.socket), &session.fleet, rooms, target, "chat", &message).await {
+        let audience = Audience {
+            fleet: &session.fleet,
+            rooms: vec![chat_room(&session.fleet, &message.room)],
+            target: Target::Room(&message.room),
+            at_ms: message.ts,
+        };
+        if let Err(e) = gw.emit_recoverable(Some(&req.socket), audience, "chat", &message).await {
             super::adapter_failed(AdapterOp::Chat, &e);
         }
         Ok(message)
@@ -216,9 +228,13 @@ impl<A: Adapter> Gateway<A> {
 
     /// Sends a stored message to every member of its room, on every replica.
     pub async fn broadcast_message(&self, fleet: &str, message: &ChatMessage) {
-        let rooms = vec![chat_room(fleet, &message.room)];
-        let target = super::recovery::Target::Room(&message.room);
-        if let Err(e) = self.emit_recoverable(None, fleet, rooms, target, "chat", message).await {
+        let audience = Audience {
+            fleet,
+            rooms: vec![chat_room(fleet, &message.room)],
+            target: Target::Room(&message.room),
+            at_ms: message.ts,
+        };
+        if let Err(e) = self.emit_recoverable(None, audience, "chat", message).await {
             super::adapter_failed(AdapterOp::Chat, &e);
         }
     }

@@ -9,7 +9,7 @@ use serde::Serialize;
 use socketioxide::{BroadcastError, adapter::Adapter, extract::SocketRef};
 
 use super::{OFFSETS_ROOM, PLAIN_ROOM};
-use crate::{gateway::Gateway, gateway::fanout::NAMESPACE, ids};
+use crate::{gateway::Gateway, gateway::fanout::NAMESPACE};
 
 /// Who an event is for, as a restored socket's replay filters it.
 #[derive(Debug, Clone, Copy)]
@@ -19,6 +19,18 @@ pub enum Target<'a> {
     Vehicle(&'a str),
     /// Members of a chat room.
     Room(&'a str),
+}
+
+/// Where a recoverable event goes, and when it happened.
+pub struct Audience<'a> {
+    pub fleet: &'a str,
+    pub rooms: Vec<String>,
+    pub target: Target<'a>,
+    /// When the change happened (ms): its offset is on this time (or
+    /// just after the log's newest), so an event that caused a position is
+    /// ordered before it even when it is logged after the position was
+    /// accepted.
+    pub at_ms: i64,
 }
 
 #[derive(Serialize)]
@@ -34,17 +46,16 @@ struct Entry<'a, T: ?Sized> {
 }
 
 impl<A: Adapter> Gateway<A> {
-    /// Sends `event` to `rooms` on every replica (from `sender`: to the
-    /// others only), logged for recovery when recovery is on.
+    /// Sends `event` to its audience's rooms on every replica (from
+    /// `sender`: to the others only), logged for recovery when recovery is on.
     pub async fn emit_recoverable<T: ?Sized + Serialize + Sync>(
         &self,
         sender: Option<&SocketRef<A>>,
-        fleet: &str,
-        rooms: Vec<String>,
-        target: Target<'_>,
+        audience: Audience<'_>,
         event: &str,
         payload: &T,
     ) -> Result<(), BroadcastError> {
+        let Audience { fleet, rooms, target, at_ms } = audience;
         let Some(ns) = self.io.of(NAMESPACE) else { return Ok(()) };
         let to = |rooms: Vec<String>| match sender {
             Some(s) => s.to(rooms),
@@ -62,7 +73,7 @@ impl<A: Adapter> Gateway<A> {
             Ok(entry) => match self
                 .store
                 .recovery()
-                .append_event(fleet, ids::now_ms(), &entry, self.config.recovery_events_max, self.recovery_log_ttl_ms())
+                .append_event(fleet, at_ms, &entry, self.config.recovery_events_max, self.recovery_log_ttl_ms())
                 .await
             {
                 Ok(id) => Some(id.to_string()),

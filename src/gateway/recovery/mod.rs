@@ -41,7 +41,7 @@ use crate::{
     store::recovery::{LogId, Missed, SocketRecord},
 };
 
-pub use emit::Target;
+pub use emit::{Audience, Target};
 
 /// Room of the local sockets that get offsets, and of those that do not:
 /// each socket of the namespace is in one of them while recovery is on, so
@@ -387,6 +387,14 @@ fn current_state<A: Adapter>(socket: &SocketRef<A>, conn: &Conn, since: &str) ->
 pub(super) async fn on_connected<A: Adapter>(socket: &SocketRef<A>, conn: &Arc<Conn>, gw: &Arc<Gateway<A>>) {
     let Some(r) = socket.extensions.get::<Arc<Recovering>>() else { return };
     gw.fanout.recovering.insert(socket.id, r.clone());
+    // This runs as its own task after the connect packet left: a client
+    // that closed at once may have been through the disconnect handler
+    // already, which found nothing to release. Without this the record
+    // would be refreshed for a socket that is gone, and restorable forever.
+    if !socket.connected() {
+        on_disconnect(socket, conn, gw).await;
+        return;
+    }
     let plan = socket.extensions.get::<Pending>().and_then(|p| p.0.lock().unwrap_or_else(|e| e.into_inner()).take());
     socket.extensions.remove::<Pending>();
     let Some(plan) = plan else { return };
