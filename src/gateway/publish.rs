@@ -398,6 +398,7 @@ impl<A: Adapter> Gateway<A> {
         if let Some(e) = failure {
             tracing::warn!(error = %e, fleet, "positions not stored");
         }
+        self.log_crossings(&round);
         self.fanout.deliver_round(round).await;
         for (reply, source, result) in answers {
             reply.send(source, result);

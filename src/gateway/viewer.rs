@@ -251,7 +251,7 @@ fn geofence_rooms(session: &Session, fleet: &str, geofence: &str) -> Vec<String>
     }
 }
 
-fn join_geofence<A: Adapter>(socket: &SocketRef<A>, session: &Session, fleet: &str, geofence: &str) {
+pub(super) fn join_geofence<A: Adapter>(socket: &SocketRef<A>, session: &Session, fleet: &str, geofence: &str) {
     for room in geofence_rooms(session, fleet, geofence) {
         socket.join(room);
     }

@@ -15,7 +15,8 @@ use async_trait::async_trait;
 use super::StoreError;
 
 /// A place in a fleet's recoverable history, `<ms>-<seq>`: the id of an
-/// event in the fleet's log, or `<receivedAt>-0` for a position. Ordered
+/// event in the fleet's log, `<receivedAt>-0` for a position, and
+/// `<receivedAt>-<n>` for its `n`th geofence crossing. Ordered
 /// by time, then sequence; this is the offset clients see (section 10).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct LogId {
@@ -29,6 +30,13 @@ impl LogId {
     /// The offset of a position received at `received_at` (ms).
     pub fn position(received_at: i64) -> Self {
         Self { ms: u64::try_from(received_at).unwrap_or(0), seq: 0 }
+    }
+
+    /// The offset of the `index`th geofence crossing of a position received
+    /// at `received_at`: just after the position, so a client that saw the
+    /// position but not the crossing gets it replayed.
+    pub fn crossing(received_at: i64, index: usize) -> Self {
+        Self { seq: u64::try_from(index).unwrap_or(u64::MAX - 1).saturating_add(1), ..Self::position(received_at) }
     }
 
     /// Reads `<ms>-<seq>` (both at most 20 digits); `None` for anything else.
@@ -116,6 +124,9 @@ mod tests {
         assert!(a < b && b < c);
         assert_eq!(b.to_string(), "1732200000000-3");
         assert_eq!(LogId::position(1732200000001), c);
+        assert!(
+            LogId::crossing(1732200000001, 0) > c && LogId::crossing(1732200000001, 0).to_string() == "1732200000001-1"
+        );
         for bad in ["", "1", "-1", "1-", "a-1", "1-2-3", "1 -2", "123456789012345678901-0"] {
             assert_eq!(LogId::parse(bad), None, "{bad}");
         }

@@ -153,6 +153,45 @@ describe("connection state recovery across two replicas", () => {
     viewer.disconnect();
   });
 
+  test("geofence crossings: live with an offset, missed ones replayed to a geofence-only subscriber", async () => {
+    const fleet = uid("fleet");
+    const t = tokens(fleet);
+    const [a, b] = cluster.servers;
+    const square = [[[10, 10], [10.01, 10], [10.01, 10.01], [10, 10.01], [10, 10]]];
+    const put = await fetch(`${b.url}/api/v1/fleets/${fleet}/geofences/yard`, {
+      method: "PUT",
+      headers: { authorization: `Bearer ${t.dispatcher}`, "content-type": "application/json" },
+      body: JSON.stringify({ type: "Feature", geometry: { type: "Polygon", coordinates: square } }),
+    });
+    assert.equal(put.status, 200);
+    const viewer = await recoveringViewer(a, { token: t.viewer });
+    const crossings = recordArgs(viewer, "geofence");
+    const positions = recordArgs(viewer, "locationupdate");
+    await subscribe(viewer, { geofences: ["yard"] });
+    const disp = (await connectWithSession(b, t.dispatcher)).socket;
+    const send = async (lon, lat, ts) => expectOk(await emitWithAck(disp, "locationupdate", { vehicleId: "van-1", lon, lat, ts }), "locationupdate");
+    await send(9.99, 9.99, tsAt(-4000));
+    await send(10.005, 10.005, tsAt(-3000)); // enter
+    await waitFor(() => crossings.length === 1, 5000, "live enter");
+    assert.equal(crossings[0][0].kind, "enter");
+    assert.match(crossings[0][1], /^\d+-\d+$/, "a crossing carries its offset");
+
+    viewer.io.engine.close();
+    await sleep(20);
+    await send(9.9, 9.9, tsAt(-2000)); // exit, missed
+    await send(10.002, 10.002, tsAt(-1000)); // enter again, missed
+    await onceConnected(viewer);
+    assert.equal(viewer.recovered, true);
+    await waitFor(() => crossings.length >= 3, 5000, "replayed crossings");
+    await sleep(300);
+    assert.deepEqual(crossings.map(([c]) => c.kind), ["enter", "exit", "enter"], "each missed crossing once, in order");
+    assert.equal(positions.length, 0, "a geofence-only subscriber gets no positions");
+    await send(9.9, 9.9, tsAt(0)); // live exit, no re-subscribe
+    await waitFor(() => crossings.length === 4, 5000, "live after recovery");
+    assert.equal(crossings[3][0].kind, "exit");
+    viewer.disconnect();
+  });
+
   test("revoked while away: a fresh socket, not recovered", async () => {
     const fleet = uid("fleet");
     const t = tokens(fleet);

@@ -147,6 +147,11 @@ impl Outgoing {
         crate::store::recovery::LogId::position(self.received_at).to_string()
     }
 
+    /// The offset of its `index`th crossing.
+    fn crossing_offset(&self, index: usize) -> String {
+        crate::store::recovery::LogId::crossing(self.received_at, index).to_string()
+    }
+
     fn record_lag(&self) {
         let path = if self.relayed { DeliveryPath::Relay } else { DeliveryPath::Local };
         let lag = (crate::ids::now_ms() - self.received_at).max(0) as f64 / 1000.0;
@@ -285,7 +290,7 @@ impl<A: Adapter> Fanout<A> {
         }
         let Some(ns) = self.io.of(NAMESPACE) else { return };
         let watching = self.rooms_for(&p.fleet, &p.vehicle, p.lon, p.lat);
-        for c in &p.crossings {
+        for (i, c) in p.crossings.iter().enumerate() {
             let mut rooms = watching.clone();
             rooms.push(geofence_room(&p.fleet, &c.geofence).into());
             rooms.push(scoped_geofence_room(&p.fleet, &c.geofence, &p.vehicle).into());
@@ -300,10 +305,19 @@ impl<A: Adapter> Fanout<A> {
                 lat: p.lat,
                 lon: p.lon,
             };
-            let Ok(wire) = first.encode_event("geofence", &event) else { continue };
+            // Encoded at most twice: as is, and with its offset (just after
+            // its position's) for the sockets that recover.
+            let (mut plain, mut with_offset) = (None, None);
             let (mut sent, mut dropped) = (0u64, 0u64);
             for socket in &sockets {
-                match socket.emit_encoded(&wire) {
+                let wire = if self.recovering.wants_offsets(socket.id) {
+                    with_offset
+                        .get_or_insert_with(|| first.encode_event("geofence", &(&event, p.crossing_offset(i))).ok())
+                } else {
+                    plain.get_or_insert_with(|| first.encode_event("geofence", &event).ok())
+                };
+                let Some(wire) = wire else { continue };
+                match socket.emit_encoded(wire) {
                     Ok(()) => sent += 1,
                     Err(_) => dropped += 1,
                 }

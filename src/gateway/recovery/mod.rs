@@ -14,9 +14,10 @@
 //!   per fleet per period ([`run`]), so a replica that dies leaves records
 //!   that last the recovery window past the last time it heard its clients.
 //! - Offsets: positions carry `<receivedAt>-0`; presence, chat and notices
-//!   the id of their entry in the fleet's log ([`emit`]). Missed positions
-//!   come from the last-known state (the newest per vehicle), the rest from
-//!   the log (`replay`).
+//!   the id of their entry in the fleet's log ([`emit`]); geofence
+//!   crossings their position's offset. Missed positions come from the
+//!   last-known state (the newest per vehicle), the rest from the log
+//!   (`replay`).
 
 pub mod emit;
 mod replay;
@@ -122,6 +123,8 @@ pub struct State {
     /// `[minLon, minLat, maxLon, maxLat]`.
     #[serde(default)]
     pub boxes: Vec<[f64; 4]>,
+    #[serde(default)]
+    pub geofences: Vec<String>,
     #[serde(default)]
     pub rooms: Vec<String>,
     /// Where its history starts (when it first connected): a client that
@@ -361,12 +364,13 @@ async fn write_state<A: Adapter>(
 /// The state of a live socket, as its record keeps it.
 fn current_state<A: Adapter>(socket: &SocketRef<A>, conn: &Conn, since: &str) -> Option<State> {
     let session = conn.session()?;
-    let (whole_fleet, vehicles, boxes) = {
+    let (whole_fleet, vehicles, boxes, geofences) = {
         let subs = conn.subscriptions();
         (
             subs.whole_fleet,
             subs.vehicles.iter().cloned().collect(),
             subs.boxes.iter().map(|b| [b.min_lon, b.min_lat, b.max_lon, b.max_lat]).collect(),
+            subs.geofences.iter().cloned().collect(),
         )
     };
     let rooms = conn.rooms().iter().cloned().collect();
@@ -376,6 +380,7 @@ fn current_state<A: Adapter>(socket: &SocketRef<A>, conn: &Conn, since: &str) ->
         whole_fleet,
         vehicles,
         boxes,
+        geofences,
         rooms,
         since: since.to_owned(),
     })

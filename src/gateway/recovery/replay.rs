@@ -40,6 +40,16 @@ struct Entry<'a> {
     x: Option<&'a str>,
     #[serde(borrow)]
     p: &'a RawValue,
+    /// A geofence crossing: its geofence, fix, and the offset it was sent
+    /// with (its position's).
+    #[serde(default)]
+    g: Option<&'a str>,
+    #[serde(default)]
+    lon: f64,
+    #[serde(default)]
+    lat: f64,
+    #[serde(default)]
+    o: Option<&'a str>,
 }
 
 /// What a restored socket watches, for filtering what it missed.
@@ -48,6 +58,7 @@ struct Watch<'a> {
     whole_fleet: bool,
     vehicles: std::collections::HashSet<String>,
     boxes: Vec<BBox>,
+    geofences: std::collections::HashSet<String>,
     rooms: std::collections::HashSet<String>,
     sid: String,
 }
@@ -63,6 +74,15 @@ impl Watch<'_> {
     fn event(&self, e: &Entry<'_>) -> bool {
         if e.x.is_some_and(|x| x == self.sid) {
             return false;
+        }
+        if let (Some(g), Some(v)) = (e.g, e.v) {
+            // As fan-out sends a crossing: to the position's watchers and
+            // the geofence's subscribers.
+            return self.session.may_watch(v)
+                && (self.whole_fleet
+                    || self.vehicles.contains(v)
+                    || self.boxes.iter().any(|b| b.contains(e.lon, e.lat))
+                    || self.geofences.contains(g));
         }
         match (e.v, e.r) {
             (Some(v), _) => self.session.may_watch(v) && (self.whole_fleet || self.vehicles.contains(v)),
@@ -103,6 +123,12 @@ async fn resubscribe<A: Adapter>(socket: &SocketRef<A>, conn: &Conn, gw: &Gatewa
                 metrics::gauge!(names::SUBSCRIPTIONS, "kind" => SubscriptionKind::Bbox).increment(1.0);
             }
         }
+        for g in &plan.state.geofences {
+            if subs.geofences.insert(g.clone()) {
+                super::super::viewer::join_geofence(socket, session, fleet, g);
+                metrics::gauge!(names::SUBSCRIPTIONS, "kind" => SubscriptionKind::Geofence).increment(1.0);
+            }
+        }
         let newly = subs.count() > 0 && !subs.watching;
         if newly {
             subs.watching = true;
@@ -141,6 +167,7 @@ pub(super) async fn restore<A: Adapter>(
             whole_fleet: subs.whole_fleet,
             vehicles: subs.vehicles.clone(),
             boxes: subs.boxes.clone(),
+            geofences: subs.geofences.clone(),
             rooms: conn.rooms().clone(),
             sid: socket.id.to_string(),
         }
@@ -177,12 +204,20 @@ pub(super) async fn restore<A: Adapter>(
         }
     }
     for (id, entry) in &events {
-        if let Ok(e) = serde_json::from_str::<Entry>(entry)
-            && watch.event(&e)
-        {
-            missed.push((*id, e.e, e.p));
+        let Ok(e) = serde_json::from_str::<Entry>(entry) else { continue };
+        // A crossing sorts, and is skipped, on the offset it went out with.
+        let offset = match e.o {
+            Some(o) => match LogId::parse(o) {
+                Some(o) if o > plan.after => o,
+                _ => continue,
+            },
+            None => *id,
+        };
+        if watch.event(&e) {
+            missed.push((offset, e.e, e.p));
         }
     }
+    // Stable: a crossing stays after its position, and after the one before it.
     missed.sort_by_key(|(id, _, _)| *id);
     let conflating = gw.config.batch_ms > 0;
     let mut sent = 0u64;
