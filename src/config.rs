@@ -329,6 +329,20 @@ pub struct Config {
     #[arg(long, env = "FLEETGATE_MQTT_TLS_CA_FILE", global = true)]
     pub mqtt_tls_ca_file: Option<PathBuf>,
 
+    // The live map page (`/`).
+    /// Tile URL template of the map page's base map (`{z}`, `{x}`, `{y}`,
+    /// and Leaflet's `{s}`, `{r}`, `{-y}`): `https://…`, `http://…`, or a
+    /// path on this origin (`/tiles/{z}/{x}/{y}.png`); `none` draws only
+    /// the coordinate grid.
+    #[arg(long, env = "FLEETGATE_MAP_TILE_URL", default_value = DEFAULT_MAP_TILE_URL,
+          value_parser = tile_url, global = true)]
+    pub map_tile_url: String,
+
+    /// Attribution shown over the map tiles, as plain text (the tile
+    /// server's licence usually requires it).
+    #[arg(long, env = "FLEETGATE_MAP_TILE_ATTRIBUTION", default_value = DEFAULT_MAP_TILE_ATTRIBUTION, global = true)]
+    pub map_tile_attribution: String,
+
     // Geofences (contract section 11).
     /// Most positions over all rings of one geofence.
     #[arg(long, env = "FLEETGATE_GEOFENCE_MAX_VERTICES", default_value_t = 10_000, global = true)]
@@ -358,6 +372,35 @@ pub struct Config {
 /// it keeps p99 latency well under the contract's 25 ms ceiling.
 pub const DEFAULT_WRITE_WINDOW_MS: u64 = 10;
 
+/// OpenStreetMap's own tile server: fine for a demo and light use; its
+/// usage policy asks heavy users to run or rent their own.
+pub const DEFAULT_MAP_TILE_URL: &str = "https://tile.openstreetmap.org/{z}/{x}/{y}.png";
+pub const DEFAULT_MAP_TILE_ATTRIBUTION: &str = "© OpenStreetMap contributors";
+
+/// Refuses at start-up a tile template that could only ever show broken
+/// tiles, rather than leaving the operator to find out in a browser.
+fn tile_url(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.is_empty() || s == "none" {
+        return Ok(String::new());
+    }
+    if !(s.starts_with("https://") || s.starts_with("http://") || s.starts_with('/')) {
+        return Err("a tile URL starts with https://, http:// or / (or is `none`)".into());
+    }
+    if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("a tile URL has no spaces or control characters".into());
+    }
+    let missing: Vec<&str> = [("{z}", "{z}"), ("{x}", "{x}"), ("{y}", "{-y}")]
+        .into_iter()
+        .filter(|(a, b)| !s.contains(a) && !s.contains(b))
+        .map(|(a, _)| a)
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!("the tile URL template lacks {}", missing.join(", ")));
+    }
+    Ok(s.to_owned())
+}
+
 impl Config {
     /// Section 9's write window, from `FLEETGATE_WRITE_WINDOW_MS` or its
     /// old name.
@@ -381,6 +424,11 @@ impl Config {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    /// The map page's tile URL template; `None` when tiles are off.
+    pub fn map_tiles(&self) -> Option<&str> {
+        Some(self.map_tile_url.as_str()).filter(|u| !u.is_empty())
     }
 
     /// The Socket.IO path with the trailing slash socketioxide matches on
@@ -409,5 +457,18 @@ mod tests {
         assert_eq!(ms(&["--write-delay-ms", "7"]).ok(), Some(7));
         assert_eq!(ms(&["--write-window-ms", "3", "--write-delay-ms", "7"]).ok(), Some(3));
         assert!(parse(&["--write-window-ms", "1001"]).is_err());
+    }
+
+    #[test]
+    fn the_tile_url_is_a_template_or_none() {
+        let tiles = |args: &[&str]| parse(args).map(|c| c.map_tiles().map(str::to_owned));
+        assert_eq!(tiles(&[]).ok(), Some(Some(DEFAULT_MAP_TILE_URL.to_owned())));
+        assert_eq!(tiles(&["--map-tile-url", "none"]).ok(), Some(None));
+        assert_eq!(tiles(&["--map-tile-url", ""]).ok(), Some(None));
+        let own = "/tiles/{z}/{x}/{-y}.png";
+        assert_eq!(tiles(&["--map-tile-url", own]).ok(), Some(Some(own.to_owned())));
+        for bad in ["tile.example/{z}/{x}/{y}.png", "https://t.example/{z}/{x}.png", "https://t.example/{z} /{x}/{y}"] {
+            assert!(tiles(&["--map-tile-url", bad]).is_err(), "{bad}");
+        }
     }
 }
