@@ -65,8 +65,49 @@ impl Route {
     }
 }
 
+/// A few geofences the routes cross, so the map shows arrivals: created
+/// only when the fleet has none (a restart against Redis keeps the
+/// operator's).
+async fn seed_geofences<A: Adapter>(gateway: &Gateway<A>) {
+    match gateway.geofences.list(FLEET).await {
+        Ok(existing) if existing.is_empty() => {}
+        _ => return,
+    }
+    let (lat, lon) = CENTER;
+    let dlat = |m: f64| m / METERS_PER_DEG_LAT;
+    let dlon = |m: f64| m / (METERS_PER_DEG_LAT * lat.to_radians().cos());
+    let corner = |x: f64, y: f64| serde_json::json!([lon + dlon(x), lat + dlat(y)]);
+    let (x0, y0, x1, y1) = (1_200.0, 600.0, 2_600.0, 1_800.0);
+    let fences = [
+        (
+            "city-hall",
+            serde_json::json!({
+                "type": "Feature",
+                "geometry": { "type": "Point", "coordinates": [lon, lat] },
+                "properties": { "name": "City Hall", "radius": 700 },
+            }),
+        ),
+        (
+            "north-depot",
+            serde_json::json!({
+                "type": "Feature",
+                "geometry": { "type": "Polygon", "coordinates": [[
+                    corner(x0, y0), corner(x1, y0), corner(x1, y1), corner(x0, y1), corner(x0, y0),
+                ]] },
+                "properties": { "name": "North depot" },
+            }),
+        ),
+    ];
+    for (id, fence) in fences {
+        if let Err(e) = gateway.geofences.put(FLEET, id, &fence).await {
+            tracing::debug!(error = %e, id, "demo geofence not created");
+        }
+    }
+}
+
 /// Publishes every vehicle's position once a second until the process ends.
 pub async fn run<A: Adapter>(gateway: Arc<Gateway<A>>, vehicles: usize) {
+    seed_geofences(&gateway).await;
     let routes: Vec<Route> = (0..vehicles).map(Route::new).collect();
     let session = Session {
         session_id: "demo-simulator".into(),
