@@ -57,6 +57,23 @@ function onceConnected(socket, ms = 10_000) {
   });
 }
 
+/**
+ * Drops the socket's transport and keeps it away (however long the test
+ * takes to produce what it will miss) until the returned function is
+ * called, which reconnects it as the client's reconnection would (with its
+ * `pid` and `offset`) and resolves once it is connected again.
+ */
+function dropTransport(socket) {
+  socket.io.reconnection(false);
+  socket.io.engine.close();
+  return async () => {
+    const connected = onceConnected(socket);
+    socket.io.reconnection(true);
+    socket.connect();
+    await connected;
+  };
+}
+
 /** A recovering viewer: reconnects by itself, as apps run the client. */
 async function recoveringViewer(server, auth) {
   const socket = openSocket(server, {
@@ -105,7 +122,7 @@ describe("connection state recovery across two replicas", () => {
 
     // Transport lost; meanwhile bus-1 moves twice, bus-2 comes online and
     // moves, and a dispatcher on the other replica writes to the room.
-    viewer.io.engine.close();
+    const reconnect = dropTransport(viewer);
     await sleep(20);
     await publishAccepted(bus1, { lat: 37.51, lon: 127.01, ts: tsAt(-2000) });
     await publishAccepted(bus1, { lat: 37.52, lon: 127.02, ts: tsAt(-1000) });
@@ -116,7 +133,7 @@ describe("connection state recovery across two replicas", () => {
     expectOk(await emitWithAck(disp, "chat", { room: "ops", text: "one" }), "chat one");
     expectOk(await emitWithAck(disp, "chat", { room: "ops", text: "two" }), "chat two");
 
-    await onceConnected(viewer);
+    await reconnect();
     assert.equal(viewer.recovered, true, "socket.recovered");
     assert.equal(viewer.id, id, "the socket id is restored");
     await waitFor(() => positions.length >= 3 && chats.length >= 2 && online.length >= 2, 5000, "replay");
@@ -142,10 +159,10 @@ describe("connection state recovery across two replicas", () => {
     const positions = recordArgs(viewer, "locationupdate");
     await subscribe(viewer, { vehicles: ["bus-9"] });
     const id = viewer.id;
-    viewer.io.engine.close();
+    const reconnect = dropTransport(viewer);
     const bus = await connect(b, { auth: { token: t.vehicle("bus-9") } });
     await publishAccepted(bus, { lat: 1.5, lon: 2.5, ts: tsAt(0) });
-    await onceConnected(viewer);
+    await reconnect();
     assert.equal(viewer.recovered, true);
     assert.equal(viewer.id, id);
     await waitFor(() => positions.length === 1, 5000, "replayed position");
@@ -176,11 +193,11 @@ describe("connection state recovery across two replicas", () => {
     assert.equal(crossings[0][0].kind, "enter");
     assert.match(crossings[0][1], /^\d+-\d+$/, "a crossing carries its offset");
 
-    viewer.io.engine.close();
+    const reconnect = dropTransport(viewer);
     await sleep(20);
     await send(9.9, 9.9, tsAt(-2000)); // exit, missed
     await send(10.002, 10.002, tsAt(-1000)); // enter again, missed
-    await onceConnected(viewer);
+    await reconnect();
     assert.equal(viewer.recovered, true);
     await waitFor(() => crossings.length >= 3, 5000, "replayed crossings");
     await sleep(300);
@@ -199,13 +216,13 @@ describe("connection state recovery across two replicas", () => {
     const viewer = openSocket(a, { auth: { token: t.viewer, recovery: true }, reconnection: true, reconnectionDelay: 200 });
     const session = await new Promise((resolve) => viewer.once("session", resolve));
     const id = viewer.id;
-    viewer.io.engine.close();
+    const reconnect = dropTransport(viewer);
     const res = await fetch(`${a.url}/api/v1/sessions/${session.sessionId}`, {
       method: "DELETE",
       headers: { authorization: `Bearer ${t.dispatcher}` },
     });
     assert.ok(res.ok, `revoke: ${res.status}`);
-    await onceConnected(viewer);
+    await reconnect();
     assert.equal(viewer.recovered, false, "a revoked session is never recovered");
     assert.notEqual(viewer.id, id);
     viewer.disconnect();
@@ -244,9 +261,11 @@ describe("connection state recovery across two replicas", () => {
       const bus = await connect(b, { auth: { token: t.vehicle("bus-1") } });
       await publishAccepted(bus, { lat: 10.5, lon: 20.5, ts: tsAt(-1000) });
       await waitFor(() => positions.length === 1, 5000, "first position");
+      // Listening before the kill: the client may be back before the next step ends.
+      const back = onceConnected(viewer, 15_000);
       await doomed.kill("SIGKILL");
       await publishAccepted(bus, { lat: 10.6, lon: 20.6, ts: tsAt(0) });
-      await onceConnected(viewer, 15_000);
+      await back;
       assert.equal(viewer.recovered, true, "recovered on the surviving replica");
       assert.equal(viewer.id, id);
       await waitFor(() => positions.length >= 2, 5000, "missed position");
