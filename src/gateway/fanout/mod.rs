@@ -147,6 +147,19 @@ impl Outgoing {
         crate::store::recovery::LogId::position(self.received_at).to_string()
     }
 
+    /// The `geofence` event (section 11) of one of its crossings.
+    pub(crate) fn geofence_event<'a>(&'a self, c: &'a crate::geofence::Crossing) -> crate::geofence::GeofenceEvent<'a> {
+        crate::geofence::GeofenceEvent {
+            fleet: &self.fleet,
+            vehicle_id: &self.vehicle,
+            geofence: &c.geofence,
+            kind: c.kind,
+            ts: self.ts,
+            lat: self.lat,
+            lon: self.lon,
+        }
+    }
+
     /// The offset of its `index`th crossing.
     fn crossing_offset(&self, index: usize) -> String {
         crate::store::recovery::LogId::crossing(self.received_at, index).to_string()
@@ -296,15 +309,7 @@ impl<A: Adapter> Fanout<A> {
             rooms.push(scoped_geofence_room(&p.fleet, &c.geofence, &p.vehicle).into());
             let sockets = ns.clone().local().to(rooms).sockets();
             let Some(first) = sockets.first() else { continue };
-            let event = crate::geofence::GeofenceEvent {
-                fleet: &p.fleet,
-                vehicle_id: &p.vehicle,
-                geofence: &c.geofence,
-                kind: c.kind,
-                ts: p.ts,
-                lat: p.lat,
-                lon: p.lon,
-            };
+            let event = p.geofence_event(c);
             // Encoded at most twice: as is, and with its offset (just after
             // its position's) for the sockets that recover.
             let (mut plain, mut with_offset) = (None, None);

@@ -17,7 +17,6 @@ use crate::{
         Gateway,
         fanout::{NAMESPACE, Outgoing},
     },
-    geofence::GeofenceEvent,
     store::recovery::LogId,
 };
 
@@ -128,15 +127,7 @@ impl<A: Adapter> Gateway<A> {
         let mut entries = Vec::new();
         for p in round.iter().filter(|p| !p.crossings.is_empty()) {
             for (i, c) in p.crossings.iter().enumerate() {
-                let event = GeofenceEvent {
-                    fleet: &p.fleet,
-                    vehicle_id: &p.vehicle,
-                    geofence: &c.geofence,
-                    kind: c.kind,
-                    ts: p.ts,
-                    lat: p.lat,
-                    lon: p.lon,
-                };
+                let event = p.geofence_event(c);
                 let entry = Entry {
                     e: "geofence",
                     v: Some(&p.vehicle),
