@@ -30,6 +30,7 @@
 //! and the one multi-key pipeline (presence refresh) is split per fleet on
 //! a cluster.
 
+mod events;
 mod recovery;
 
 use std::{future::Future, time::Duration};
@@ -438,6 +439,8 @@ pub struct RedisStore {
     /// Redis's clock minus ours, in ms, as last measured by a quick reply:
     /// the fence of a position write is a time on Redis's clock.
     clock_offset_ms: AtomicI64,
+    /// The fleets this replica listed as having events.
+    noted: Arc<events::Noted>,
 }
 
 impl RedisStore {
@@ -515,6 +518,7 @@ impl RedisStore {
             sweeps: std::sync::atomic::AtomicU64::new(0),
             node_id,
             clock_offset_ms: AtomicI64::new(0),
+            noted: Default::default(),
         })
     }
 
@@ -732,6 +736,10 @@ impl RedisStore {
 #[async_trait]
 impl Store for RedisStore {
     fn recovery(&self) -> &dyn super::recovery::RecoveryStore {
+        self
+    }
+
+    fn events(&self) -> &dyn super::events::EventStream {
         self
     }
 
