@@ -1,7 +1,7 @@
 //! The event streams of the embedded store (see [`crate::store::events`]),
 //! with the rules of the Redis version: a ring per fleet capped at
 //! `FLEETGATE_EVENTS_MAX` (exactly; Redis trims whole nodes), the same ids
-//! and ordinals, and events appended under the store's lock in the same
+//! (`<ms>-<ordinal>`), and events appended under the store's lock in the same
 //! step as the state they describe. Leases and cursors are plain maps.
 
 use std::collections::{HashMap, VecDeque};
@@ -20,9 +20,8 @@ use crate::{
 #[derive(Default)]
 struct Ring {
     events: VecDeque<Event>,
+    /// The id of the last event appended (its sequence: its ordinal).
     last: StreamId,
-    /// The ordinal of the last event appended.
-    ordinal: u64,
 }
 
 /// Every fleet's stream, lease and cursor (part of the store's state).
@@ -50,9 +49,8 @@ impl Streams {
         };
         let id = ring.last.next(now);
         ring.last = id;
-        ring.ordinal += 1;
         let json = events::encode(fleet, id, kind, now, data);
-        ring.events.push_back(Event { id, ordinal: ring.ordinal, kind, json });
+        ring.events.push_back(Event { id, ordinal: id.seq, kind, json });
         while ring.events.len() > self.max {
             ring.events.pop_front();
         }
