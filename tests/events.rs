@@ -181,7 +181,10 @@ async fn every_kind_of_event(store: &dyn Store) {
     for (event, encoded) in [(1, &encoded[0]), (2, &encoded[1]), (3, &enter_encoded), (5, &exit_encoded)] {
         assert!(events[event].json.ends_with(&format!(r#""data":{encoded}}}"#)), "{}", events[event].json);
     }
-    let crossing = |kind, ts, lat, lon| json!({ "fleet": FLEET, "vehicleId": "bus-1", "geofence": "depot", "kind": kind, "ts": ts, "lat": lat, "lon": lon });
+    let crossing = |kind, ts, lat, lon| {
+        json!({ "fleet": FLEET, "vehicleId": "bus-1", "geofence": "depot", "kind": kind,
+            "ts": ts, "lat": lat, "lon": lon })
+    };
     assert_eq!(data[4], crossing("enter", 200, 0.11, 0.15));
     assert_eq!(data[6], crossing("exit", 300, 0.5, 0.5));
     assert_eq!(data[7], serde_json::to_value(&message).unwrap());

@@ -107,9 +107,9 @@ const CALIBRATION_MAX_RTT: Duration = Duration::from_millis(250);
 /// appends nothing.
 ///
 /// KEYS: index, presence, event stream, its counter, then per update its
-/// position key and conns key. ARGV: ttl, now (ms), stale-after, channel, node id,
-/// prune (`1`: drop the index's expired members too), events cap, fleet,
-/// then per update ts, event, vehicle, deadline; then the geofence
+/// position key and conns key. ARGV: ttl, now (ms), stale-after, channel,
+/// node id, prune (`1`: drop the index's expired members too), events cap,
+/// fleet, then per update ts, event, vehicle, deadline; then the geofence
 /// arguments (see the block in the script).
 /// Returns `{redis_now_ms, outcome..., crossings...}` (outcome -1: past its
 /// deadline, -2: refused, the geofences changed, 0: stale, 1: stored, 2:
@@ -167,8 +167,8 @@ local function appended(i, a, vehicle, online)
   if online then ev_add('vehicle_online', head .. ',"ts":' .. ARGV[2] .. '}') end
   ev_add('position', ARGV[a + 2])
   if crossed[i] == '' then return end
-  local lat = string.match(ARGV[a + 2], '"lat":([^,}]+)')
-  local lon = string.match(ARGV[a + 2], '"lon":([^,}]+)')
+  local lat = string.match(ARGV[a + 2], '"lat":([^,}]+)') or 'null'
+  local lon = string.match(ARGV[a + 2], '"lon":([^,}]+)') or 'null'
   local fix = ',"ts":' .. ARGV[a + 1] .. ',"lat":' .. lat .. ',"lon":' .. lon .. '}'
   for c in string.gmatch(crossed[i], '[^ ]+') do
     local kind = string.sub(c, 1, 1) == '+' and 'enter' or 'exit'
