@@ -438,6 +438,8 @@ async fn redis_without_a_stream_has_no_stream_key() {
     assert!(!store.events().enabled());
     writes_of_every_kind(&store).await;
     assert_eq!(cli(redis.port, &["EXISTS", &format!("fg:{{{FLEET}}}:events")]), "0");
+    assert_eq!(cli(redis.port, &["EXISTS", &format!("fg:{{{FLEET}}}:events:n")]), "0");
+    assert_ne!(cli(redis.port, &["EXISTS", &format!("fg:{{{FLEET}}}:idx")]), "0", "the positions were stored");
     assert_eq!(cli(redis.port, &["EXISTS", "fg:events:fleets"]), "0");
 }
 
