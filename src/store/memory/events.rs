@@ -153,3 +153,44 @@ impl EventStream for MemoryStore {
         Ok(true)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn streams(max: usize) -> Streams {
+        Streams { max, ..Streams::default() }
+    }
+
+    #[test]
+    fn a_ring_keeps_exactly_its_cap_with_increasing_ids() {
+        let mut s = streams(3);
+        for (i, now) in [10, 10, 9, 12, 12].into_iter().enumerate() {
+            s.append("f", EventKind::Chat, &format!(r#"{{"n":{i}}}"#), now);
+        }
+        let ring = &s.fleets["f"];
+        let ids: Vec<String> = ring.events.iter().map(|e| e.id.to_string()).collect();
+        // The clock stepped back at the third: it stays on the last id's time.
+        assert_eq!(ids, ["10-3", "12-4", "12-5"]);
+        assert!(ring.events.iter().all(|e| e.ordinal == e.id.seq));
+        assert_eq!(ring.events[0].json, r#"{"id":"f/10-3","type":"chat","fleet":"f","ts":9,"data":{"n":2}}"#);
+    }
+
+    #[test]
+    fn without_a_cap_nothing_is_kept() {
+        let mut s = streams(0);
+        s.append("f", EventKind::Position, "{}", 1);
+        assert!(s.fleets.is_empty());
+    }
+
+    #[test]
+    fn leases_lapse() {
+        let mut s = streams(1);
+        let a = Lease { name: "w", holder: "a" };
+        s.leases.insert(("f".into(), "w".into()), ("a".into(), 100));
+        assert!(s.lease_held("f", a, 99));
+        assert!(!s.lease_held("f", a, 100));
+        assert!(!s.lease_held("f", Lease { name: "w", holder: "b" }, 99));
+        assert!(!s.lease_held("g", a, 99));
+    }
+}
