@@ -207,6 +207,12 @@ pub struct Config {
     #[arg(long, env = "FLEETGATE_HISTORY_TTL_SECS", default_value_t = 604_800, global = true)]
     pub history_ttl_secs: u64,
 
+    /// Events kept per fleet in its event stream (contract section 12),
+    /// for webhooks, NATS and consumer groups to read; 0 = no stream. The
+    /// README gives the memory this costs per fleet.
+    #[arg(long, env = "FLEETGATE_EVENTS_MAX", default_value_t = 10_000, global = true)]
+    pub events_max: usize,
+
     /// Rooms one socket may join.
     #[arg(long, env = "FLEETGATE_MAX_ROOMS", default_value_t = 64, global = true)]
     pub max_rooms: usize,

@@ -25,6 +25,7 @@ fn retention() -> Retention {
         presence_ttl_ms: 60_000,
         history_max: 10,
         history_ttl_ms: 60_000,
+        events_max: 1000,
     }
 }
 

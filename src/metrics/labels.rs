@@ -60,6 +60,8 @@ label_set! {
         GeofenceVersions => "geofence_versions",
         /// Connection state recovery's records and event log.
         Recovery => "recovery",
+        /// Reads of the event streams (section 12), their leases and cursors.
+        Events => "events",
         Subscribe => "subscribe",
         Resubscribe => "resubscribe",
         /// Asking the Sentinels for the primary.

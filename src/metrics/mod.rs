@@ -208,6 +208,12 @@ fn describe() {
         "Time to find the geofences holding every fix of one store call."
     );
 
+    // Event outputs.
+    describe_counter!(
+        names::EVENTS_APPENDED,
+        "Events this replica's store calls appended to their fleets' event streams, by type: each event counted once across replicas."
+    );
+
     // HTTP API.
     describe_counter!(names::HTTP_REQUESTS, "HTTP requests by method, route and status.");
     describe_histogram!(
@@ -283,6 +289,9 @@ fn preregister() {
     metrics::counter!(names::GEOFENCE_RELOADS).increment(0);
     metrics::gauge!(names::GEOFENCES).set(0.0);
     let _ = metrics::histogram!(names::GEOFENCE_EVALUATION_SECONDS);
+    for kind in crate::store::events::EventKind::ALL {
+        metrics::counter!(names::EVENTS_APPENDED, "type" => *kind).increment(0);
+    }
     for route in PROBE_ROUTES {
         metrics::counter!(names::HTTP_REQUESTS, "method" => "GET", "route" => route, "status" => "200").increment(0);
         let _ = metrics::histogram!(names::HTTP_REQUEST_DURATION_SECONDS, "method" => "GET", "route" => route);

@@ -70,6 +70,10 @@ pub const GEOFENCE_EVENTS_DROPPED: &str = "fleetgate_geofence_events_dropped_tot
 pub const GEOFENCES: &str = "fleetgate_geofences";
 pub const GEOFENCE_RELOADS: &str = "fleetgate_geofence_reloads_total";
 pub const GEOFENCE_EVALUATION_SECONDS: &str = "fleetgate_geofence_evaluation_seconds";
+
+// Event outputs (contract section 12).
+pub const EVENTS_APPENDED: &str = "fleetgate_events_appended_total";
+
 // Connection state recovery (contract section 10).
 pub const RECOVERY_ATTEMPTS: &str = "fleetgate_recovery_attempts_total";
 pub const RECOVERY_SUCCESSES: &str = "fleetgate_recovery_successes_total";

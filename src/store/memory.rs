@@ -10,11 +10,13 @@ use std::{
 
 use async_trait::async_trait;
 
+mod events;
 mod recovery;
 
 use super::{
     ChatMessage, Crossing, CrossingKind, FenceSet, FenceWrite, Offline, PositionWrite, PutOutcome, Retention, Scope,
     Store, StoreError,
+    events::{self as stream, EventKind},
 };
 use crate::{ids::now_ms, session::Session};
 
@@ -59,6 +61,9 @@ struct State {
     /// Keyed by (fleet, vehicle).
     presence: HashMap<(String, String), Presence>,
     fences: HashMap<String, Fences>,
+    /// Every fleet's event stream, appended to in the step that changes
+    /// the state an event describes.
+    events: events::Streams,
 }
 
 pub struct MemoryStore {
@@ -70,7 +75,9 @@ pub struct MemoryStore {
 impl MemoryStore {
     /// A new store; spawns its sweeper, which stops when the store is dropped.
     pub fn new(retention: Retention) -> Arc<Self> {
-        let store = Arc::new(Self { state: Mutex::new(State::default()), retention, recovery: Default::default() });
+        let mut state = State::default();
+        state.events.max = retention.events_max;
+        let store = Arc::new(Self { state: Mutex::new(state), retention, recovery: Default::default() });
         tokio::spawn(sweep(Arc::downgrade(&store)));
         store
     }
@@ -111,6 +118,25 @@ impl MemoryStore {
             }
             _ => false,
         };
+        // In the order sockets hear them: back online, the position, its crossings.
+        if back_online {
+            state.events.append(fleet, EventKind::VehicleOnline, &stream::online_data(fleet, &p.vehicle_id, now), now);
+        }
+        state.events.append(fleet, EventKind::Position, encoded, now);
+        for c in &crossings {
+            let event = crate::geofence::GeofenceEvent {
+                fleet,
+                vehicle_id: &p.vehicle_id,
+                geofence: &c.geofence,
+                kind: c.kind,
+                ts: p.ts,
+                lat: p.lat,
+                lon: p.lon,
+            };
+            if let Ok(data) = serde_json::to_string(&event) {
+                state.events.append(fleet, EventKind::Geofence, &data, now);
+            }
+        }
         PutOutcome::Accepted { back_online, crossings }
     }
 
@@ -142,6 +168,10 @@ async fn sweep(store: Weak<MemoryStore>) {
 #[async_trait]
 impl Store for MemoryStore {
     fn recovery(&self) -> &dyn super::recovery::RecoveryStore {
+        self
+    }
+
+    fn events(&self) -> &dyn stream::EventStream {
         self
     }
 
@@ -203,6 +233,9 @@ impl Store for MemoryStore {
             log.messages.pop_front();
         }
         log.expires_at = now.saturating_add(self.retention.history_ttl_ms);
+        if let Ok(data) = serde_json::to_string(&message) {
+            state.events.append(fleet, EventKind::Chat, &data, now);
+        }
         Ok(message)
     }
 
@@ -232,6 +265,9 @@ impl Store for MemoryStore {
         presence.nodes.insert(node.to_owned(), now + ttl);
         let was_online = presence.online_until.is_some_and(|u| u > now);
         presence.online_until = Some(now + stale_after);
+        if !was_online {
+            state.events.append(fleet, EventKind::VehicleOnline, &stream::online_data(fleet, vehicle, now), now);
+        }
         Ok(!was_online)
     }
 
@@ -248,6 +284,14 @@ impl Store for MemoryStore {
         }
         let last_seen = presence.online_until.map(|u| u - stale_after);
         state.presence.remove(&key);
+        if let Some(last_seen) = last_seen {
+            state.events.append(
+                fleet,
+                EventKind::VehicleOffline,
+                &stream::offline_data(fleet, vehicle, last_seen),
+                now,
+            );
+        }
         Ok(last_seen)
     }
 
@@ -276,6 +320,10 @@ impl Store for MemoryStore {
             }
             !p.nodes.is_empty()
         });
+        for o in &out {
+            let data = stream::offline_data(&o.fleet, &o.vehicle, o.last_seen);
+            state.events.append(&o.fleet, EventKind::VehicleOffline, &data, now);
+        }
         Ok(out)
     }
 

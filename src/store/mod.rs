@@ -1,7 +1,9 @@
 //! Where state lives: sessions, every vehicle's last-known position,
-//! vehicle presence and room history, with their TTLs. One trait, two implementations: [`memory`] for the
+//! vehicle presence, room history and each fleet's event stream, with
+//! their TTLs and caps. One trait, two implementations: [`memory`] for the
 //! embedded single node, [`redis`] for replicas sharing a Redis.
 
+pub mod events;
 pub mod memory;
 pub mod recovery;
 pub mod redis;
@@ -125,6 +127,8 @@ pub struct Retention {
     pub presence_ttl_ms: i64,
     pub history_max: usize,
     pub history_ttl_ms: i64,
+    /// Events kept per fleet's event stream (section 12); 0: none kept.
+    pub events_max: usize,
 }
 
 impl Retention {
@@ -136,6 +140,7 @@ impl Retention {
             presence_ttl_ms: ms(c.presence_ttl_secs),
             history_max: c.history_max,
             history_ttl_ms: ms(c.history_ttl_secs),
+            events_max: c.events_max,
         }
     }
 }
@@ -152,6 +157,9 @@ pub fn is_message_id(s: &str) -> bool {
 pub trait Store: Send + Sync + 'static {
     /// What connection state recovery keeps (section 10).
     fn recovery(&self) -> &dyn recovery::RecoveryStore;
+
+    /// The fleets' event streams, their leases and cursors (section 12).
+    fn events(&self) -> &dyn events::EventStream;
 
     /// Offers a batch of one fleet's positions, in order: each is stored if
     /// its `ts` is newer than its vehicle's stored one (a later write of the
