@@ -62,6 +62,8 @@ label_set! {
         Recovery => "recovery",
         /// Reads of the event streams (section 12), their leases and cursors.
         Events => "events",
+        /// Webhook registrations (section 12).
+        Webhooks => "webhooks",
         Subscribe => "subscribe",
         Resubscribe => "resubscribe",
         /// Asking the Sentinels for the primary.
