@@ -281,3 +281,24 @@ mod tests {
         assert_eq!(values, ["socket", "http", "demo", "osmand", "mqtt"]);
     }
 }
+
+label_set! {
+    /// An event output (`output` of the `fleetgate_output_*` metrics).
+    Output {
+        Webhook => "webhook",
+        Nats => "nats",
+    }
+}
+
+label_set! {
+    /// What became of one attempt to hand an event to an output (`outcome`
+    /// of `fleetgate_output_events_total`).
+    OutputOutcome {
+        /// Taken: a 2xx answer, or a JetStream ack.
+        Delivered => "delivered",
+        /// The attempt failed and the event will be tried again.
+        Retried => "retried",
+        /// Given up on after FLEETGATE_WEBHOOK_RETRY_SECS, or refused for good.
+        Failed => "failed",
+    }
+}
