@@ -20,6 +20,11 @@
 //!   `fg:{<fleet>}:geofences:version`: counter bumped by every change;
 //!   `fg:{<fleet>}:fence-inside:<geofence>`: set of vehicles inside; the
 //!   position hash's field `g` holds the geofences its fix is inside
+//! - `fg:{<fleet>}:events`: the fleet's event stream (section 12), capped,
+//!   appended to by the scripts that store what its events describe;
+//!   `fg:{<fleet>}:lease:<name>`, `fg:{<fleet>}:cursor:<consumer>`: its
+//!   readers' leases and cursors; `fg:events:fleets`: set of fleets that
+//!   have had events (`redis::events`)
 //! - `fg:presence:fleets`: set of fleets that have had presence, for the sweep
 //! - `fg:session:<id>`: the session JSON, TTL until it expires
 //! - `fg:{<fleet>}:webhooks`: hash webhook id → its registration
@@ -54,7 +59,7 @@ use redis::{
 
 use super::{
     ChatMessage, Crossing, FenceSet, FenceWrite, Offline, PositionWrite, PutOutcome, Retention, Scope, Store,
-    StoreError,
+    StoreError, events::EventKind,
 };
 use crate::{
     ids::now_ms,
@@ -97,10 +102,17 @@ const CALIBRATION_MAX_RTT: Duration = Duration::from_millis(250);
 /// other's result. Those stored leave in ONE message on the fleet's
 /// sharded channel, in the format of [`crate::replication::wire`].
 ///
-/// KEYS: index, presence, then per update its position key and conns key.
-/// ARGV: ttl, now (ms), stale-after, channel, node id, prune (`1`: drop the
-/// index's expired members too), then per update ts, event, vehicle,
-/// deadline; then the geofence arguments (see the block in the script).
+/// Each accepted update's events are appended to the fleet's event stream
+/// (section 12) in the same step, in the order sockets hear them: the
+/// vehicle back online, its position (the encoded event as it is, as the
+/// event's data), then its crossings. A fenced, stale or refused update
+/// appends nothing.
+///
+/// KEYS: index, presence, event stream, then per update its position key
+/// and conns key. ARGV: ttl, now (ms), stale-after, channel, node id,
+/// prune (`1`: drop the index's expired members too), events cap, fleet,
+/// then per update ts, event, vehicle, deadline; then the geofence
+/// arguments (see the block in the script).
 /// Returns `{redis_now_ms, outcome..., crossings...}` (outcome -1: past its
 /// deadline, -2: refused, the geofences changed, 0: stale, 1: stored, 2:
 /// stored and back online; crossings: per update `-<id>`/`+<id>` separated
@@ -123,13 +135,14 @@ local index = {}
 -- against another version than the stored one is refused whole (-2)
 -- before anything is written. An accepted update's set is diffed against
 -- the one stored with its vehicle's position (field `g`): the crossings.
-local gn = (#KEYS - 2) / 2
-local ga = 6 + gn * 4
+local gn = (#KEYS - 3) / 2
+local ga = 8 + gn * 4
 if (redis.call('GET', ARGV[ga + 2]) or '0') ~= ARGV[ga + 1] then
   local refused = {rnow}
   for i = 1, gn do refused[i + 1] = -2 end
   return refused
 end
+ev_open(KEYS[3], ARGV[7], ARGV[8], rnow) -- events
 local crossed = {}
 for i = 1, gn do crossed[i] = '' end
 local function cross(i, pos, vehicle)
@@ -149,9 +162,24 @@ local function cross(i, pos, vehicle)
   crossed[i] = table.concat(c, ' ')
 end
 -- ------------------------------------------------------------------------
-for i = 1, (#KEYS - 2) / 2 do
-  local a = 6 + (i - 1) * 4
-  local pos, conns = KEYS[1 + 2 * i], KEYS[2 + 2 * i]
+-- The events of accepted update i (section 12); the fix's lat and lon are
+-- read from its encoded event, whose fields are fleetgate's own.
+local function appended(i, a, vehicle, online)
+  local head = '{"fleet":"' .. ARGV[8] .. '","vehicleId":"' .. vehicle .. '"'
+  if online then ev_add('vehicle_online', head .. ',"ts":' .. ARGV[2] .. '}') end
+  ev_add('position', ARGV[a + 2])
+  if crossed[i] == '' then return end
+  local lat = string.match(ARGV[a + 2], '"lat":([^,}]+)')
+  local lon = string.match(ARGV[a + 2], '"lon":([^,}]+)')
+  local fix = ',"ts":' .. ARGV[a + 1] .. ',"lat":' .. lat .. ',"lon":' .. lon .. '}'
+  for c in string.gmatch(crossed[i], '[^ ]+') do
+    local kind = string.sub(c, 1, 1) == '+' and 'enter' or 'exit'
+    ev_add('geofence', head .. ',"geofence":"' .. string.sub(c, 2) .. '","kind":"' .. kind .. '"' .. fix)
+  end
+end
+for i = 1, gn do
+  local a = 8 + (i - 1) * 4
+  local pos, conns = KEYS[2 + 2 * i], KEYS[3 + 2 * i]
   local outcome = -1
   if rnow <= tonumber(ARGV[a + 4]) then
     local cur = redis.call('HGET', pos, 't')
@@ -171,6 +199,7 @@ for i = 1, (#KEYS - 2) / 2 do
         if not redis.call('ZSCORE', KEYS[2], vehicle) then outcome = 2 end
         redis.call('ZADD', KEYS[2], now + stale, vehicle)
       end
+      appended(i, a, vehicle, outcome == 2) -- events
     end
   end
   out[i + 1] = outcome
@@ -241,7 +270,10 @@ return {f, inside}
 
 /// Appends a chat message to its room's capped stream, fenced like
 /// [`PUT_POSITIONS`] (`ARGV[5]`: the deadline on Redis's clock), so a message
-/// answered `unavailable` never lands in the history later. Returns
+/// answered `unavailable` never lands in the history later, and its `chat`
+/// event to the fleet's event stream. KEYS: room, event stream; ARGV:
+/// history cap, from, text, ts, deadline, history ttl, events cap, fleet,
+/// the message's JSON after its id (`"room":…}`). Returns
 /// `{id, redis_now_ms}`, or `{false, redis_now_ms}` past the deadline.
 const APPEND_MESSAGE: &str = r#"
 local t = redis.call('TIME')
@@ -249,32 +281,52 @@ local rnow = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if rnow > tonumber(ARGV[5]) then
   return {false, rnow}
 end
+ev_open(KEYS[2], ARGV[7], ARGV[8], rnow)
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], '*', 'from', ARGV[2], 'text', ARGV[3], 'ts', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
+ev_add('chat', '{"id":"' .. id .. '",' .. ARGV[9])
 return {id, rnow}
 "#;
 
+/// A vehicle's socket on a replica: KEYS conns, presence, event stream;
+/// ARGV node, now, presence ttl, stale-after, vehicle, events cap, fleet.
+/// 1 (and a `vehicle_online` event) when it became online.
 const VEHICLE_CONNECTED: &str = r#"
 local now = tonumber(ARGV[2])
+ev_open(KEYS[3], ARGV[6], ARGV[7])
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
 redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[3]))
 local s = redis.call('ZSCORE', KEYS[2], ARGV[5])
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[5])
 if s and tonumber(s) > now then return 0 end
+ev_add('vehicle_online', '{"fleet":"' .. ARGV[7] .. '","vehicleId":"' .. ARGV[5] .. '","ts":' .. ARGV[2] .. '}')
 return 1
 "#;
 
+/// A vehicle's last socket on a replica is gone: KEYS conns, presence,
+/// event stream; ARGV node, now, stale-after, vehicle, events cap, fleet.
+/// Its last-seen time (and a `vehicle_offline` event) when it became
+/// offline, else negative.
 const VEHICLE_DISCONNECTED: &str = r#"
 local now = tonumber(ARGV[2])
+ev_open(KEYS[3], ARGV[5], ARGV[6])
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if redis.call('ZCARD', KEYS[1]) > 0 then return -2 end
 local s = redis.call('ZSCORE', KEYS[2], ARGV[4])
 if not s then return -1 end
 redis.call('ZREM', KEYS[2], ARGV[4])
-return tonumber(s) - tonumber(ARGV[3])
+local last_seen = tonumber(s) - tonumber(ARGV[3])
+ev_add('vehicle_offline',
+  '{"fleet":"' .. ARGV[6] .. '","vehicleId":"' .. ARGV[4] .. '","lastSeen":' .. string.format('%d', last_seen) .. '}')
+return last_seen
 "#;
 
+/// A fleet's vehicles gone stale (or, with ARGV[4] `1`, whose replicas
+/// stopped refreshing them): KEYS presence, event stream; ARGV now,
+/// stale-after, conns key prefix, check conns, events cap, fleet. Returns
+/// `{vehicle, last seen, ...}`, each also a `vehicle_offline` event. The
+/// stream is read only once a vehicle is found gone: most sweeps find none.
 const SWEEP_PRESENCE: &str = r#"
 local now = tonumber(ARGV[1])
 local stale = tonumber(ARGV[2])
@@ -294,9 +346,12 @@ for i = 1, #members, 2 do
     gone = redis.call('ZCARD', conns) == 0
   end
   if gone then
+    if #out == 0 then ev_open(KEYS[2], ARGV[5], ARGV[6]) end
     redis.call('ZREM', KEYS[1], v)
     out[#out + 1] = v
     out[#out + 1] = tostring(score - stale)
+    ev_add('vehicle_offline',
+      '{"fleet":"' .. ARGV[6] .. '","vehicleId":"' .. v .. '","lastSeen":' .. string.format('%d', score - stale) .. '}')
   end
 end
 return out
@@ -317,6 +372,11 @@ for _, id in ipairs(ids) do
 end
 return out
 "#;
+
+/// A script that appends events: [`events::APPEND_LUA`], then `body`.
+fn with_events(body: &str) -> Script {
+    Script::new(&format!("{}{body}", events::APPEND_LUA))
+}
 
 /// Names of a fleet's keys and channel.
 pub fn position_key(fleet: &str, vehicle: &str) -> String {
@@ -509,13 +569,13 @@ impl RedisStore {
             connections,
             cluster: target.is_cluster(),
             next: AtomicUsize::new(0),
-            put_positions: Script::new(PUT_POSITIONS),
+            put_positions: with_events(PUT_POSITIONS),
             batches: AtomicU64::new(0),
-            append_message: Script::new(APPEND_MESSAGE),
+            append_message: with_events(APPEND_MESSAGE),
             positions,
-            vehicle_connected: Script::new(VEHICLE_CONNECTED),
-            vehicle_disconnected: Script::new(VEHICLE_DISCONNECTED),
-            sweep_presence: Script::new(SWEEP_PRESENCE),
+            vehicle_connected: with_events(VEHICLE_CONNECTED),
+            vehicle_disconnected: with_events(VEHICLE_DISCONNECTED),
+            sweep_presence: with_events(SWEEP_PRESENCE),
             geofence_scripts: GeofenceScripts::default(),
             retention,
             sweeps: std::sync::atomic::AtomicU64::new(0),
@@ -697,6 +757,47 @@ impl RedisStore {
 }
 
 impl RedisStore {
+    /// Counts (and lists the fleet of) `n` events a script call appended.
+    async fn events_appended(&self, fleet: &str, kind: EventKind, n: u64) {
+        if self.retention.events_max == 0 || n == 0 {
+            return;
+        }
+        crate::store::events::appended(kind, n);
+        self.note_fleet(fleet).await;
+    }
+
+    /// [`RedisStore::events_appended`] for the events of a batch's accepted positions.
+    async fn count_position_events(&self, fleet: &str, outcomes: &[Result<PutOutcome, StoreError>]) {
+        let (mut positions, mut online, mut crossings) = (0, 0, 0);
+        for outcome in outcomes {
+            if let Ok(PutOutcome::Accepted { back_online, crossings: c }) = outcome {
+                positions += 1;
+                online += u64::from(*back_online);
+                crossings += c.len() as u64;
+            }
+        }
+        self.events_appended(fleet, EventKind::VehicleOnline, online).await;
+        self.events_appended(fleet, EventKind::Position, positions).await;
+        self.events_appended(fleet, EventKind::Geofence, crossings).await;
+    }
+}
+
+/// A chat message's JSON after its id (`"room":…}`): the script puts the
+/// id it got in front, so the `chat` event's data is section 6's message.
+fn chat_tail(m: &ChatMessage) -> Result<String, StoreError> {
+    #[derive(serde::Serialize)]
+    struct Tail<'a> {
+        room: &'a str,
+        from: &'a str,
+        text: &'a str,
+        ts: i64,
+    }
+    let json = serde_json::to_string(&Tail { room: &m.room, from: &m.from, text: &m.text, ts: m.ts })
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok(json.get(1..).unwrap_or_default().to_owned())
+}
+
+impl RedisStore {
     /// A fenced script call (see [`PUT_POSITIONS`]) under [`RedisStore::bounded`]:
     /// `invoke` gets a connection, the send time and the deadline on
     /// Redis's clock, and returns the script's outcome (`None`: refused past
@@ -762,6 +863,7 @@ impl Store for RedisStore {
         let mut todo: Vec<usize> = (0..writes.len()).collect();
         let mut retried = false;
         let (index, presence, channel) = (index_key(fleet), presence_key(fleet), position_channel(fleet));
+        let stream = events::stream_key(fleet);
         while !todo.is_empty() {
             let sent = std::time::Instant::now();
             let sent_ms = now_ms();
@@ -769,12 +871,15 @@ impl Store for RedisStore {
             let prune = self.batches.fetch_add(1, Ordering::Relaxed).is_multiple_of(PRUNE_EVERY);
             let mut call = self.put_positions.key(&index);
             call.key(&presence)
+                .key(&stream)
                 .arg(self.retention.location_ttl_ms)
                 .arg(sent_ms)
                 .arg(self.retention.stale_after_ms)
                 .arg(&channel)
                 .arg(&self.node_id)
-                .arg(if prune { "1" } else { "0" });
+                .arg(if prune { "1" } else { "0" })
+                .arg(self.retention.events_max)
+                .arg(fleet);
             let mut sending = Vec::with_capacity(todo.len());
             let mut inside = Vec::with_capacity(todo.len());
             for i in todo.drain(..) {
@@ -840,7 +945,9 @@ impl Store for RedisStore {
             }
             retried = true;
         }
-        outcomes.into_iter().map(|o| o.unwrap_or(Err(StoreError::Timeout))).collect()
+        let outcomes: Vec<_> = outcomes.into_iter().map(|o| o.unwrap_or(Err(StoreError::Timeout))).collect();
+        self.count_position_events(fleet, &outcomes).await;
+        outcomes
     }
 
     async fn positions(&self, fleet: &str, scope: Scope<'_>) -> Result<Vec<String>, StoreError> {
@@ -897,20 +1004,26 @@ impl Store for RedisStore {
 
     async fn append_message(&self, fleet: &str, mut message: ChatMessage) -> Result<ChatMessage, StoreError> {
         let key = room_key(fleet, &message.room);
+        let stream = events::stream_key(fleet);
         let m = &message;
+        let tail = chat_tail(m)?;
         let id: String = self
             .fenced(StoreOp::AppendMessage, |mut conn, _, deadline| {
-                let key = &key;
+                let (key, stream, tail) = (&key, &stream, &tail);
                 async move {
                     let reply: (Option<String>, i64) = self
                         .append_message
                         .key(key)
+                        .key(stream)
                         .arg(self.retention.history_max.max(1))
                         .arg(&m.from)
                         .arg(&m.text)
                         .arg(m.ts)
                         .arg(deadline)
                         .arg(self.retention.history_ttl_ms)
+                        .arg(self.retention.events_max)
+                        .arg(fleet)
+                        .arg(tail)
                         .invoke_async(&mut conn)
                         .await?;
                     Ok(reply)
@@ -918,6 +1031,7 @@ impl Store for RedisStore {
             })
             .await?;
         message.id = id;
+        self.events_appended(fleet, EventKind::Chat, 1).await;
         Ok(message)
     }
 
@@ -965,46 +1079,62 @@ impl Store for RedisStore {
     }
 
     async fn vehicle_connected(&self, fleet: &str, vehicle: &str, node: &str) -> Result<bool, StoreError> {
-        self.bounded(StoreOp::VehicleConnected, || async {
-            let mut conn = self.conn().await?;
-            // The sweep's list of fleets lives on one shard of a cluster;
-            // with that shard down the vehicle is still recorded (its
-            // fleet is listed again by the next vehicle to connect).
-            if let Err(e) = redis::cmd("SADD").arg(PRESENCE_FLEETS).arg(fleet).query_async::<()>(&mut conn).await {
-                tracing::debug!(error = %e, "fleet not listed for the presence sweep");
-            }
-            let became: i64 = self
-                .vehicle_connected
-                .key(conns_key(fleet, vehicle))
-                .key(presence_key(fleet))
-                .arg(node)
-                .arg(now_ms())
-                .arg(self.retention.presence_ttl_ms)
-                .arg(self.retention.stale_after_ms)
-                .arg(vehicle)
-                .invoke_async(&mut conn)
-                .await?;
-            Ok(became == 1)
-        })
-        .await
+        let became = self
+            .bounded(StoreOp::VehicleConnected, || async {
+                let mut conn = self.conn().await?;
+                // The sweep's list of fleets lives on one shard of a cluster;
+                // with that shard down the vehicle is still recorded (its
+                // fleet is listed again by the next vehicle to connect).
+                if let Err(e) = redis::cmd("SADD").arg(PRESENCE_FLEETS).arg(fleet).query_async::<()>(&mut conn).await {
+                    tracing::debug!(error = %e, "fleet not listed for the presence sweep");
+                }
+                let became: i64 = self
+                    .vehicle_connected
+                    .key(conns_key(fleet, vehicle))
+                    .key(presence_key(fleet))
+                    .key(events::stream_key(fleet))
+                    .arg(node)
+                    .arg(now_ms())
+                    .arg(self.retention.presence_ttl_ms)
+                    .arg(self.retention.stale_after_ms)
+                    .arg(vehicle)
+                    .arg(self.retention.events_max)
+                    .arg(fleet)
+                    .invoke_async(&mut conn)
+                    .await?;
+                Ok(became == 1)
+            })
+            .await?;
+        if became {
+            self.events_appended(fleet, EventKind::VehicleOnline, 1).await;
+        }
+        Ok(became)
     }
 
     async fn vehicle_disconnected(&self, fleet: &str, vehicle: &str, node: &str) -> Result<Option<i64>, StoreError> {
-        self.bounded(StoreOp::VehicleDisconnected, || async {
-            let mut conn = self.conn().await?;
-            let last_seen: i64 = self
-                .vehicle_disconnected
-                .key(conns_key(fleet, vehicle))
-                .key(presence_key(fleet))
-                .arg(node)
-                .arg(now_ms())
-                .arg(self.retention.stale_after_ms)
-                .arg(vehicle)
-                .invoke_async(&mut conn)
-                .await?;
-            Ok((last_seen >= 0).then_some(last_seen))
-        })
-        .await
+        let last_seen = self
+            .bounded(StoreOp::VehicleDisconnected, || async {
+                let mut conn = self.conn().await?;
+                let last_seen: i64 = self
+                    .vehicle_disconnected
+                    .key(conns_key(fleet, vehicle))
+                    .key(presence_key(fleet))
+                    .key(events::stream_key(fleet))
+                    .arg(node)
+                    .arg(now_ms())
+                    .arg(self.retention.stale_after_ms)
+                    .arg(vehicle)
+                    .arg(self.retention.events_max)
+                    .arg(fleet)
+                    .invoke_async(&mut conn)
+                    .await?;
+                Ok((last_seen >= 0).then_some(last_seen))
+            })
+            .await?;
+        if last_seen.is_some() {
+            self.events_appended(fleet, EventKind::VehicleOffline, 1).await;
+        }
+        Ok(last_seen)
     }
 
     async fn refresh_presence(&self, node: &str, vehicles: &[(String, String)]) -> Result<(), StoreError> {
@@ -1047,7 +1177,14 @@ impl Store for RedisStore {
             let sweeps = fleets.into_iter().map(|fleet| async move {
                 let mut conn = self.conn().await?;
                 let mut invocation = self.sweep_presence.key(presence_key(&fleet));
-                invocation.arg(now_ms()).arg(self.retention.stale_after_ms).arg(conns_key(&fleet, "")).arg(check_conns);
+                invocation
+                    .key(events::stream_key(&fleet))
+                    .arg(now_ms())
+                    .arg(self.retention.stale_after_ms)
+                    .arg(conns_key(&fleet, ""))
+                    .arg(check_conns)
+                    .arg(self.retention.events_max)
+                    .arg(&fleet);
                 let call = invocation.invoke_async::<Vec<String>>(&mut conn);
                 let flat = tokio::time::timeout(FLEET_SWEEP_TIMEOUT, call).await.map_err(|_| StoreError::Timeout)??;
                 Ok::<_, StoreError>((fleet, flat))
@@ -1063,6 +1200,7 @@ impl Store for RedisStore {
                     }
                 };
                 swept += 1;
+                self.events_appended(&fleet, EventKind::VehicleOffline, (flat.len() / 2) as u64).await;
                 for pair in flat.chunks(2) {
                     if let [vehicle, last_seen] = pair {
                         out.push(Offline {

@@ -48,7 +48,7 @@ const FLEETS: &str = "fg:events:fleets";
 const NOTE_EVERY: Duration = Duration::from_secs(600);
 
 /// The part of the scripts that appends events, prepended to each script
-/// that writes some. `ev_open(key, cap, fleet)` reads the stream's last id
+/// that writes some. `ev_open(key, cap, fleet[, now])` reads the stream's last id
 /// and ordinal once per call (before the script writes anything, so a
 /// stream key of the wrong type fails the call whole); each
 /// `ev_add(type, data)` then appends with the next explicit id: the
@@ -59,11 +59,14 @@ const NOTE_EVERY: Duration = Duration::from_secs(600);
 /// read or written. The JSON is `store::events::encode`'s.
 pub const APPEND_LUA: &str = r#"
 local ev_key, ev_cap, ev_fleet, ev_ms, ev_seq, ev_n, ev_now
-local function ev_open(key, cap, fleet)
+local function ev_open(key, cap, fleet, now)
   if cap == '0' then return end
   ev_key, ev_cap, ev_fleet = key, cap, fleet
-  local t = redis.call('TIME')
-  ev_now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if not now then
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  ev_now = now
   ev_ms, ev_seq, ev_n = ev_now, -1, 0
   local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)[1]
   if last then
