@@ -32,6 +32,9 @@ pub enum Refused {
     Private { host: String },
     #[error("{host} does not resolve")]
     Unresolved { host: String },
+    /// 0.0.0.0 or `::`: they reach the local host.
+    #[error("{host} is not an address a webhook can be sent to")]
+    Unspecified { host: String },
 }
 
 /// Which addresses webhooks may reach.
@@ -60,7 +63,7 @@ impl Guard {
     pub async fn check_url(&self, url: &Url) -> Result<(), Refused> {
         let host = url.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_owned();
         if let Ok(ip) = host.parse::<IpAddr>() {
-            return if self.allows(ip) { Ok(()) } else { Err(Refused::Private { host }) };
+            return self.check_ip(ip, host);
         }
         let port = url.port_or_known_default().unwrap_or(443);
         let lookup = tokio::net::lookup_host((host.as_str(), port));
@@ -82,8 +85,18 @@ impl Guard {
     pub fn check_literal(&self, url: &Url) -> Result<(), Refused> {
         let host = url.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
         match host.parse::<IpAddr>() {
-            Ok(ip) if !self.allows(ip) => Err(Refused::Private { host: host.to_owned() }),
-            _ => Ok(()),
+            Ok(ip) => self.check_ip(ip, host.to_owned()),
+            Err(_) => Ok(()),
+        }
+    }
+
+    fn check_ip(&self, ip: IpAddr, host: String) -> Result<(), Refused> {
+        if ip.is_unspecified() {
+            Err(Refused::Unspecified { host })
+        } else if self.allows(ip) {
+            Ok(())
+        } else {
+            Err(Refused::Private { host })
         }
     }
 }
