@@ -448,3 +448,55 @@ async fn redis_replicas_deliver_each_event_once_with_the_webhook_registered_on_e
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(receiver.delivered().len(), 11, "each event once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_delivers_its_simulated_fleet_to_a_webhook() {
+    let receiver = Receiver::start().await;
+    let env = [
+        ("FLEETGATE_JWT_SECRET", String::new()),
+        ("FLEETGATE_WEBHOOK_ALLOW_PRIVATE", "true".into()),
+        ("FLEETGATE_DEMO_VEHICLES", "3".into()),
+    ];
+    let server = Server::start_with_args(&env, &["--demo"]);
+    let request = json!({ "fleet": "demo", "role": "dispatcher", "sub": "ops" }).to_string();
+    let (status, reply) = support::http_request(server.addr, "POST", "/api/v1/demo/token", Some(&request)).unwrap();
+    assert_eq!(status, 200, "{reply}");
+    let token: Value = serde_json::from_str(&reply).unwrap();
+    let token = token["data"]["token"].as_str().unwrap().to_owned();
+    let body = json!({ "url": receiver.url(), "secret": SECRET, "types": ["position"] });
+    let (status, reply) = http(server.addr, "PUT", "/api/v1/fleets/demo/webhooks/live", Some(&body), &token);
+    assert_eq!(status, 200, "{reply}");
+    let got = receiver.wait_for("the demo's positions", |d| d.len() >= 5).await;
+    check_signature(&got[0]);
+    assert!(got.iter().all(|h| h.kind == "position" && h.id.starts_with("demo/")));
+    for pair in got.windows(2) {
+        assert!(order(&pair[0].id) < order(&pair[1].id), "in order");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_not_taken_within_the_retry_period_is_counted_as_failed_and_the_next_goes_on() {
+    let receiver = Receiver::start().await;
+    let mut env = private_env();
+    env.push(("FLEETGATE_WEBHOOK_RETRY_SECS", "1".into()));
+    let server = Server::start(&env);
+    assert_eq!(register(&server, "crm", &hook(&receiver.url())).0, 200);
+    receiver.state.failing.store(true, Ordering::SeqCst);
+    chat(&server, "lost");
+    let failed = r#"fleetgate_output_events_total{output="webhook",type="chat",outcome="failed"}"#;
+    let deadline = Instant::now() + WAIT;
+    while server.metric(failed) < 1.0 {
+        assert!(Instant::now() < deadline, "the event was never given up on");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let attempts = receiver.hits().len();
+    assert!(attempts >= 2, "retried before giving up: {attempts} attempts");
+    receiver.state.failing.store(false, Ordering::SeqCst);
+    chat(&server, "kept");
+    let got = receiver.wait_for("the next event", |d| !d.is_empty()).await;
+    let text: Value = serde_json::from_str(&got[0].body).unwrap();
+    assert_eq!(text["data"]["text"], "kept");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.delivered().len(), 1, "the failed event is not sent again");
+    assert_eq!(server.metric(failed), 1.0);
+}

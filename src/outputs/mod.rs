@@ -4,10 +4,10 @@
 //!
 //! - [`registration`] reads and checks a webhook registration, and is
 //!   what the HTTP API writes through.
-//! - [`supervisor`] runs on every replica: it finds the fleets' outputs
+//! - `supervisor` runs on every replica: it finds the fleets' outputs
 //!   (webhook registrations, fleets with events for NATS) and keeps one
-//!   [`runner`] per (fleet, output).
-//! - [`runner`] takes the output's [`lease`] on its fleet, reads the
+//!   `runner` per (fleet, output).
+//! - `runner` takes the output's `lease` on its fleet, reads the
 //!   stream after the output's cursor, hands events to the output's sink
 //!   ([`webhook`], [`nats`]), and saves the cursor (under the lease) once
 //!   they are taken. A replica that dies loses the lease when it lapses,
