@@ -20,7 +20,9 @@
 //!   [`gateway::recovery`] is connection state recovery (section 10).
 //! - [`store`] keeps sessions, positions, presence and chat: `memory`
 //!   (embedded) or `redis` (replicas), behind the `Store` trait;
-//!   [`store::recovery`] what recovery keeps there.
+//!   [`store::recovery`] what recovery keeps there; [`store::events`] each
+//!   fleet's event stream (section 12), appended in the store's own steps
+//!   and read by the event outputs.
 //! - [`replication`] carries positions between replicas over Redis pub/sub,
 //!   its wire format in `replication::wire`; [`relay`] is the pub/sub client
 //!   it and the Socket.IO adapter run on; [`redis_target`], [`redis_tls`] and

@@ -8,13 +8,12 @@
 //! (in Redis: the entry id of `fg:{<fleet>}:events`, given explicitly to
 //! `XADD`), and its contract `id` is `<fleet>/<ms>-<seq>`: the fleet makes
 //! it unique across fleets, the stream id makes it increase within one.
-//! The store picks the stream id itself (the time of the step, or the
-//! stream's last id plus one when that is not earlier), so the id is known
-//! before the entry is written and can sit inside the event's JSON.
-//!
-//! Each entry also carries its ordinal in the stream (1, 2, …; Redis field
-//! `n`), so a reader that fell behind the cap knows exactly how many events
-//! it missed ([`Read::skipped`]).
+//! The store picks the stream id itself, so the id is known before the
+//! entry is written and can sit inside the event's JSON: `ms` is the time
+//! of the step (or the last event's, should the clock have stepped back),
+//! `seq` the event's ordinal in its fleet's stream (1, 2, …), so that a
+//! reader that fell behind the cap knows exactly how many events it missed
+//! ([`Read::skipped`]).
 //!
 //! Also here, for outputs that must run on one replica at a time and
 //! resume after a restart: named [leases](EventStream::acquire_lease) with
@@ -83,12 +82,12 @@ impl StreamId {
         Some(Self { ms: ms.parse().ok()?, seq: seq.parse().ok()? })
     }
 
-    /// The id the next event gets at time `now_ms` after `self`: on the
-    /// clock when it moved on, else `self`'s next sequence (so ids increase
-    /// even when the clock steps back). The Redis scripts do the same.
+    /// The id of the event after the one at `self`, at time `now_ms`: the
+    /// next ordinal, on the clock unless it is behind `self` (so ids
+    /// increase even when the clock steps back). The Redis scripts do the same.
     pub fn next(self, now_ms: i64) -> Self {
         let now = u64::try_from(now_ms).unwrap_or(0);
-        if now > self.ms { Self { ms: now, seq: 0 } } else { Self { ms: self.ms, seq: self.seq + 1 } }
+        Self { ms: now.max(self.ms), seq: self.seq + 1 }
     }
 }
 
@@ -102,7 +101,8 @@ impl fmt::Display for StreamId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cursor {
     pub id: StreamId,
-    /// That event's ordinal (1 for a stream's first event).
+    /// That event's ordinal (1 for a stream's first event; in this version
+    /// also the id's sequence).
     pub ordinal: u64,
 }
 
@@ -130,16 +130,16 @@ pub struct Event {
 }
 
 impl Event {
-    /// A stored entry: its stream id, ordinal and JSON. `None` when the
-    /// JSON is not an event (a foreign entry in the stream).
-    pub fn from_stored(id: StreamId, ordinal: u64, json: String) -> Option<Self> {
+    /// A stored entry: its stream id (whose sequence is its ordinal) and
+    /// JSON. `None` when the JSON is not an event (a foreign entry).
+    pub fn from_stored(id: StreamId, json: String) -> Option<Self> {
         #[derive(serde::Deserialize)]
         struct Head<'a> {
             #[serde(rename = "type", borrow)]
             kind: std::borrow::Cow<'a, str>,
         }
         let kind = EventKind::parse(&serde_json::from_str::<Head<'_>>(&json).ok()?.kind)?;
-        Some(Self { id, ordinal, kind, json })
+        Some(Self { id, ordinal: id.seq, kind, json })
     }
 
     /// The cursor of a reader done with this event.
@@ -261,12 +261,13 @@ mod tests {
 
     #[test]
     fn stream_ids_increase_even_when_the_clock_does_not() {
-        let a = StreamId::parse("1732200000000-0").unwrap();
-        assert_eq!(a.next(1732200000005), StreamId { ms: 1732200000005, seq: 0 });
-        assert_eq!(a.next(1732200000000), StreamId { ms: 1732200000000, seq: 1 });
-        assert_eq!(a.next(1), StreamId { ms: 1732200000000, seq: 1 });
+        let a = StreamId::parse("1732200000000-7").unwrap();
+        assert_eq!(a.next(1732200000005), StreamId { ms: 1732200000005, seq: 8 });
+        assert_eq!(a.next(1732200000000), StreamId { ms: 1732200000000, seq: 8 });
+        assert_eq!(a.next(1), StreamId { ms: 1732200000000, seq: 8 }, "the clock stepped back");
         assert_eq!(StreamId::default().next(-5), StreamId { ms: 0, seq: 1 });
-        assert_eq!(a.to_string(), "1732200000000-0");
+        assert_eq!(StreamId::default().next(9), StreamId { ms: 9, seq: 1 }, "a stream's first event");
+        assert_eq!(a.to_string(), "1732200000000-7");
         for bad in ["", "1", "-1", "1-", "a-1", "1-2-3", "123456789012345678901-0"] {
             assert_eq!(StreamId::parse(bad), None, "{bad}");
         }
@@ -290,10 +291,10 @@ mod tests {
             serde_json::json!({ "id": "acme/10-3", "type": "vehicle_online", "fleet": "acme", "ts": 11,
                 "data": { "fleet": "acme", "vehicleId": "bus-1", "ts": 7 } })
         );
-        let event = Event::from_stored(StreamId { ms: 10, seq: 3 }, 4, json).unwrap();
-        assert_eq!(event.kind, EventKind::VehicleOnline);
-        assert!(Event::from_stored(StreamId::default(), 1, r#"{"type":"other"}"#.into()).is_none());
-        assert!(Event::from_stored(StreamId::default(), 1, "not json".into()).is_none());
+        let event = Event::from_stored(StreamId { ms: 10, seq: 3 }, json).unwrap();
+        assert_eq!((event.kind, event.ordinal), (EventKind::VehicleOnline, 3));
+        assert!(Event::from_stored(StreamId::default(), r#"{"type":"other"}"#.into()).is_none());
+        assert!(Event::from_stored(StreamId::default(), "not json".into()).is_none());
     }
 
     #[test]

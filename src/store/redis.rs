@@ -21,7 +21,8 @@
 //!   `fg:{<fleet>}:fence-inside:<geofence>`: set of vehicles inside; the
 //!   position hash's field `g` holds the geofences its fix is inside
 //! - `fg:{<fleet>}:events`: the fleet's event stream (section 12), capped,
-//!   appended to by the scripts that store what its events describe;
+//!   appended to by the scripts that store what its events describe, and
+//!   `fg:{<fleet>}:events:n` the ordinal of its last event;
 //!   `fg:{<fleet>}:lease:<name>`, `fg:{<fleet>}:cursor:<consumer>`: its
 //!   readers' leases and cursors; `fg:events:fleets`: set of fleets that
 //!   have had events (`redis::events`)
@@ -108,10 +109,10 @@ const CALIBRATION_MAX_RTT: Duration = Duration::from_millis(250);
 /// event's data), then its crossings. A fenced, stale or refused update
 /// appends nothing.
 ///
-/// KEYS: index, presence, event stream, then per update its position key
-/// and conns key. ARGV: ttl, now (ms), stale-after, channel, node id,
-/// prune (`1`: drop the index's expired members too), events cap, fleet,
-/// then per update ts, event, vehicle, deadline; then the geofence
+/// KEYS: index, presence, event stream, its counter, then per update its
+/// position key and conns key. ARGV: ttl, now (ms), stale-after, channel,
+/// node id, prune (`1`: drop the index's expired members too), events cap,
+/// fleet, then per update ts, event, vehicle, deadline; then the geofence
 /// arguments (see the block in the script).
 /// Returns `{redis_now_ms, outcome..., crossings...}` (outcome -1: past its
 /// deadline, -2: refused, the geofences changed, 0: stale, 1: stored, 2:
@@ -135,14 +136,14 @@ local index = {}
 -- against another version than the stored one is refused whole (-2)
 -- before anything is written. An accepted update's set is diffed against
 -- the one stored with its vehicle's position (field `g`): the crossings.
-local gn = (#KEYS - 3) / 2
+local gn = (#KEYS - 4) / 2
 local ga = 8 + gn * 4
 if (redis.call('GET', ARGV[ga + 2]) or '0') ~= ARGV[ga + 1] then
   local refused = {rnow}
   for i = 1, gn do refused[i + 1] = -2 end
   return refused
 end
-ev_open(KEYS[3], ARGV[7], ARGV[8], rnow) -- events
+ev_open(KEYS[3], KEYS[4], ARGV[7], ARGV[8], rnow) -- events
 local crossed = {}
 for i = 1, gn do crossed[i] = '' end
 local function cross(i, pos, vehicle)
@@ -169,8 +170,8 @@ local function appended(i, a, vehicle, online)
   if online then ev_add('vehicle_online', head .. ',"ts":' .. ARGV[2] .. '}') end
   ev_add('position', ARGV[a + 2])
   if crossed[i] == '' then return end
-  local lat = string.match(ARGV[a + 2], '"lat":([^,}]+)')
-  local lon = string.match(ARGV[a + 2], '"lon":([^,}]+)')
+  local lat = string.match(ARGV[a + 2], '"lat":([^,}]+)') or 'null'
+  local lon = string.match(ARGV[a + 2], '"lon":([^,}]+)') or 'null'
   local fix = ',"ts":' .. ARGV[a + 1] .. ',"lat":' .. lat .. ',"lon":' .. lon .. '}'
   for c in string.gmatch(crossed[i], '[^ ]+') do
     local kind = string.sub(c, 1, 1) == '+' and 'enter' or 'exit'
@@ -179,7 +180,7 @@ local function appended(i, a, vehicle, online)
 end
 for i = 1, gn do
   local a = 8 + (i - 1) * 4
-  local pos, conns = KEYS[2 + 2 * i], KEYS[3 + 2 * i]
+  local pos, conns = KEYS[3 + 2 * i], KEYS[4 + 2 * i]
   local outcome = -1
   if rnow <= tonumber(ARGV[a + 4]) then
     local cur = redis.call('HGET', pos, 't')
@@ -213,6 +214,7 @@ if #events > 0 then
   redis.call('SPUBLISH', ARGV[4], ARGV[5] .. ' ' .. table.concat(events, '\n'))
 end
 for i = 1, gn do out[#out + 1] = crossed[i] end -- geofences
+ev_close() -- events
 return out
 "#;
 
@@ -271,7 +273,8 @@ return {f, inside}
 /// Appends a chat message to its room's capped stream, fenced like
 /// [`PUT_POSITIONS`] (`ARGV[5]`: the deadline on Redis's clock), so a message
 /// answered `unavailable` never lands in the history later, and its `chat`
-/// event to the fleet's event stream. KEYS: room, event stream; ARGV:
+/// event to the fleet's event stream. KEYS: room, event stream, its
+/// counter; ARGV:
 /// history cap, from, text, ts, deadline, history ttl, events cap, fleet,
 /// the message's JSON after its id (`"room":…}`). Returns
 /// `{id, redis_now_ms}`, or `{false, redis_now_ms}` past the deadline.
@@ -281,19 +284,19 @@ local rnow = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if rnow > tonumber(ARGV[5]) then
   return {false, rnow}
 end
-ev_open(KEYS[2], ARGV[7], ARGV[8], rnow)
+ev_open(KEYS[2], KEYS[3], ARGV[7], ARGV[8], rnow)
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], '*', 'from', ARGV[2], 'text', ARGV[3], 'ts', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 ev_add('chat', '{"id":"' .. id .. '",' .. ARGV[9])
 return {id, rnow}
 "#;
 
-/// A vehicle's socket on a replica: KEYS conns, presence, event stream;
+/// A vehicle's socket on a replica: KEYS conns, presence, event stream, its counter;
 /// ARGV node, now, presence ttl, stale-after, vehicle, events cap, fleet.
 /// 1 (and a `vehicle_online` event) when it became online.
 const VEHICLE_CONNECTED: &str = r#"
 local now = tonumber(ARGV[2])
-ev_open(KEYS[3], ARGV[6], ARGV[7])
+ev_open(KEYS[3], KEYS[4], ARGV[6], ARGV[7])
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
 redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[3]))
 local s = redis.call('ZSCORE', KEYS[2], ARGV[5])
@@ -304,12 +307,13 @@ return 1
 "#;
 
 /// A vehicle's last socket on a replica is gone: KEYS conns, presence,
-/// event stream; ARGV node, now, stale-after, vehicle, events cap, fleet.
+/// event stream, its counter; ARGV node, now, stale-after, vehicle,
+/// events cap, fleet.
 /// Its last-seen time (and a `vehicle_offline` event) when it became
 /// offline, else negative.
 const VEHICLE_DISCONNECTED: &str = r#"
 local now = tonumber(ARGV[2])
-ev_open(KEYS[3], ARGV[5], ARGV[6])
+ev_open(KEYS[3], KEYS[4], ARGV[5], ARGV[6])
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if redis.call('ZCARD', KEYS[1]) > 0 then return -2 end
@@ -323,10 +327,9 @@ return last_seen
 "#;
 
 /// A fleet's vehicles gone stale (or, with ARGV[4] `1`, whose replicas
-/// stopped refreshing them): KEYS presence, event stream; ARGV now,
+/// stopped refreshing them): KEYS presence, event stream, its counter; ARGV now,
 /// stale-after, conns key prefix, check conns, events cap, fleet. Returns
-/// `{vehicle, last seen, ...}`, each also a `vehicle_offline` event. The
-/// stream is read only once a vehicle is found gone: most sweeps find none.
+/// `{vehicle, last seen, ...}`, each also a `vehicle_offline` event.
 const SWEEP_PRESENCE: &str = r#"
 local now = tonumber(ARGV[1])
 local stale = tonumber(ARGV[2])
@@ -346,7 +349,7 @@ for i = 1, #members, 2 do
     gone = redis.call('ZCARD', conns) == 0
   end
   if gone then
-    if #out == 0 then ev_open(KEYS[2], ARGV[5], ARGV[6]) end
+    if #out == 0 then ev_open(KEYS[2], KEYS[3], ARGV[5], ARGV[6]) end
     redis.call('ZREM', KEYS[1], v)
     out[#out + 1] = v
     out[#out + 1] = tostring(score - stale)
@@ -354,6 +357,7 @@ for i = 1, #members, 2 do
       '{"fleet":"' .. ARGV[6] .. '","vehicleId":"' .. v .. '","lastSeen":' .. string.format('%d', score - stale) .. '}')
   end
 end
+ev_close()
 return out
 "#;
 
@@ -863,7 +867,7 @@ impl Store for RedisStore {
         let mut todo: Vec<usize> = (0..writes.len()).collect();
         let mut retried = false;
         let (index, presence, channel) = (index_key(fleet), presence_key(fleet), position_channel(fleet));
-        let stream = events::stream_key(fleet);
+        let (stream, counter) = (events::stream_key(fleet), events::counter_key(fleet));
         while !todo.is_empty() {
             let sent = std::time::Instant::now();
             let sent_ms = now_ms();
@@ -872,6 +876,7 @@ impl Store for RedisStore {
             let mut call = self.put_positions.key(&index);
             call.key(&presence)
                 .key(&stream)
+                .key(&counter)
                 .arg(self.retention.location_ttl_ms)
                 .arg(sent_ms)
                 .arg(self.retention.stale_after_ms)
@@ -1004,17 +1009,18 @@ impl Store for RedisStore {
 
     async fn append_message(&self, fleet: &str, mut message: ChatMessage) -> Result<ChatMessage, StoreError> {
         let key = room_key(fleet, &message.room);
-        let stream = events::stream_key(fleet);
+        let (stream, counter) = (events::stream_key(fleet), events::counter_key(fleet));
         let m = &message;
         let tail = chat_tail(m)?;
         let id: String = self
             .fenced(StoreOp::AppendMessage, |mut conn, _, deadline| {
-                let (key, stream, tail) = (&key, &stream, &tail);
+                let (key, stream, counter, tail) = (&key, &stream, &counter, &tail);
                 async move {
                     let reply: (Option<String>, i64) = self
                         .append_message
                         .key(key)
                         .key(stream)
+                        .key(counter)
                         .arg(self.retention.history_max.max(1))
                         .arg(&m.from)
                         .arg(&m.text)
@@ -1093,6 +1099,7 @@ impl Store for RedisStore {
                     .key(conns_key(fleet, vehicle))
                     .key(presence_key(fleet))
                     .key(events::stream_key(fleet))
+                    .key(events::counter_key(fleet))
                     .arg(node)
                     .arg(now_ms())
                     .arg(self.retention.presence_ttl_ms)
@@ -1120,6 +1127,7 @@ impl Store for RedisStore {
                     .key(conns_key(fleet, vehicle))
                     .key(presence_key(fleet))
                     .key(events::stream_key(fleet))
+                    .key(events::counter_key(fleet))
                     .arg(node)
                     .arg(now_ms())
                     .arg(self.retention.stale_after_ms)
@@ -1179,6 +1187,7 @@ impl Store for RedisStore {
                 let mut invocation = self.sweep_presence.key(presence_key(&fleet));
                 invocation
                     .key(events::stream_key(&fleet))
+                    .key(events::counter_key(&fleet))
                     .arg(now_ms())
                     .arg(self.retention.stale_after_ms)
                     .arg(conns_key(&fleet, ""))

@@ -1,7 +1,7 @@
 //! The event streams of the embedded store (see [`crate::store::events`]),
 //! with the rules of the Redis version: a ring per fleet capped at
 //! `FLEETGATE_EVENTS_MAX` (exactly; Redis trims whole nodes), the same ids
-//! and ordinals, and events appended under the store's lock in the same
+//! (`<ms>-<ordinal>`), and events appended under the store's lock in the same
 //! step as the state they describe. Leases and cursors are plain maps.
 
 use std::collections::{HashMap, VecDeque};
@@ -20,9 +20,8 @@ use crate::{
 #[derive(Default)]
 struct Ring {
     events: VecDeque<Event>,
+    /// The id of the last event appended (its sequence: its ordinal).
     last: StreamId,
-    /// The ordinal of the last event appended.
-    ordinal: u64,
 }
 
 /// Every fleet's stream, lease and cursor (part of the store's state).
@@ -50,9 +49,8 @@ impl Streams {
         };
         let id = ring.last.next(now);
         ring.last = id;
-        ring.ordinal += 1;
         let json = events::encode(fleet, id, kind, now, data);
-        ring.events.push_back(Event { id, ordinal: ring.ordinal, kind, json });
+        ring.events.push_back(Event { id, ordinal: id.seq, kind, json });
         while ring.events.len() > self.max {
             ring.events.pop_front();
         }
@@ -169,5 +167,46 @@ impl EventStream for MemoryStore {
         }
         state.events.cursors.insert((fleet.to_owned(), consumer.to_owned()), cursor);
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn streams(max: usize) -> Streams {
+        Streams { max, ..Streams::default() }
+    }
+
+    #[test]
+    fn a_ring_keeps_exactly_its_cap_with_increasing_ids() {
+        let mut s = streams(3);
+        for (i, now) in [10, 10, 9, 12, 12].into_iter().enumerate() {
+            s.append("f", EventKind::Chat, &format!(r#"{{"n":{i}}}"#), now);
+        }
+        let ring = &s.fleets["f"];
+        let ids: Vec<String> = ring.events.iter().map(|e| e.id.to_string()).collect();
+        // The clock stepped back at the third: it stays on the last id's time.
+        assert_eq!(ids, ["10-3", "12-4", "12-5"]);
+        assert!(ring.events.iter().all(|e| e.ordinal == e.id.seq));
+        assert_eq!(ring.events[0].json, r#"{"id":"f/10-3","type":"chat","fleet":"f","ts":9,"data":{"n":2}}"#);
+    }
+
+    #[test]
+    fn without_a_cap_nothing_is_kept() {
+        let mut s = streams(0);
+        s.append("f", EventKind::Position, "{}", 1);
+        assert!(s.fleets.is_empty());
+    }
+
+    #[test]
+    fn leases_lapse() {
+        let mut s = streams(1);
+        let a = Lease { name: "w", holder: "a" };
+        s.leases.insert(("f".into(), "w".into()), ("a".into(), 100));
+        assert!(s.lease_held("f", a, 99));
+        assert!(!s.lease_held("f", a, 100));
+        assert!(!s.lease_held("f", Lease { name: "w", holder: "b" }, 99));
+        assert!(!s.lease_held("g", a, 99));
     }
 }

@@ -1,7 +1,8 @@
 //! The event streams in Redis (see [`crate::store::events`]): the fleet's
-//! stream `fg:{<fleet>}:events` (field `event` the event's JSON, `n` its
-//! ordinal), written by the scripts of the store (their shared part is
-//! [`APPEND_LUA`]) and read here; leases `fg:{<fleet>}:lease:<name>` (the
+//! stream `fg:{<fleet>}:events` (field `event` the event's JSON; entry id
+//! `<ms>-<ordinal>`) and the ordinal of its last event
+//! `fg:{<fleet>}:events:n`, written by the scripts of the store (their
+//! shared part is [`APPEND_LUA`]) and read here; leases `fg:{<fleet>}:lease:<name>` (the
 //! holder, with a TTL) and cursors `fg:{<fleet>}:cursor:<consumer>`
 //! (`<ms>-<seq> <ordinal>`), in the fleet's slot; and the set
 //! `fg:events:fleets` of fleets that have had events.
@@ -29,6 +30,11 @@ pub fn stream_key(fleet: &str) -> String {
     format!("fg:{{{fleet}}}:events")
 }
 
+/// The ordinal of the fleet's last event (see [`APPEND_LUA`]).
+pub fn counter_key(fleet: &str) -> String {
+    format!("fg:{{{fleet}}}:events:n")
+}
+
 pub(super) fn lease_key(fleet: &str, name: &str) -> String {
     format!("fg:{{{fleet}}}:lease:{name}")
 }
@@ -48,43 +54,51 @@ const FLEETS: &str = "fg:events:fleets";
 const NOTE_EVERY: Duration = Duration::from_secs(600);
 
 /// The part of the scripts that appends events, prepended to each script
-/// that writes some. `ev_open(key, cap, fleet[, now])` reads the stream's last id
-/// and ordinal once per call (before the script writes anything, so a
-/// stream key of the wrong type fails the call whole); each
-/// `ev_add(type, data)` then appends with the next explicit id: the
-/// call's Redis time, or the last id's next sequence when the clock has
-/// not moved past it, so ids increase per fleet even when the clock steps
-/// back. The id is known before the entry is written and sits in the JSON.
-/// `MAXLEN ~` trims whole nodes only, cheaply. With a cap of 0 nothing is
-/// read or written. The JSON is `store::events::encode`'s.
+/// that writes some. `ev_open(stream, counter, cap, fleet[, now])` starts
+/// a call's events (nothing is read: the common path costs one `XADD` per
+/// event and one `INCR` per call); each `ev_add(type, data)` appends one
+/// with an explicit id `<ms>-<n>`: `ms` the call's Redis time, `n` the
+/// event's ordinal in its fleet's stream, from the counter `:events:n`
+/// (the stream itself cannot tell its last id without reading an entry,
+/// which costs more than the `XADD`). So the id is known before the entry
+/// is written and sits in its JSON, and it increases per fleet. Should the
+/// clock have stepped back behind the stream's last id (or the counter
+/// been lost), `XADD` refuses the id without writing, and the event takes
+/// the last id's time and next ordinal instead. `ev_close()` saves the
+/// ordinal of a call that appended several. `MAXLEN ~` trims whole nodes
+/// only, cheaply. With a cap of 0 nothing is read or written. The JSON is
+/// `store::events::encode`'s.
 pub const APPEND_LUA: &str = r#"
-local ev_key, ev_cap, ev_fleet, ev_ms, ev_seq, ev_n, ev_now
-local function ev_open(key, cap, fleet, now)
+local ev_key, ev_count, ev_cap, ev_ms, ev_head, ev_mid, ev_n, ev_dirty
+local function ev_open(key, count, cap, fleet, now)
   if cap == '0' then return end
-  ev_key, ev_cap, ev_fleet = key, cap, fleet
   if not now then
     local t = redis.call('TIME')
     now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   end
-  ev_now = now
-  ev_ms, ev_seq, ev_n = ev_now, -1, 0
-  local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)[1]
-  if last then
-    local ms, seq = string.match(last[1], '^(%d+)-(%d+)$')
-    ms, seq = tonumber(ms), tonumber(seq)
-    if ms >= ev_ms then ev_ms, ev_seq = ms, seq end
-    for i = 1, #last[2], 2 do
-      if last[2][i] == 'n' then ev_n = tonumber(last[2][i + 1]) or 0 end
-    end
-  end
+  ev_key, ev_count, ev_cap, ev_ms = key, count, cap, now
+  ev_head = '{"id":"' .. fleet .. '/'
+  ev_mid = '","fleet":"' .. fleet .. '","ts":' .. string.format('%d', now) .. ',"data":'
 end
 local function ev_add(kind, data)
   if not ev_key then return end
-  ev_seq, ev_n = ev_seq + 1, ev_n + 1
-  local id = string.format('%d-%d', ev_ms, ev_seq)
-  redis.call('XADD', ev_key, 'MAXLEN', '~', ev_cap, id, 'event',
-    '{"id":"' .. ev_fleet .. '/' .. id .. '","type":"' .. kind .. '","fleet":"' .. ev_fleet ..
-    '","ts":' .. string.format('%d', ev_now) .. ',"data":' .. data .. '}', 'n', string.format('%d', ev_n))
+  if ev_n then ev_n, ev_dirty = ev_n + 1, true else ev_n = redis.call('INCR', ev_count) end
+  local id = string.format('%d-%d', ev_ms, ev_n)
+  local r = redis.pcall('XADD', ev_key, 'MAXLEN', '~', ev_cap, id, 'event',
+    ev_head .. id .. '","type":"' .. kind .. ev_mid .. data .. '}')
+  if type(r) == 'table' and r.err then
+    local last = redis.call('XREVRANGE', ev_key, '+', '-', 'COUNT', 1)[1]
+    if not last then error(r) end
+    local ms, seq = string.match(last[1], '^(%d+)-(%d+)$')
+    ev_ms = math.max(ev_ms, tonumber(ms))
+    if ev_n <= tonumber(seq) then ev_n, ev_dirty = tonumber(seq) + 1, true end
+    id = string.format('%d-%d', ev_ms, ev_n)
+    redis.call('XADD', ev_key, 'MAXLEN', '~', ev_cap, id, 'event',
+      ev_head .. id .. '","type":"' .. kind .. ev_mid .. data .. '}')
+  end
+end
+local function ev_close()
+  if ev_dirty then redis.call('SET', ev_count, ev_n) end
 end
 "#;
 
@@ -222,18 +236,11 @@ impl RedisStore {
             .into_iter()
             .map(|(id, fields)| {
                 let id = StreamId::parse(&id).ok_or_else(|| corrupt("id"))?;
-                let (mut json, mut ordinal) = (None, None);
-                for pair in fields.chunks(2) {
-                    if let [k, v] = pair {
-                        match k.as_str() {
-                            "event" => json = Some(v.clone()),
-                            "n" => ordinal = v.parse().ok(),
-                            _ => {}
-                        }
-                    }
-                }
-                let (json, ordinal) = json.zip(ordinal).ok_or_else(|| corrupt("fields"))?;
-                Event::from_stored(id, ordinal, json).ok_or_else(|| corrupt("event"))
+                let json = fields.chunks(2).find_map(|kv| match kv {
+                    [k, v] if k == "event" => Some(v.clone()),
+                    _ => None,
+                });
+                Event::from_stored(id, json.ok_or_else(|| corrupt("fields"))?).ok_or_else(|| corrupt("event"))
             })
             .collect()
     }

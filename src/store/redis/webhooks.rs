@@ -40,11 +40,8 @@ if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then return -1 end
 local cursor = '0-0 0'
 local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]
 if last then
-  local n = '0'
-  for i = 1, #last[2], 2 do
-    if last[2][i] == 'n' then n = last[2][i + 1] end
-  end
-  cursor = last[1] .. ' ' .. n
+  -- A stream id's sequence is the event's ordinal.
+  cursor = last[1] .. ' ' .. string.match(last[1], '-(%d+)$')
 end
 redis.call('SET', KEYS[3], cursor)
 redis.call('DEL', KEYS[4])
