@@ -236,6 +236,7 @@ async fn a_webhook_gets_the_types_it_asked_for_from_its_registration_on() {
     }
     let got = all.wait_for("8 events", |d| d.len() >= 8).await;
     check_complete_in_order(&got, 8);
+    assert_eq!(server.metric(r#"fleetgate_output_events_skipped_total{output="webhook"}"#), 0.0);
     let bodies: Vec<Value> = got.iter().map(|h| serde_json::from_str(&h.body).unwrap()).collect();
     assert!(bodies.iter().all(|b| b["data"]["vehicleId"] != "early" && b["data"]["text"] != "before"), "{bodies:?}");
     let got = chats.wait_for("4 chats", |d| d.len() >= 4).await;
@@ -435,6 +436,8 @@ async fn redis_replicas_deliver_each_event_once_with_the_webhook_registered_on_e
     let mut env = redis.envs();
     env.extend(private_env());
     let (a, b) = (Server::start(&env), Server::start(&env));
+    // Before the webhook: neither delivered nor counted as skipped.
+    chat(&a, "before");
     assert_eq!(register(&a, "crm", &hook(&receiver.url())).0, 200);
     let (_, list) = http(b.addr, "GET", &format!("/api/v1/fleets/{FLEET}/webhooks"), None, &dispatcher());
     assert_eq!(list["data"], json!([{ "id": "crm", "url": receiver.url() }]), "shared through Redis");
@@ -447,6 +450,9 @@ async fn redis_replicas_deliver_each_event_once_with_the_webhook_registered_on_e
     check_complete_in_order(&delivered, 11);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(receiver.delivered().len(), 11, "each event once");
+    assert!(delivered.iter().all(|h| !h.body.contains("before")));
+    let skipped = r#"fleetgate_output_events_skipped_total{output="webhook"}"#;
+    assert_eq!(a.metric(skipped) + b.metric(skipped), 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
