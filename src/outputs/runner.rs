@@ -20,8 +20,11 @@ use crate::{
 
 /// Events read from the stream at once.
 const BATCH: usize = 100;
-/// How often a holder with nothing to deliver looks for new events.
+/// How often a holder with nothing to deliver looks for new events: at
+/// first, then twice as long after each empty read, up to [`POLL_IDLE`]
+/// (an idle fleet costs one read a second; a busy one is read at once).
 const POLL: Duration = Duration::from_millis(200);
+const POLL_IDLE: Duration = Duration::from_secs(1);
 /// How long after a failed store call a holder tries again.
 const STORE_RETRY: Duration = Duration::from_secs(1);
 
@@ -105,6 +108,7 @@ async fn deliver_while_held(
     // The gap already counted at this cursor: a batch that waits for a
     // retry is read again, and its gap must not count twice.
     let mut counted: (Option<Cursor>, u64) = (cursor, 0);
+    let mut poll = POLL;
     loop {
         if held.lost().is_cancelled() || stop.is_cancelled() {
             return;
@@ -134,11 +138,13 @@ async fn deliver_while_held(
             counted = (cursor, read.skipped.max(before));
         }
         if read.events.is_empty() {
-            if !pause(POLL, held, stop).await {
+            if !pause(poll, held, stop).await {
                 return;
             }
+            poll = (poll * 2).min(POLL_IDLE);
             continue;
         }
+        poll = POLL;
         let progress = tokio::select! {
             () = held.lost().cancelled() => return,
             () = stop.cancelled() => return,
