@@ -4,8 +4,10 @@
 //! webhook behind the stream's cap resuming at the oldest kept event and
 //! counting what it skipped; two replicas on one Redis, the one holding
 //! the lease stopped or killed and the other taking over with nothing
-//! lost; the registration API (no secret ever shown, bad input named by
-//! field, roles and tenants) and the address guard.
+//! lost; replicas on one Redis and on a Redis Cluster delivering each
+//! event once; the registration API (no secret ever shown, bad input named
+//! by field, roles and tenants) and the address guard; the demo; an event
+//! given up on after the retry period.
 
 mod support;
 
@@ -431,7 +433,15 @@ async fn private_targets_are_refused_unless_allowed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_replicas_deliver_each_event_once_with_the_webhook_registered_on_either() {
-    let redis = Redis::start();
+    replicas_deliver_each_event_once(&Redis::start()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_replicas_deliver_each_event_once() {
+    replicas_deliver_each_event_once(&support::RedisCluster::start()).await;
+}
+
+async fn replicas_deliver_each_event_once(redis: &impl SharedRedis) {
     let receiver = Receiver::start().await;
     let mut env = redis.envs();
     env.extend(private_env());
