@@ -358,6 +358,48 @@ pub struct Config {
     #[arg(long, env = "FLEETGATE_GEOFENCES_MAX", default_value_t = 10_000, global = true)]
     pub geofences_max: usize,
 
+    // Event outputs (contract section 12).
+    /// Seconds a webhook keeps retrying one event (exponential backoff with
+    /// jitter) before counting it as failed and going on to the next.
+    #[arg(long, env = "FLEETGATE_WEBHOOK_RETRY_SECS", default_value_t = 3600, global = true)]
+    pub webhook_retry_secs: u64,
+
+    /// Allow webhook URLs that resolve to loopback, link-local or private
+    /// addresses (refused by default: a webhook must not reach the
+    /// deployment's own network).
+    #[arg(long, env = "FLEETGATE_WEBHOOK_ALLOW_PRIVATE", global = true)]
+    pub webhook_allow_private: bool,
+
+    /// Seconds one webhook POST may take, connecting and reading the
+    /// answer included (1 to 300).
+    #[arg(long, env = "FLEETGATE_WEBHOOK_TIMEOUT_SECS", default_value_t = 10, global = true,
+          value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub webhook_timeout_secs: u64,
+
+    /// POSTs one replica has in flight at once to one endpoint (scheme,
+    /// host and port), over all the webhooks that point there (1 to 256).
+    #[arg(long, env = "FLEETGATE_WEBHOOK_CONCURRENCY", default_value_t = 4, global = true,
+          value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub webhook_concurrency: u32,
+
+    /// NATS server to publish every event to, on JetStream
+    /// (`nats://[user:password@]host:port`, `tls://…`); unset = off.
+    // The URL may carry a password: `--help` must not print the environment's value.
+    #[arg(long, env = "FLEETGATE_NATS_URL", hide_env_values = true, global = true)]
+    pub nats_url: Option<String>,
+
+    /// The JetStream stream the events go to; created with subjects
+    /// `fleetgate.>` when it does not exist.
+    #[arg(long, env = "FLEETGATE_NATS_STREAM", default_value = "FLEETGATE", global = true)]
+    pub nats_stream: String,
+
+    /// Seconds an output's lease on a fleet lasts unrenewed: how long a
+    /// replica that died without giving it up holds up that fleet's
+    /// deliveries (2 to 600).
+    #[arg(long, env = "FLEETGATE_OUTPUT_LEASE_SECS", default_value_t = 10, global = true,
+          value_parser = clap::value_parser!(u64).range(2..=600))]
+    pub output_lease_secs: u64,
+
     /// Connection state recovery (contract section 10): how long after the
     /// server last heard from an opted-in client it may reconnect, to any
     /// replica, and get back its socket and what it missed. 0 turns

@@ -90,6 +90,22 @@ impl From<crate::geofence::GeofenceError> for ApiError {
     }
 }
 
+impl From<crate::outputs::WebhookError> for ApiError {
+    fn from(e: crate::outputs::WebhookError) -> Self {
+        use crate::outputs::WebhookError as E;
+        match e {
+            E::Invalid(message) => ApiError::invalid(message),
+            E::Full(max) => ApiError::new(ErrorCode::PayloadTooLarge, format!("at most {max} webhooks per fleet")),
+            E::NotFound => ApiError::new(ErrorCode::NotFound, "no such webhook"),
+            E::Disabled => ApiError::new(ErrorCode::Unavailable, e.to_string()),
+            E::Store(e) => {
+                tracing::warn!(error = %e, "webhook store call failed");
+                ApiError::unavailable()
+            }
+        }
+    }
+}
+
 /// A failure as a client sees it: a contract code and a human message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code:?}: {message}")]

@@ -35,6 +35,10 @@
 //!   each fleet's spatial index on this replica and its sync with the
 //!   store. The crossings themselves are decided by the store, in the
 //!   position's compare-and-set, and travel with the positions.
+//! - [`outputs`] is section 12's consumers of each fleet's event stream
+//!   ([`store::events`]): webhooks (registered through [`http`], kept by
+//!   [`store::webhooks`]) and NATS JetStream, each delivered by one
+//!   replica at a time under a lease, from a cursor kept in the store.
 //!
 //! A position's path: a `locationupdate` frame (or an HTTP, OsmAnd or MQTT
 //! request) → [`gateway::publish`]: parse ([`position`]), authorise against
@@ -56,6 +60,7 @@ pub mod http;
 pub mod ids;
 pub mod metrics;
 pub mod net;
+pub mod outputs;
 pub mod position;
 pub mod redis_target;
 pub mod redis_tls;

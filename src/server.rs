@@ -47,6 +47,8 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Devices(#[from] crate::device::DeviceError),
+    #[error("event outputs: {0}")]
+    Outputs(#[from] crate::outputs::OutputError),
 }
 
 pub async fn serve(config: Config) -> Result<(), ServeError> {
@@ -180,9 +182,15 @@ async fn run<A: Adapter>(
         tokio::spawn(gateway::fanout::run_conflation(gateway.clone(), Duration::from_millis(config.batch_ms)))
     });
 
+    // Event outputs (section 12): webhooks and NATS, from the fleets' streams.
+    let outputs = crate::outputs::Outputs::start(gateway.store.clone(), &config, gateway.node_id.clone()).await?;
+    let outputs_stop = outputs.stopper();
+
     let accepting = Arc::new(AtomicBool::new(true));
     exporter.sample_with(Arc::new(Sampler { gateway: gateway.clone(), accepting: accepting.clone() }));
-    let app: Router = http::router(Arc::new(HttpState { backend: gateway.clone(), accepting: accepting.clone() }))
+    let state =
+        HttpState { backend: gateway.clone(), accepting: accepting.clone(), webhooks: outputs.webhooks.clone() };
+    let app: Router = http::router(Arc::new(state))
         .layer(layer)
         .layer(cors(&config))
         .layer(DefaultBodyLimit::max(config.max_message_bytes));
@@ -206,6 +214,8 @@ async fn run<A: Adapter>(
             let _ = deadline_tx.send(deadline);
             accepting.store(false, Ordering::Relaxed);
             devices.stop();
+            // Leases given up now, so another replica delivers at once.
+            outputs_stop.cancel();
             if let Some(t) = demo_task {
                 t.abort();
             }
@@ -237,6 +247,7 @@ async fn run<A: Adapter>(
             }
         } => tracing::warn!("grace period over; closing remaining connections"),
     }
+    outputs.stop(OUTPUTS_STOP_WITHIN).await;
     fanout_tasks.iter().for_each(tokio::task::JoinHandle::abort);
     if let Some(relay) = gateway.fanout.relay() {
         relay.close().await;
@@ -244,6 +255,9 @@ async fn run<A: Adapter>(
     let _ = stop.send(true);
     Ok(())
 }
+
+/// How long the event outputs may take to give their leases up at shutdown.
+const OUTPUTS_STOP_WITHIN: Duration = Duration::from_secs(5);
 
 /// The gauges read at each scrape.
 struct Sampler<A: Adapter> {

@@ -116,7 +116,9 @@ impl Fetcher {
 /// rustls with the ring provider, given explicitly so the client never
 /// depends on a process-wide default, and the system's CA certificates
 /// (which honour `SSL_CERT_FILE` / `SSL_CERT_DIR` for a private CA).
-fn tls_config(https: bool) -> Result<rustls::ClientConfig, KeyError> {
+/// Also the webhook client's. With `https`, finding no CA certificate is
+/// an error.
+pub fn tls_config(https: bool) -> Result<rustls::ClientConfig, KeyError> {
     let mut roots = rustls::RootCertStore::empty();
     let found = rustls_native_certs::load_native_certs();
     let (added, _) = roots.add_parsable_certificates(found.certs);

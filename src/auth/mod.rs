@@ -12,7 +12,7 @@ mod remote;
 mod scope;
 mod token;
 
-pub use fetch::MAX_JWKS_BYTES;
+pub use fetch::{MAX_JWKS_BYTES, tls_config};
 pub use jwk_set::MAX_JWKS_KEYS;
 pub use keys::Keys;
 pub use load::{KeyError, MAX_LEEWAY_SECS};

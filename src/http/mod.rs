@@ -10,6 +10,7 @@ mod json;
 pub mod openapi;
 mod pages;
 mod telemetry;
+mod webhooks;
 
 use std::sync::{
     Arc,
@@ -39,6 +40,8 @@ pub struct HttpState {
     pub backend: Arc<dyn Backend>,
     /// Cleared when shutdown begins, so load balancers stop sending traffic.
     pub accepting: Arc<AtomicBool>,
+    /// Section 12's webhook registrations.
+    pub webhooks: Arc<crate::outputs::Webhooks>,
 }
 
 impl IntoResponse for ApiError {
@@ -71,6 +74,8 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .route("/api/v1/fleets/{fleet}/rooms/{room}/messages", post(api::post_message))
         .route("/api/v1/sessions/{session_id}", delete(api::delete_session))
         .merge(geofence_routes(&state))
+        .route("/api/v1/fleets/{fleet}/webhooks", get(webhooks::list_webhooks))
+        .route("/api/v1/fleets/{fleet}/webhooks/{id}", put(webhooks::put_webhook).delete(webhooks::delete_webhook))
         .merge(pages::routes());
     if state.backend.config().demo {
         router = router.route("/api/v1/demo/token", post(demo_token));

@@ -7,17 +7,18 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use super::{api, geofences};
+use super::{api, geofences, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "fleetgate HTTP API", description = "Positions in, the fleet out, room messages and session revocation. Every reply is `{ ok: true, data }` or `{ ok: false, error: { code, message } }`."),
+    info(title = "fleetgate HTTP API", description = "Positions in, the fleet out, room messages, session revocation, geofences and webhooks. Every reply is `{ ok: true, data }` or `{ ok: false, error: { code, message } }`."),
     paths(
         api::put_location, api::post_locations, api::get_vehicles, api::get_vehicle, api::post_message, api::delete_session,
         geofences::put_geofence, geofences::list_geofences, geofences::get_geofence, geofences::delete_geofence,
+        webhooks::put_webhook, webhooks::list_webhooks, webhooks::delete_webhook,
     ),
     modifiers(&Bearer),
-    tags((name = "positions"), (name = "rooms"), (name = "sessions"), (name = "geofences"))
+    tags((name = "positions"), (name = "rooms"), (name = "sessions"), (name = "geofences"), (name = "webhooks"))
 )]
 pub struct ApiDoc;
 

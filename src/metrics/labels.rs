@@ -62,6 +62,8 @@ label_set! {
         Recovery => "recovery",
         /// Reads of the event streams (section 12), their leases and cursors.
         Events => "events",
+        /// Webhook registrations (section 12).
+        Webhooks => "webhooks",
         Subscribe => "subscribe",
         Resubscribe => "resubscribe",
         /// Asking the Sentinels for the primary.
@@ -277,5 +279,26 @@ mod tests {
     fn update_sources_include_the_device_protocols() {
         let values: Vec<_> = UpdateSource::ALL.iter().map(|s| s.as_str()).collect();
         assert_eq!(values, ["socket", "http", "demo", "osmand", "mqtt"]);
+    }
+}
+
+label_set! {
+    /// An event output (`output` of the `fleetgate_output_*` metrics).
+    Output {
+        Webhook => "webhook",
+        Nats => "nats",
+    }
+}
+
+label_set! {
+    /// What became of one attempt to hand an event to an output (`outcome`
+    /// of `fleetgate_output_events_total`).
+    OutputOutcome {
+        /// Taken: a 2xx answer, or a JetStream ack.
+        Delivered => "delivered",
+        /// The attempt failed and the event will be tried again.
+        Retried => "retried",
+        /// Given up on after FLEETGATE_WEBHOOK_RETRY_SECS, or refused for good.
+        Failed => "failed",
     }
 }

@@ -23,8 +23,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub use self::labels::RecoveryFallback;
 pub use self::labels::{
-    AdapterOp, AuthStage, CloseReason, DeliveryPath, HandshakeOutcome, Limit, PresenceState, StoreOp, SubscriptionKind,
-    Transport, UpdateOutcome, UpdateSource,
+    AdapterOp, AuthStage, CloseReason, DeliveryPath, HandshakeOutcome, Limit, Output, OutputOutcome, PresenceState,
+    StoreOp, SubscriptionKind, Transport, UpdateOutcome, UpdateSource,
 };
 use crate::{auth::Role, error::ErrorCode};
 
@@ -35,6 +35,11 @@ const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 /// Latency buckets in seconds, from 100 µs to 5 s.
 const LATENCY_BUCKETS: [f64; 14] =
     [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+
+/// Buckets of an output's delivery lag, in seconds: from a few ms (a live
+/// output) to the hours a webhook may retry for.
+const OUTPUT_LAG_BUCKETS: [f64; 14] =
+    [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
 
 /// Gauges that are cheaper to read when scraped than to keep current on
 /// every change (connections by role and transport, vehicles online,
@@ -91,8 +96,11 @@ impl Exporter {
 
 /// Installs the global recorder. Fails if one is installed already.
 pub fn install() -> Result<Exporter, String> {
+    // A full name's buckets are looked up before a suffix's.
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
+        .map_err(|e| e.to_string())?
+        .set_buckets_for_metric(Matcher::Full(names::OUTPUT_LAG_SECONDS.into()), &OUTPUT_LAG_BUCKETS)
         .map_err(|e| e.to_string())?
         .install_recorder()
         .map_err(|e| e.to_string())?;
@@ -213,6 +221,20 @@ fn describe() {
         names::EVENTS_APPENDED,
         "Events this replica's store calls appended to their fleets' event streams, by type: each event counted once across replicas."
     );
+    describe_counter!(
+        names::OUTPUT_EVENTS,
+        "Attempts to hand an event to an output (webhook, nats), by type and outcome: delivered, retried (it failed and will be tried again), failed (given up on)."
+    );
+    describe_counter!(
+        names::OUTPUT_EVENTS_SKIPPED,
+        "Events an output never got because it fell behind its fleet's stream cap (FLEETGATE_EVENTS_MAX) and they were dropped first."
+    );
+    describe_histogram!(
+        names::OUTPUT_LAG_SECONDS,
+        Unit::Seconds,
+        "Time from an event being stored to an output taking it (its 2xx or JetStream ack), by output."
+    );
+    describe_gauge!(names::OUTPUT_LEASES, "Fleet outputs this replica delivers now (the leases it holds), by output.");
 
     // HTTP API.
     describe_counter!(names::HTTP_REQUESTS, "HTTP requests by method, route and status.");
@@ -291,6 +313,17 @@ fn preregister() {
     let _ = metrics::histogram!(names::GEOFENCE_EVALUATION_SECONDS);
     for kind in crate::store::events::EventKind::ALL {
         metrics::counter!(names::EVENTS_APPENDED, "type" => *kind).increment(0);
+    }
+    for output in Output::ALL {
+        for kind in crate::store::events::EventKind::ALL {
+            for outcome in OutputOutcome::ALL {
+                metrics::counter!(names::OUTPUT_EVENTS, "output" => *output, "type" => *kind, "outcome" => *outcome)
+                    .increment(0);
+            }
+        }
+        metrics::counter!(names::OUTPUT_EVENTS_SKIPPED, "output" => *output).increment(0);
+        let _ = metrics::histogram!(names::OUTPUT_LAG_SECONDS, "output" => *output);
+        metrics::gauge!(names::OUTPUT_LEASES, "output" => *output).set(0.0);
     }
     for route in PROBE_ROUTES {
         metrics::counter!(names::HTTP_REQUESTS, "method" => "GET", "route" => route, "status" => "200").increment(0);

@@ -73,6 +73,10 @@ pub const GEOFENCE_EVALUATION_SECONDS: &str = "fleetgate_geofence_evaluation_sec
 
 // Event outputs (contract section 12).
 pub const EVENTS_APPENDED: &str = "fleetgate_events_appended_total";
+pub const OUTPUT_EVENTS: &str = "fleetgate_output_events_total";
+pub const OUTPUT_EVENTS_SKIPPED: &str = "fleetgate_output_events_skipped_total";
+pub const OUTPUT_LAG_SECONDS: &str = "fleetgate_output_lag_seconds";
+pub const OUTPUT_LEASES: &str = "fleetgate_output_leases";
 
 // Connection state recovery (contract section 10).
 pub const RECOVERY_ATTEMPTS: &str = "fleetgate_recovery_attempts_total";

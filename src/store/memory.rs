@@ -12,6 +12,7 @@ use async_trait::async_trait;
 
 mod events;
 mod recovery;
+mod webhooks;
 
 use super::{
     ChatMessage, Crossing, CrossingKind, FenceSet, FenceWrite, Offline, PositionWrite, PutOutcome, Retention, Scope,
@@ -64,6 +65,9 @@ struct State {
     /// Every fleet's event stream, appended to in the step that changes
     /// the state an event describes.
     events: events::Streams,
+    /// Every fleet's webhook registrations (their cursors and leases are
+    /// in `events`).
+    webhooks: webhooks::Registrations,
 }
 
 pub struct MemoryStore {
@@ -172,6 +176,10 @@ impl Store for MemoryStore {
     }
 
     fn events(&self) -> &dyn stream::EventStream {
+        self
+    }
+
+    fn webhooks(&self) -> &dyn super::webhooks::WebhookStore {
         self
     }
 

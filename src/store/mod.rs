@@ -7,6 +7,7 @@ pub mod events;
 pub mod memory;
 pub mod recovery;
 pub mod redis;
+pub mod webhooks;
 
 use async_trait::async_trait;
 
@@ -160,6 +161,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// The fleets' event streams, their leases and cursors (section 12).
     fn events(&self) -> &dyn events::EventStream;
+
+    /// The fleets' webhook registrations (section 12).
+    fn webhooks(&self) -> &dyn webhooks::WebhookStore;
 
     /// Offers a batch of one fleet's positions, in order: each is stored if
     /// its `ts` is newer than its vehicle's stored one (a later write of the

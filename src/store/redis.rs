@@ -28,6 +28,8 @@
 //!   have had events (`redis::events`)
 //! - `fg:presence:fleets`: set of fleets that have had presence, for the sweep
 //! - `fg:session:<id>`: the session JSON, TTL until it expires
+//! - `fg:{<fleet>}:webhooks`: hash webhook id → its registration
+//!   (`redis::webhooks`); `fg:webhooks:fleets`: set of fleets that have had one
 //! - `fg:{<fleet>}:recovery`, `fg:{<fleet>}:rsock:<pid>`: connection state
 //!   recovery's event log and socket records (`redis::recovery`)
 //!
@@ -38,6 +40,7 @@
 
 mod events;
 mod recovery;
+mod webhooks;
 
 use std::{future::Future, time::Duration};
 
@@ -845,6 +848,10 @@ impl Store for RedisStore {
     }
 
     fn events(&self) -> &dyn super::events::EventStream {
+        self
+    }
+
+    fn webhooks(&self) -> &dyn super::webhooks::WebhookStore {
         self
     }
 

@@ -43,6 +43,9 @@ ALERTS = {
     "FleetgateSlowViewersExpelled",
     "FleetgateConnectionCapReached",
     "FleetgateJwksRefreshFailing",
+    "FleetgateOutputEventsFailed",
+    "FleetgateOutputEventsSkipped",
+    "FleetgateOutputLagHigh",
 }
 
 

@@ -413,7 +413,7 @@ def test_every_config_value_reaches_a_real_setting(chart):
     keys = yaml.safe_load((CHART / "values.yaml").read_text())["config"]
     # Defaults render logFormat, log and shutdownGraceSecs; the rest are unset.
     always = {"logFormat", "log", "shutdownGraceSecs"}
-    special = {"logFormat": "json", "log": "info", "socketioPath": "/socket.io/", "corsOrigins": ["https://x.example"], "clientIpHeader": "x-forwarded-for"}
+    special = {"logFormat": "json", "log": "info", "socketioPath": "/socket.io/", "corsOrigins": ["https://x.example"], "clientIpHeader": "x-forwarded-for", "webhookAllowPrivate": True}
     values = {k: special.get(k, 7) for k in keys}
     before = env_of(container(documents(render(chart, {"jwt": {"secret": SECRET}}))))
     after = env_of(container(documents(render(chart, {"jwt": {"secret": SECRET}, "config": values}))))
@@ -881,6 +881,40 @@ def test_device_ingest_is_off_by_default_and_wired_when_on(chart, rendered):
 
     assert "FLEETGATE_MQTT_URL" in render_error(chart, {"jwt": {"secret": SECRET}, "extraEnv": [{"name": "FLEETGATE_MQTT_URL", "value": "x"}]})
     assert render_error(chart, {"jwt": {"secret": SECRET}, "devices": {"mqtt": {"url": "http://x"}}})
+
+
+# --------------------------------------------------------------------------- event outputs
+
+
+def test_event_outputs_are_wired(chart, rendered):
+    env = env_of(container(rendered["defaults"]))
+    assert not any(k.startswith(("FLEETGATE_NATS_", "FLEETGATE_WEBHOOK_")) for k in env), sorted(env)
+
+    nats_url = "nats://fleetgate:nats-pass@nats.messaging:4222"
+    values = {
+        "jwt": {"secret": SECRET},
+        "nats": {"url": nats_url, "stream": "FLEET_EVENTS"},
+        "config": {"webhookRetrySecs": 600, "webhookAllowPrivate": True, "webhookConcurrency": 8, "outputLeaseSecs": 15},
+    }
+    docs = documents(render(chart, values))
+    env = env_of(container(docs))
+    assert env["FLEETGATE_NATS_URL"]["valueFrom"]["secretKeyRef"] == {"name": FULLNAME, "key": "nats-url"}
+    assert env["FLEETGATE_NATS_STREAM"]["value"] == "FLEET_EVENTS"
+    assert env["FLEETGATE_WEBHOOK_RETRY_SECS"]["value"] == "600"
+    assert env["FLEETGATE_WEBHOOK_ALLOW_PRIVATE"]["value"] == "true"
+    assert env["FLEETGATE_WEBHOOK_CONCURRENCY"]["value"] == "8"
+    assert env["FLEETGATE_OUTPUT_LEASE_SECS"]["value"] == "15"
+    assert secret_data(docs)["nats-url"] == nats_url
+    assert nats_url not in yaml.safe_dump([d for d in docs if d["kind"] != "Secret"])
+
+    existing = {"jwt": {"secret": SECRET}, "nats": {"existingSecret": "nats", "existingSecretKey": "url"}}
+    env = env_of(container(documents(render(chart, existing))))
+    assert env["FLEETGATE_NATS_URL"]["valueFrom"]["secretKeyRef"] == {"name": "nats", "key": "url"}
+
+    assert "FLEETGATE_NATS_URL" in render_error(chart, {"jwt": {"secret": SECRET}, "extraEnv": [{"name": "FLEETGATE_NATS_URL", "value": "x"}]})
+    assert render_error(chart, {"jwt": {"secret": SECRET}, "nats": {"url": "http://x"}})
+    assert render_error(chart, {"jwt": {"secret": SECRET}, "nats": {"url": "nats://x", "stream": "a.b"}})
+    assert render_error(chart, {"jwt": {"secret": SECRET}, "config": {"outputLeaseSecs": 1}})
 
 
 # --------------------------------------------------------------------------- JWKS

@@ -33,6 +33,9 @@ OPERATIONS = {
     ("get", "/api/v1/fleets/{}/geofences"),
     ("get", "/api/v1/fleets/{}/geofences/{}"),
     ("delete", "/api/v1/fleets/{}/geofences/{}"),
+    ("put", "/api/v1/fleets/{}/webhooks/{}"),
+    ("get", "/api/v1/fleets/{}/webhooks"),
+    ("delete", "/api/v1/fleets/{}/webhooks/{}"),
 }
 
 
@@ -88,6 +91,8 @@ EXTRA_STATUSES = {
     ("put", "/api/v1/fleets/{}/geofences/{}"): {"413"},
     ("get", "/api/v1/fleets/{}/geofences/{}"): {"404"},
     ("delete", "/api/v1/fleets/{}/geofences/{}"): {"404"},
+    ("put", "/api/v1/fleets/{}/webhooks/{}"): {"413"},
+    ("delete", "/api/v1/fleets/{}/webhooks/{}"): {"404"},
 }
 
 

@@ -71,7 +71,8 @@ app.kubernetes.io/part-of: fleetgate
 {{- $redis := and (or .Values.redis.url .Values.redis.clusterNodes) (not .Values.redis.existingSecret) }}
 {{- $jwt := and (not .Values.jwt.existingSecret) (or .Values.jwt.secret .Values.jwt.publicKey .Values.jwt.privateKey) }}
 {{- $mqtt := and .Values.devices.mqtt.url (not .Values.devices.mqtt.existingSecret) }}
-{{- if or $redis $jwt $mqtt }}true{{ end }}
+{{- $nats := and .Values.nats.url (not .Values.nats.existingSecret) }}
+{{- if or $redis $jwt $mqtt $nats }}true{{ end }}
 {{- end }}
 
 {{/*
@@ -96,6 +97,11 @@ presenceTtlSecs: FLEETGATE_PRESENCE_TTL_SECS
 historyMax: FLEETGATE_HISTORY_MAX
 historyTtlSecs: FLEETGATE_HISTORY_TTL_SECS
 eventsMax: FLEETGATE_EVENTS_MAX
+webhookRetrySecs: FLEETGATE_WEBHOOK_RETRY_SECS
+webhookAllowPrivate: FLEETGATE_WEBHOOK_ALLOW_PRIVATE
+webhookTimeoutSecs: FLEETGATE_WEBHOOK_TIMEOUT_SECS
+webhookConcurrency: FLEETGATE_WEBHOOK_CONCURRENCY
+outputLeaseSecs: FLEETGATE_OUTPUT_LEASE_SECS
 maxRooms: FLEETGATE_MAX_ROOMS
 maxSubscriptions: FLEETGATE_MAX_SUBSCRIPTIONS
 maxMessageBytes: FLEETGATE_MAX_MESSAGE_BYTES
@@ -116,6 +122,7 @@ clientIpHeader: FLEETGATE_CLIENT_IP_HEADER
 {{- $names := values (include "fleetgate.configEnvNames" . | fromYaml) }}
 {{- $names = concat $names (list "FLEETGATE_ADDR" "FLEETGATE_METRICS_ADDR" "FLEETGATE_CORS_ORIGINS" "FLEETGATE_REDIS_URL" "FLEETGATE_JWT_SECRET" "FLEETGATE_JWT_SECRETS" "FLEETGATE_JWT_KEYS_DIR" "FLEETGATE_JWT_PUBLIC_KEY_FILE" "FLEETGATE_JWT_PRIVATE_KEY_FILE" "FLEETGATE_JWT_ISSUER" "FLEETGATE_JWT_AUDIENCE" "FLEETGATE_JWT_JWKS_URL" "FLEETGATE_JWT_JWKS_REFRESH_SECS" "FLEETGATE_DEMO" "FLEETGATE_DEMO_VEHICLES") }}
 {{- $names = concat $names (list "FLEETGATE_OSMAND_ADDR" "FLEETGATE_MQTT_URL" "FLEETGATE_MQTT_FLEETS" "FLEETGATE_MQTT_TLS_CA_FILE") }}
+{{- $names = concat $names (list "FLEETGATE_NATS_URL" "FLEETGATE_NATS_STREAM") }}
 {{- toJson $names }}
 {{- end }}
 

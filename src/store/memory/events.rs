@@ -57,6 +57,22 @@ impl Streams {
         events::appended(kind, 1);
     }
 
+    /// The newest event of `fleet`'s stream.
+    pub(super) fn newest(&self, fleet: &str) -> Option<Cursor> {
+        self.fleets.get(fleet).and_then(|r| r.events.back()).map(Event::cursor)
+    }
+
+    /// Sets `consumer`'s cursor (`None`: forgets it) and drops its lease,
+    /// whoever holds it: for a consumer created or deleted.
+    pub(super) fn reset(&mut self, fleet: &str, consumer: &str, cursor: Option<Cursor>) {
+        let key = (fleet.to_owned(), consumer.to_owned());
+        self.leases.remove(&key);
+        match cursor {
+            Some(c) => self.cursors.insert(key, c),
+            None => self.cursors.remove(&key),
+        };
+    }
+
     fn lease_held(&self, fleet: &str, lease: Lease<'_>, now: i64) -> bool {
         self.leases
             .get(&(fleet.to_owned(), lease.name.to_owned()))

@@ -35,11 +35,11 @@ pub fn counter_key(fleet: &str) -> String {
     format!("fg:{{{fleet}}}:events:n")
 }
 
-fn lease_key(fleet: &str, name: &str) -> String {
+pub(super) fn lease_key(fleet: &str, name: &str) -> String {
     format!("fg:{{{fleet}}}:lease:{name}")
 }
 
-fn cursor_key(fleet: &str, consumer: &str) -> String {
+pub(super) fn cursor_key(fleet: &str, consumer: &str) -> String {
     format!("fg:{{{fleet}}}:cursor:{consumer}")
 }
 

@@ -1,0 +1,124 @@
+//! The webhook routes of section 12: register (create or replace), list,
+//! delete. Dispatchers only; no answer ever carries a secret.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State, rejection::PathRejection};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use super::{
+    HttpState, JsonBody, Ok,
+    api::{check_id, path},
+    caller::Caller,
+};
+use crate::{auth::Role, error::ApiError, outputs::registration::WebhookView};
+
+/// A webhook registration.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+struct WebhookBody {
+    /// `http://` or `https://`; must not resolve to a loopback, link-local
+    /// or private address unless `FLEETGATE_WEBHOOK_ALLOW_PRIVATE=true`.
+    #[schema(example = "https://crm.example.com/hooks/fleetgate")]
+    url: String,
+    /// Event types to deliver (`position`, `vehicle_online`,
+    /// `vehicle_offline`, `geofence`, `chat`); absent: every type.
+    types: Option<Vec<String>>,
+    /// 16 to 256 characters; signs every POST (`X-Fleetgate-Signature`).
+    secret: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Registered {
+    #[serde(flatten)]
+    webhook: WebhookView,
+    /// Whether the id was new (else the registration was replaced).
+    created: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Deleted {
+    deleted: bool,
+}
+
+fn ids(p: Result<Path<(String, String)>, PathRejection>) -> Result<(String, String), ApiError> {
+    let (fleet, id) = path(p)?;
+    check_id("fleet", &fleet)?;
+    check_id("webhook", &id)?;
+    Result::Ok((fleet, id))
+}
+
+/// Registers a webhook (or replaces one, which keeps its place in the
+/// stream). A new webhook gets every event from its registration on.
+#[utoipa::path(
+    put,
+    path = "/api/v1/fleets/{fleet}/webhooks/{id}",
+    params(("fleet" = String, Path), ("id" = String, Path)),
+    request_body = WebhookBody,
+    responses(
+        (status = 200, description = "`{ ok: true, data: { id, url, types?, created } }` (no secret)", body = Registered),
+        (status = 400, description = "invalid_payload (the message names the field)"), (status = 401, description = "unauthenticated"),
+        (status = 403, description = "forbidden"), (status = 413, description = "payload_too_large: over 32 webhooks per fleet"),
+        (status = 503, description = "unavailable"),
+    ),
+    security(("bearer" = [])), tag = "webhooks"
+)]
+pub async fn put_webhook(
+    State(state): State<Arc<HttpState>>,
+    caller: Caller,
+    p: Result<Path<(String, String)>, PathRejection>,
+    JsonBody(body): JsonBody<Value>,
+) -> Result<Ok<Registered>, ApiError> {
+    let (fleet, id) = ids(p)?;
+    caller.require(&fleet, &[Role::Dispatcher])?;
+    let (webhook, created) = state.webhooks.put(&fleet, &id, &body).await?;
+    Result::Ok(Ok(Registered { webhook, created }))
+}
+
+/// The fleet's webhooks, by id, without their secrets.
+#[utoipa::path(
+    get,
+    path = "/api/v1/fleets/{fleet}/webhooks",
+    params(("fleet" = String, Path)),
+    responses(
+        (status = 200, description = "`{ ok: true, data: [ { id, url, types? } ] }`", body = [WebhookView]),
+        (status = 400, description = "invalid_payload"), (status = 401, description = "unauthenticated"),
+        (status = 403, description = "forbidden"), (status = 503, description = "unavailable"),
+    ),
+    security(("bearer" = [])), tag = "webhooks"
+)]
+pub async fn list_webhooks(
+    State(state): State<Arc<HttpState>>,
+    caller: Caller,
+    p: Result<Path<String>, PathRejection>,
+) -> Result<Ok<Vec<WebhookView>>, ApiError> {
+    let fleet = path(p)?;
+    check_id("fleet", &fleet)?;
+    caller.require(&fleet, &[Role::Dispatcher])?;
+    Result::Ok(Ok(state.webhooks.list(&fleet).await?))
+}
+
+/// Deletes a webhook: nothing more is sent to it.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/fleets/{fleet}/webhooks/{id}",
+    params(("fleet" = String, Path), ("id" = String, Path)),
+    responses(
+        (status = 200, description = "deleted", body = Deleted),
+        (status = 400, description = "invalid_payload"), (status = 401, description = "unauthenticated"), (status = 403, description = "forbidden"),
+        (status = 404, description = "not_found"), (status = 503, description = "unavailable"),
+    ),
+    security(("bearer" = [])), tag = "webhooks"
+)]
+pub async fn delete_webhook(
+    State(state): State<Arc<HttpState>>,
+    caller: Caller,
+    p: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Ok<Deleted>, ApiError> {
+    let (fleet, id) = ids(p)?;
+    caller.require(&fleet, &[Role::Dispatcher])?;
+    state.webhooks.delete(&fleet, &id).await?;
+    Result::Ok(Ok(Deleted { deleted: true }))
+}
