@@ -1,7 +1,8 @@
 //! Geofences (contract section 11): named areas per fleet, and the
 //! `enter`/`exit` of a vehicle crossing one.
 //!
-//! - [`shape`] reads and validates a geofence's GeoJSON Feature.
+//! - [`shape`] reads and validates a geofence's GeoJSON Feature (its
+//!   topology through `valid`, in O(n log n)).
 //! - [`index`] is one fleet's geofences as a replica tests fixes against
 //!   them (an R-tree of boxes, then exact tests).
 //! - [`Geofences`] (here) keeps every fleet's index on this replica and
@@ -19,6 +20,7 @@
 pub mod index;
 pub mod shape;
 pub mod sync;
+mod valid;
 
 use std::{
     collections::HashMap,

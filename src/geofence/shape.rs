@@ -111,8 +111,8 @@ pub fn parse(id: &str, body: &Value, max_vertices: usize) -> Result<Parsed, Shap
 }
 
 /// A Feature that passed [`parse`] when it was stored: read again without
-/// the topology checks (self-crossings, holes, overlaps), which cost time
-/// quadratic in the vertices and would be repeated by every reload.
+/// the topology checks (self-crossings, holes, overlaps), which are the
+/// costly part and would be repeated by every reload.
 pub fn parse_stored(id: &str, body: &Value) -> Result<Parsed, ShapeError> {
     parse_with(id, body, usize::MAX, false)
 }
@@ -164,12 +164,10 @@ fn parse_with(id: &str, body: &Value, max_vertices: usize, check: bool) -> Resul
                 .enumerate()
                 .map(|(i, p)| polygon(p, &format!("geometry.coordinates[{i}]"), max_vertices, &mut seen, check))
                 .collect::<Result<Vec<_>, _>>()?;
-            let area = MultiPolygon(polygons);
-            use geo::algorithm::Validation;
             if check {
-                area.check_validation().map_err(|e| fault("geometry.coordinates", e.to_string()))?;
+                super::valid::check_parts(&polygons).map_err(|e| fault("geometry.coordinates", e))?;
             }
-            Shape::Area(area)
+            Shape::Area(MultiPolygon(polygons))
         }
         Some("Point") => {
             let center = position(coordinates, "geometry.coordinates")?;
@@ -268,9 +266,8 @@ fn polygon(
         .map(|(i, r)| ring(r, &format!("{field}[{}]", i + 1), max_vertices, seen))
         .collect::<Result<Vec<_>, _>>()?;
     let polygon = Polygon::new(exterior, interiors);
-    use geo::algorithm::Validation;
     if check {
-        polygon.check_validation().map_err(|e| fault(field, e.to_string()))?;
+        super::valid::check_polygon(&polygon).map_err(|e| fault(field, e))?;
     }
     Ok(polygon)
 }

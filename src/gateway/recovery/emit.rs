@@ -6,7 +6,7 @@
 //!
 //! Geofence crossings travel with their position (fan-out sends them, with
 //! the position's offset); the replica that accepted the position only logs
-//! them here ([`Gateway::log_crossings`]), for replay.
+//! them here (`Gateway::log_crossings`), for replay.
 
 use serde::Serialize;
 use socketioxide::{BroadcastError, adapter::Adapter, extract::SocketRef};
