@@ -244,9 +244,73 @@ def table(results: Path, stamp: str, p99_max: float, ratio_min: float) -> str:
             cells = {"fleetgate": f"{fmt(get(d, 'results.latency.p50_ms'), 1)} / {fmt(get(d, 'results.latency.p99_ms'), 1)} ms · ratio {fmt(get(d, 'results.delivery_ratio'), 4)}"}
             row(f"FLEETGATE_WRITE_WINDOW_MS={ms}: latency p50 / p99 · ratio", cells, "p99 ≤ 50 ms")
 
-    out = ["| measure | node peer | fleetgate | target |", "|---|---|---|---|"]
-    for measure, cells, target in rows:
-        out.append(f"| {measure} | {cells.get('node', '–')} | {cells.get('fleetgate', '–')} | {target} |")
+    out = []
+    if rows:
+        out = ["| measure | node peer | fleetgate | target |", "|---|---|---|---|"]
+        for measure, cells, target in rows:
+            out.append(f"| {measure} | {cells.get('node', '–')} | {cells.get('fleetgate', '–')} | {target} |")
+    gf = lines(results / f"{stamp}-geofences.jsonl")
+    if gf:
+        if out:
+            out.append("")
+        out.append(geofence_table(gf))
+    return "\n".join(out)
+
+
+def geofence_table(rows: list[dict]) -> str:
+    """bench/run.sh's geofences scenario (fleetgate only: the Node peer has
+    no geofences): one row per run, each against the N=0 run of its round."""
+
+    def pct(v, base):
+        if v is None or not base:
+            return "–"
+        return f"{(v / base - 1) * 100:+.0f} %"
+
+    d0 = rows[0]
+    out = [
+        f"Geofences (fleetgate only; the Node peer has none): HTTP ingest at "
+        f"{fmt(get(d0, 'params.rate'), 0)} req/s over {get(d0, 'params.connections')} connections, "
+        f"{get(d0, 'params.vehicles')} vehicles roaming {fmt(get(d0, 'params.step_m'), 0)} m per update, "
+        f"geofences covering {fmt(get(d0, 'params.geofences.density'), 2)} of the area on average "
+        f"({fmt((1 - get(d0, 'params.geofences.circles', 0)) * 100, 0)} % polygons of "
+        f"{'–'.join(str(v) for v in get(d0, 'params.geofences.vertices', []))} vertices, the rest circles, "
+        f"radii {'–'.join(fmt(v, 0) for v in get(d0, 'params.geofences.radius_m', []))} m). "
+        "Target: server CPU per update ≤ +20 % of N=0, no extra Redis round trip (script calls per update).",
+        "",
+        "| round | geofences | created (via, time) | area (km) | upd/s | server CPU µs/upd (user / system) | vs N=0 "
+        "| Redis CPU µs/upd | vs N=0 | script calls / Redis commands per upd | crossings/s | vehicles inside at end "
+        "| p50 / p99 ms |",
+        "|---|---:|---|---|---:|---|---:|---:|---:|---|---:|---:|---|",
+    ]
+    base: dict[str, dict] = {}
+    for d in rows:
+        if get(d, "results.geofences.count") == 0:
+            base.setdefault(d.get("label") or "?", d)
+    for d in rows:
+        b = base.get(d.get("label") or "?")
+        g = get(d, "results.geofences", {})
+        srv = get(d, "results.server.cpu_us_per_update")
+        red = get(d, "results.redis.cpu_us_per_update")
+        inside = g.get("vehicles_inside_at_end") or {}
+        created = "–" if g.get("count") == 0 else f"{g.get('created_via')}, {fmt(g.get('create_s'), 1)} s"
+        area = " × ".join(fmt(v, 1) for v in g.get("area_km", []))
+        if g.get("load_error"):
+            out.append(
+                f"| {(d.get('label') or '?').split(':')[-1]} | {g.get('count')} | {created} | – "
+                f"| 0: not loaded after {fmt(g.get('load_s'), 0)} s ({g['load_error']}) | – | – | – | – | – | – | – | – |"
+            )
+            continue
+        out.append(
+            f"| {(d.get('label') or '?').split(':')[-1]} | {g.get('count')} | {created} | {area} "
+            f"| {fmt(get(d, 'results.requests_per_s'), 0)} "
+            f"| {fmt(srv, 1)} ({fmt(get(d, 'results.server.user_us_per_update'), 1)} / {fmt(get(d, 'results.server.system_us_per_update'), 1)}) "
+            f"| {pct(srv, get(b, 'results.server.cpu_us_per_update')) if b is not d else 'base'} "
+            f"| {fmt(red, 1)} | {pct(red, get(b, 'results.redis.cpu_us_per_update')) if b is not d else 'base'} "
+            f"| {fmt(g.get('evalsha_per_update'), 3)} / {fmt(g.get('redis_commands_per_update'), 2)} "
+            f"| {fmt(g.get('events_per_s'), 1)} "
+            f"| {fmt(inside.get('share', 0) * 100 if inside else None, 0)} % ({fmt(inside.get('mean_fences'), 2)} each) "
+            f"| {fmt(get(d, 'results.latency.p50_ms'), 1)} / {fmt(get(d, 'results.latency.p99_ms'), 1)}{tool_note(d)} |"
+        )
     return "\n".join(out)
 
 

@@ -69,6 +69,18 @@ DEVICE_RATE=${DEVICE_RATE:-1000}
 DEVICE_VEHICLES=${DEVICE_VEHICLES:-200}
 # The write-window point of the conflation scenario (the default window is 10).
 WRITE_WINDOW_MS=${WRITE_WINDOW_MS:-25}
+# Geofences (fleetgate only, not in the default set): N geofences in one
+# fleet, then HTTP ingest with vehicles roaming across them; N=0 is the base.
+GEOFENCE_COUNTS=${GEOFENCE_COUNTS:-"0 100 1000 10000 100000"}
+GEOFENCE_RATE=${GEOFENCE_RATE:-2000}
+GEOFENCE_VEHICLES=${GEOFENCE_VEHICLES:-2000}
+GEOFENCE_STEP_M=${GEOFENCE_STEP_M:-15}
+GEOFENCE_DENSITY=${GEOFENCE_DENSITY:-0.5}
+GEOFENCE_MIN_VERTICES=${GEOFENCE_MIN_VERTICES:-10}
+GEOFENCE_MAX_VERTICES=${GEOFENCE_MAX_VERTICES:-200}
+GEOFENCE_CREATE=${GEOFENCE_CREATE:-auto}
+GEOFENCE_CONCURRENCY=${GEOFENCE_CONCURRENCY:-8}
+GEOFENCE_ROUNDS=${GEOFENCE_ROUNDS:-1}
 # After each window: how long in-flight positions may still arrive and count.
 DRAIN=${DRAIN:-5s}
 if ((QUICK)); then
@@ -77,12 +89,14 @@ if ((QUICK)); then
   FANOUT_W_LIST=${FANOUT_W_LIST:-"100 200 300 500 800 1200"}
   IDLE_SETTLE=${IDLE_SETTLE:-2s}
   STORM_COUNT=${STORM_COUNT:-2000}
+  GEOFENCE_HTTP_MAX=${GEOFENCE_HTTP_MAX:-1000}
 else
   WARMUP=${WARMUP:-5s}
   DURATION=${DURATION:-20s}
   FANOUT_W_LIST=${FANOUT_W_LIST:-"100 200 300 400 500 600 800 1000 1200 1500 2000 2500 3000 4000 5000"}
   IDLE_SETTLE=${IDLE_SETTLE:-5s}
   STORM_COUNT=${STORM_COUNT:-10000}
+  GEOFENCE_HTTP_MAX=${GEOFENCE_HTTP_MAX:-1000}
 fi
 
 RESULTS=${RESULTS:-$ROOT/bench/results}
@@ -175,15 +189,18 @@ flush_redis() { redis-cli -p "$REDIS_PORT" flushall >/dev/null 2>&1 || true; }
 
 # ---------------------------------------------------------------- servers
 
-# start_server KIND [NAME=VALUE…] — sets SRV_PID and SRV_URL.
+# start_server KIND [NAME=VALUE…] — sets SRV_PID and SRV_URL (and, for
+# fleetgate, SRV_METRICS_URL unless FLEETGATE_METRICS_ADDR is among the settings).
 start_server() {
-  local kind=$1 port
+  local kind=$1 port metrics_port
   shift
   port=$(free_port)
   if [[ $kind == fleetgate ]]; then
     local store=()
     [[ $FG_STORE == redis ]] && store=(FLEETGATE_REDIS_URL="$REDIS_URL")
-    env FLEETGATE_ADDR="127.0.0.1:$port" FLEETGATE_METRICS_ADDR="127.0.0.1:$(free_port)" \
+    metrics_port=$(free_port)
+    SRV_METRICS_URL=http://127.0.0.1:$metrics_port
+    env FLEETGATE_ADDR="127.0.0.1:$port" FLEETGATE_METRICS_ADDR="127.0.0.1:$metrics_port" \
       FLEETGATE_JWT_SECRET="$SECRET" FLEETGATE_LOG=warn FLEETGATE_SHUTDOWN_GRACE_SECS=2 "${store[@]}" "$@" \
       taskset -c "$SERVER_CORE" "$FG_BIN" >>"$LOGS/fleetgate-$port.log" 2>&1 &
     SRV_PID=$!
@@ -348,6 +365,29 @@ for kind in $SERVERS; do
     else
       warn "no mosquitto: the MQTT device run is skipped (Debian package mosquitto)"
     fi
+  fi
+
+  if has geofences && [[ $kind == fleetgate ]]; then
+    # The Node peer has no geofences. Per N: a fresh server and an emptied
+    # Redis; the geofences are created and loaded by the server before the
+    # load's warm-up, so neither is in the window. Rounds repeat the whole
+    # series, so each round's ratios come from runs minutes apart.
+    for ((round = 1; round <= GEOFENCE_ROUNDS; round++)); do
+      for n in $GEOFENCE_COUNTS; do
+        say "fleetgate: $n geofences, HTTP ingest at $GEOFENCE_RATE upd/s from $GEOFENCE_VEHICLES vehicles (round $round of $GEOFENCE_ROUNDS)"
+        flush_redis
+        redis-cli -p "$REDIS_PORT" config resetstat >/dev/null 2>&1 || true
+        start_server fleetgate FLEETGATE_GEOFENCES_MAX="$((n > 10000 ? n : 10000))"
+        bench geofences "fleetgate:r$round" --server-pid "$SRV_PID" --fleet "gf-$n" geofences --url "$SRV_URL" \
+          --metrics-url "$SRV_METRICS_URL" --fences "$n" --create "$GEOFENCE_CREATE" --http-max "$GEOFENCE_HTTP_MAX" \
+          --create-concurrency "$GEOFENCE_CONCURRENCY" --density "$GEOFENCE_DENSITY" --min-vertices "$GEOFENCE_MIN_VERTICES" \
+          --max-vertices "$GEOFENCE_MAX_VERTICES" --rate "$GEOFENCE_RATE" \
+          -c "$INGEST_CONNECTIONS" --vehicles "$GEOFENCE_VEHICLES" --step-m "$GEOFENCE_STEP_M" \
+          --warmup "$WARMUP" --duration "$DURATION" || true
+        redis-cli -p "$REDIS_PORT" info commandstats >"$LOGS/geofences-$n-r$round-commandstats.txt" 2>/dev/null || true
+        stop "$SRV_PID"
+      done
+    done
   fi
 
   if has conflation && [[ $kind == fleetgate ]]; then

@@ -4,6 +4,10 @@
 //! rate over keep-alive connections.
 //! HTTP/1.1 is written by hand: one request per connection at a time,
 //! Content-Length bodies, nothing else to pay for.
+//!
+//! Vehicles circle a point of a grid each by default; with `--roam` they
+//! drive across an area instead (the geofence scenario's vehicles, which
+//! must cross geofence edges).
 
 use std::{
     collections::BTreeMap,
@@ -16,7 +20,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use clap::Args;
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
@@ -24,41 +28,146 @@ use tokio::{
 
 use crate::{
     Common, parse_duration,
+    prom::{moved, scrape},
     report::{Failures, Report, Window, num},
     sio,
-    stats::{self, Latency},
+    stats::{self, Latency, RedisCounters},
 };
 
 #[derive(Args, Clone)]
 pub struct Params {
     /// Server.
     #[arg(long, default_value = "http://127.0.0.1:3000")]
-    url: String,
+    pub url: String,
     /// Requests per second in all.
     #[arg(long, default_value_t = 500.0)]
-    rate: f64,
+    pub rate: f64,
     /// Keep-alive connections the requests are spread over.
     #[arg(short = 'c', long, default_value_t = 8)]
-    connections: usize,
+    pub connections: usize,
     /// Distinct vehicles written (at least one per connection).
     #[arg(long, default_value_t = 200)]
-    vehicles: usize,
+    pub vehicles: usize,
     /// Requests before the window opens.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
-    warmup: Duration,
+    pub warmup: Duration,
     /// The measured window.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    duration: Duration,
+    pub duration: Duration,
     /// Stop after this many requests in all (0: run for warm-up + duration).
     #[arg(short = 'n', long, default_value_t = 0)]
-    count: u64,
+    pub count: u64,
     /// A request without a response in this time counts as failed.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
-    timeout: Duration,
+    pub timeout: Duration,
     /// What each request is: the HTTP API's PUT, or an OsmAnd `GET /?id=…`
     /// (then --url is fleetgate's FLEETGATE_OSMAND_ADDR listener).
     #[arg(long, value_enum, default_value_t = Form::Http)]
-    form: Form,
+    pub form: Form,
+    /// Vehicles drive across this area (`south,west,north,east` in degrees)
+    /// instead of circling a grid point each.
+    #[arg(long, value_parser = Area::parse)]
+    pub roam: Option<Area>,
+    /// With --roam: metres a vehicle moves between two of its updates.
+    #[arg(long, default_value_t = 15.0)]
+    pub step_m: f64,
+    /// The server's Prometheus endpoint (`http://host:port`): counters that
+    /// moved over the window are reported (geofence events, store batches…).
+    #[arg(long)]
+    pub metrics_url: Option<String>,
+}
+
+/// A lon/lat box vehicles roam in.
+#[derive(Clone, Copy, Debug)]
+pub struct Area {
+    pub south: f64,
+    pub west: f64,
+    pub north: f64,
+    pub east: f64,
+}
+
+impl Area {
+    fn parse(s: &str) -> Result<Self, String> {
+        let v: Vec<f64> =
+            s.split(',').map(|x| x.trim().parse::<f64>()).collect::<Result<_, _>>().map_err(|e| format!("{s}: {e}"))?;
+        let [south, west, north, east] = v[..] else { return Err(format!("{s}: expected south,west,north,east")) };
+        if !(south < north && west < east) {
+            return Err(format!("{s}: expected south < north and west < east"));
+        }
+        Ok(Self { south, west, north, east })
+    }
+
+    pub fn json(&self) -> Value {
+        json!([self.south, self.west, self.north, self.east])
+    }
+}
+
+/// Where one roaming vehicle is, in metres from the area's south-west
+/// corner, and where it heads.
+struct Roamer {
+    x: f64,
+    y: f64,
+    heading: f64,
+    rng: u64,
+}
+
+/// A small deterministic generator (splitmix64): the same vehicles take
+/// the same paths in every run.
+pub fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Uniform in [0, 1).
+pub fn unit(state: &mut u64) -> f64 {
+    (splitmix(state) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Metres per degree of latitude on the mean Earth sphere.
+pub const M_PER_DEG: f64 = 6_371_008.8 * std::f64::consts::PI / 180.0;
+
+impl Roamer {
+    fn new(vehicle: usize, area: &Area) -> Self {
+        let mut rng = 0x5EED_u64 ^ (vehicle as u64).wrapping_mul(0x2545_F491_4F6C_DD1D);
+        let (w, h) = area.size_m();
+        Self { x: unit(&mut rng) * w, y: unit(&mut rng) * h, heading: unit(&mut rng) * std::f64::consts::TAU, rng }
+    }
+
+    /// One step: a gentle random turn, then forward, bouncing off the edges.
+    fn step(&mut self, area: &Area, step_m: f64) -> (f64, f64) {
+        let (w, h) = area.size_m();
+        self.heading += (unit(&mut self.rng) - 0.5) * 0.6;
+        self.x += step_m * self.heading.cos();
+        self.y += step_m * self.heading.sin();
+        if self.x < 0.0 || self.x > w {
+            self.x = self.x.clamp(0.0, w);
+            self.heading = std::f64::consts::PI - self.heading;
+        }
+        if self.y < 0.0 || self.y > h {
+            self.y = self.y.clamp(0.0, h);
+            self.heading = -self.heading;
+        }
+        area.lat_lon_at(self.x, self.y)
+    }
+}
+
+impl Area {
+    /// Width and height in metres (plate carrée at the middle latitude).
+    pub fn size_m(&self) -> (f64, f64) {
+        ((self.east - self.west) * M_PER_DEG * self.mid_cos(), (self.north - self.south) * M_PER_DEG)
+    }
+
+    fn mid_cos(&self) -> f64 {
+        ((self.south + self.north) / 2.0).to_radians().cos()
+    }
+
+    /// (lat, lon) of the point `x` metres east and `y` north of the south-west corner.
+    pub fn lat_lon_at(&self, x: f64, y: f64) -> (f64, f64) {
+        (self.south + y / M_PER_DEG, self.west + x / (M_PER_DEG * self.mid_cos()))
+    }
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +183,7 @@ struct Shared {
     done: AtomicU64,
     in_window: AtomicU64,
     accepted: AtomicU64,
+    accepted_in_window: AtomicU64,
     status: Mutex<BTreeMap<u16, u64>>,
     latency: Latency,
     schedule_lag: Latency,
@@ -89,6 +199,13 @@ pub async fn run(common: &Common, p: Params) -> anyhow::Result<Report> {
     let procs = common.procs()?;
     let redis_procs = common.redis_procs()?;
     let target = sio::Target::parse(&p.url, &common.path)?;
+    if let Some(a) = &common.redis_addr {
+        RedisCounters::read(a).await.with_context(|| format!("--redis-addr {a}"))?;
+    }
+    let metrics = p.metrics_url.as_deref().map(|u| sio::Target::parse(u, "/")).transpose()?;
+    if let Some(m) = &metrics {
+        scrape(&m.addr).await.with_context(|| format!("--metrics-url {}", m.http_base))?;
+    }
     let token = minter.mint("dispatcher", "bench-dispatcher", &common.fleet)?;
     let vehicles = p.vehicles.max(p.connections);
     let shared = Arc::new(Shared::default());
@@ -112,6 +229,9 @@ pub async fn run(common: &Common, p: Params) -> anyhow::Result<Report> {
             fleet: common.fleet.clone(),
             token: token.clone(),
             device_tokens,
+            roamers: p.roam.map(|a| owned.iter().map(|v| Roamer::new(*v, &a)).collect()).unwrap_or_default(),
+            roam: p.roam,
+            step_m: p.step_m,
             owned,
             due: t0 + period.mul_f64(c as f64 / p.connections as f64),
             period,
@@ -122,6 +242,15 @@ pub async fn run(common: &Common, p: Params) -> anyhow::Result<Report> {
         handles.push(tokio::spawn(connection(ctx)));
     }
     tokio::time::sleep_until(t0 + p.warmup).await;
+    // Read outside the CPU samples, so their own cost is not in the window.
+    let metrics0 = match &metrics {
+        Some(m) => scrape(&m.addr).await.ok(),
+        None => None,
+    };
+    let redis_before = match &common.redis_addr {
+        Some(a) => RedisCounters::read(a).await.ok(),
+        None => None,
+    };
     let srv0 = procs.sample();
     let tool0 = stats::self_cpu_time();
     let mach0 = stats::MachineCpu::sample();
@@ -133,8 +262,17 @@ pub async fn run(common: &Common, p: Params) -> anyhow::Result<Report> {
     let wall = wall0.elapsed().as_secs_f64();
     let srv1 = procs.sample();
     let mach1 = stats::MachineCpu::sample();
-    let redis_cpu = redis_procs.sample().cpu().saturating_sub(red0.cpu()).as_secs_f64();
+    let red1 = redis_procs.sample();
+    let redis_cpu = red1.cpu().saturating_sub(red0.cpu()).as_secs_f64();
     let tool_cpu = stats::self_cpu_time().saturating_sub(tool0).as_secs_f64();
+    let redis_rates = match (&common.redis_addr, &redis_before) {
+        (Some(a), Some(before)) => RedisCounters::read(a).await.ok().map(|after| before.rates(&after, wall)),
+        _ => None,
+    };
+    let metrics_moved = match (&metrics, &metrics0) {
+        (Some(m), Some(before)) => scrape(&m.addr).await.ok().map(|after| moved(before, &after, wall)),
+        _ => None,
+    };
     let _ = tokio::time::timeout(p.timeout + Duration::from_secs(1), futures_util::future::join_all(handles)).await;
 
     let s = &shared;
@@ -143,6 +281,12 @@ pub async fn run(common: &Common, p: Params) -> anyhow::Result<Report> {
     let status = s.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let non_200: u64 = status.iter().filter(|(k, _)| **k != 200).map(|(_, v)| v).sum();
     let server_cpu = srv1.cpu().saturating_sub(srv0.cpu()).as_secs_f64();
+    let server_user = srv1.user.saturating_sub(srv0.user).as_secs_f64();
+    let server_system = srv1.system.saturating_sub(srv0.system).as_secs_f64();
+    let accepted_in_window = s.accepted_in_window.load(Relaxed);
+    let per_request = |cpu: f64, known: bool| (in_window > 0 && known).then(|| cpu * 1e6 / in_window as f64);
+    let per_accepted =
+        |cpu: f64, known: bool| (accepted_in_window > 0 && known).then(|| cpu * 1e6 / accepted_in_window as f64);
     let lag_p99 = s.schedule_lag.quantile_ms(0.99);
     let fell_behind = lag_p99 > (period.as_secs_f64() * 1e3 / 5.0).max(5.0);
     let achieved = in_window as f64 / secs.max(1e-9);
@@ -157,6 +301,7 @@ pub async fn run(common: &Common, p: Params) -> anyhow::Result<Report> {
         "rate_met": rate_met,
         "started_late": s.started_late.load(Relaxed),
         "accepted": s.accepted.load(Relaxed),
+        "accepted_in_window": accepted_in_window,
         "status": status.iter().map(|(k, v)| (k.to_string(), *v)).collect::<BTreeMap<_, _>>(),
         "non_200": non_200,
         "latency": s.latency.json(),
@@ -164,9 +309,25 @@ pub async fn run(common: &Common, p: Params) -> anyhow::Result<Report> {
             "pids": procs.0,
             "cpu_s": server_cpu,
             "cpu_util": server_cpu / wall.max(1e-9),
-            "cpu_us_per_request": (in_window > 0 && !procs.is_empty()).then(|| server_cpu * 1e6 / in_window as f64),
+            "cpu_us_per_request": per_request(server_cpu, !procs.is_empty()),
+            "user_s": server_user,
+            "system_s": server_system,
+            "user_us_per_request": per_request(server_user, !procs.is_empty()),
+            "system_us_per_request": per_request(server_system, !procs.is_empty()),
+            "cpu_us_per_update": per_accepted(server_cpu, !procs.is_empty()),
+            "user_us_per_update": per_accepted(server_user, !procs.is_empty()),
+            "system_us_per_update": per_accepted(server_system, !procs.is_empty()),
             "rss_bytes": srv1.rss,
         },
+        "redis": {
+            "pids": redis_procs.0,
+            "cpu_s": redis_cpu,
+            "cpu_util": redis_cpu / wall.max(1e-9),
+            "cpu_us_per_update": per_accepted(redis_cpu, !redis_procs.is_empty()),
+            "rss_bytes": red1.rss,
+            "info": redis_rates,
+        },
+        "metrics": metrics_moved,
     });
     let failures = s.failures.json();
     let summary = vec![
@@ -192,6 +353,7 @@ pub async fn run(common: &Common, p: Params) -> anyhow::Result<Report> {
             "url": target.http_base, "rate": p.rate, "connections": p.connections, "vehicles": vehicles,
             "fleet": common.fleet, "warmup_s": p.warmup.as_secs_f64(), "duration_s": p.duration.as_secs_f64(),
             "count": p.count, "form": match p.form { Form::Http => "http", Form::Osmand => "osmand" },
+            "roam": p.roam.map(|a| a.json()), "step_m": p.roam.map(|_| p.step_m),
         }),
         results,
         failures,
@@ -216,6 +378,10 @@ struct ConnCtx {
     /// Per owned vehicle, for `--form osmand`.
     device_tokens: Vec<String>,
     owned: Vec<usize>,
+    /// Per owned vehicle, with --roam.
+    roamers: Vec<Roamer>,
+    roam: Option<Area>,
+    step_m: f64,
     due: tokio::time::Instant,
     period: Duration,
     end_at: tokio::time::Instant,
@@ -253,10 +419,13 @@ async fn connection(mut c: ConnCtx) {
         last_ts[k] = ts;
         let v = c.owned[k];
         let angle = turn as f64 * 0.05;
-        let (lat, lon) = (
-            37.45 + (v % 100) as f64 * 0.002 + 0.001 * angle.sin(),
-            126.95 + (v / 100 % 100) as f64 * 0.002 + 0.001 * angle.cos(),
-        );
+        let (lat, lon) = match (c.roam.as_ref(), c.roamers.get_mut(k)) {
+            (Some(area), Some(r)) => r.step(area, c.step_m),
+            _ => (
+                37.45 + (v % 100) as f64 * 0.002 + 0.001 * angle.sin(),
+                126.95 + (v / 100 % 100) as f64 * 0.002 + 0.001 * angle.cos(),
+            ),
+        };
         let body = format!("{{\"lat\":{lat:.6},\"lon\":{lon:.6},\"ts\":{ts},\"speed\":7.5}}");
         let req = if let Some(device) = c.device_tokens.get(k) {
             // What Traccar Client sends: every parameter in the query, no body.
@@ -285,6 +454,9 @@ async fn connection(mut c: ConnCtx) {
                 }
                 if resp.status == 200 && resp.accepted {
                     s.accepted.fetch_add(1, Relaxed);
+                    if s.window.contains(ts) {
+                        s.accepted_in_window.fetch_add(1, Relaxed);
+                    }
                 } else if resp.status == 200 {
                     s.failures.add("not_accepted", "200 without accepted:true");
                 } else {
@@ -310,15 +482,22 @@ async fn connection(mut c: ConnCtx) {
     }
 }
 
-struct Response {
-    status: u16,
-    accepted: bool,
-    keep_alive: bool,
+pub struct Response {
+    pub status: u16,
+    pub accepted: bool,
+    pub keep_alive: bool,
+    /// Where the body is in the read buffer.
+    pub body: std::ops::Range<usize>,
 }
 
 /// Sends one request on the kept-alive connection (opening it if needed)
-/// and reads one response.
-async fn exchange(conn: &mut Option<TcpStream>, addr: &str, req: &[u8], buf: &mut Vec<u8>) -> anyhow::Result<Response> {
+/// and reads one response (its body is left in `buf`, at `Response::body`).
+pub async fn exchange(
+    conn: &mut Option<TcpStream>,
+    addr: &str,
+    req: &[u8],
+    buf: &mut Vec<u8>,
+) -> anyhow::Result<Response> {
     if conn.is_none() {
         let s = TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
         s.set_nodelay(true)?;
@@ -352,7 +531,7 @@ async fn exchange(conn: &mut Option<TcpStream>, addr: &str, req: &[u8], buf: &mu
     }
     let body = &buf[head_end..head_end + length];
     let accepted = body.windows(15).any(|w| w == b"\"accepted\":true");
-    Ok(Response { status, accepted, keep_alive })
+    Ok(Response { status, accepted, keep_alive, body: head_end..head_end + length })
 }
 
 /// Status, Content-Length and whether the connection stays open.

@@ -5,11 +5,14 @@
 //! Every run prints one JSON line on stdout and a summary on stderr.
 
 mod fanout;
+mod geofences;
 mod idle;
 mod ingest;
 mod mqtt;
+mod prom;
 mod ramp;
 mod report;
+mod resp;
 mod sio;
 mod stats;
 mod storm;
@@ -92,6 +95,8 @@ enum Scenario {
     Ingest(ingest::Params),
     /// Location updates through an MQTT broker fleetgate subscribes to.
     Mqtt(mqtt::Params),
+    /// N geofences in one fleet, then HTTP ingest with vehicles roaming across them.
+    Geofences(geofences::Params),
 }
 
 /// `250ms`, `10s`, `2m`, or a bare number of seconds.
@@ -129,6 +134,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Storm(p) => storm::run(&common, p).await,
             Scenario::Ingest(p) => ingest::run(&common, p).await,
             Scenario::Mqtt(p) => mqtt::run(&common, p).await,
+            Scenario::Geofences(p) => geofences::run(&common, p).await,
         }
     })?;
     report.emit();
