@@ -75,6 +75,15 @@ impl Serialize for ErrorCode {
     }
 }
 
+/// A store call that failed is `unavailable` to the client, logged here
+/// once (the socket's or request's span says whose it was).
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        tracing::warn!(error = %e, "store call failed");
+        ApiError::unavailable()
+    }
+}
+
 impl From<crate::geofence::GeofenceError> for ApiError {
     fn from(e: crate::geofence::GeofenceError) -> Self {
         use crate::geofence::GeofenceError as E;
@@ -82,10 +91,7 @@ impl From<crate::geofence::GeofenceError> for ApiError {
             E::Invalid(fault) => ApiError::invalid(fault.to_string()),
             E::Full(max) => ApiError::new(ErrorCode::PayloadTooLarge, format!("at most {max} geofences per fleet")),
             E::NotFound => ApiError::new(ErrorCode::NotFound, "no such geofence"),
-            E::Store(e) => {
-                tracing::warn!(error = %e, "geofence store call failed");
-                ApiError::unavailable()
-            }
+            E::Store(e) => e.into(),
         }
     }
 }
@@ -98,10 +104,7 @@ impl From<crate::outputs::WebhookError> for ApiError {
             E::Full(max) => ApiError::new(ErrorCode::PayloadTooLarge, format!("at most {max} webhooks per fleet")),
             E::NotFound => ApiError::new(ErrorCode::NotFound, "no such webhook"),
             E::Disabled => ApiError::new(ErrorCode::Unavailable, e.to_string()),
-            E::Store(e) => {
-                tracing::warn!(error = %e, "webhook store call failed");
-                ApiError::unavailable()
-            }
+            E::Store(e) => e.into(),
         }
     }
 }

@@ -58,10 +58,7 @@ async fn open_session<A: Adapter>(gw: &Gateway<A>, token: &str, fleet: Option<&s
     if session.is_expired(now) {
         return Err(ApiError::new(ErrorCode::TokenExpired, "token has expired"));
     }
-    gw.store.create_session(&session).await.map_err(|e| {
-        tracing::warn!(error = %e, "session not stored");
-        ApiError::unavailable()
-    })?;
+    gw.store.create_session(&session).await?;
     metrics::counter!(names::SESSIONS_CREATED, "role" => session.role.as_str()).increment(1);
     Ok(session)
 }
@@ -71,10 +68,7 @@ async fn resume<A: Adapter>(gw: &Gateway<A>, id: &str) -> Result<Session, ApiErr
     if !ids::is_plausible_session_id(id) {
         return Err(expired());
     }
-    let session = gw.store.session(id).await.map_err(|e| {
-        tracing::warn!(error = %e, "session lookup failed");
-        ApiError::unavailable()
-    })?;
+    let session = gw.store.session(id).await?;
     session.filter(|s| !s.is_expired(ids::now_ms())).ok_or_else(expired)
 }
 

@@ -104,10 +104,7 @@ impl<A: Adapter> Gateway<A> {
     /// Revokes a session: deletes it and disconnects its sockets on every
     /// replica. Whether it existed.
     pub async fn revoke(&self, session_id: &str) -> Result<bool, ApiError> {
-        let existed = self.store.delete_session(session_id).await.map_err(|e| {
-            tracing::warn!(error = %e, "session not deleted");
-            ApiError::unavailable()
-        })?;
+        let existed = self.store.delete_session(session_id).await?;
         if let Some(ns) = self.io.of(fanout::NAMESPACE)
             && let Err(e) = ns.to(session_room(session_id)).disconnect().await
         {

@@ -187,10 +187,7 @@ pub(super) async fn on_history<A: Adapter>(req: Request<A>, conn: Arc<Conn>, gw:
         if !conn.rooms().contains(&room) {
             return Err(ApiError::forbidden("join the room first"));
         }
-        let messages = gw.store.history(&session.fleet, &room, limit, before.as_deref()).await.map_err(|e| {
-            tracing::warn!(error = %e, "history not read");
-            ApiError::unavailable()
-        })?;
+        let messages = gw.store.history(&session.fleet, &room, limit, before.as_deref()).await?;
         Ok(History { messages })
     }
     .await;
@@ -218,10 +215,7 @@ impl<A: Adapter> Gateway<A> {
         text: String,
     ) -> Result<ChatMessage, ApiError> {
         let message = ChatMessage { id: String::new(), room, from, text, ts: ids::now_ms() };
-        let stored = self.store.append_message(fleet, message).await.map_err(|e| {
-            tracing::warn!(error = %e, "message not stored");
-            ApiError::unavailable()
-        })?;
+        let stored = self.store.append_message(fleet, message).await?;
         metrics::counter!(names::CHAT_MESSAGES).increment(1);
         Ok(stored)
     }

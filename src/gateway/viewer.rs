@@ -265,22 +265,18 @@ fn leave_geofence<A: Adapter>(socket: &SocketRef<A>, session: &Session, fleet: &
 
 /// Last-known positions within the selection, each vehicle once.
 async fn snapshot<A: Adapter>(gw: &Gateway<A>, sel: &Selection) -> Result<Vec<Box<RawValue>>, ApiError> {
-    let unavailable = |e| {
-        tracing::warn!(error = %e, "snapshot failed");
-        ApiError::unavailable()
-    };
     if sel.whole_fleet() {
-        let encoded = gw.store.positions(&sel.fleet, Scope::Fleet).await.map_err(unavailable)?;
+        let encoded = gw.store.positions(&sel.fleet, Scope::Fleet).await?;
         return Ok(encoded.into_iter().filter_map(|e| RawValue::from_string(e).ok()).collect());
     }
     let mut encoded = Vec::new();
     if !sel.vehicles.is_empty() {
-        encoded = gw.store.positions(&sel.fleet, Scope::Vehicles(&sel.vehicles)).await.map_err(unavailable)?;
+        encoded = gw.store.positions(&sel.fleet, Scope::Vehicles(&sel.vehicles)).await?;
     }
     if let Some(b) = sel.bbox {
         // A vehicle named in `vehicles` and inside the box comes once.
         let named: HashSet<&str> = sel.vehicles.iter().map(String::as_str).collect();
-        let all = gw.store.positions(&sel.fleet, Scope::Fleet).await.map_err(unavailable)?;
+        let all = gw.store.positions(&sel.fleet, Scope::Fleet).await?;
         encoded.extend(all.into_iter().filter(|e| {
             serde_json::from_str::<PositionKey>(e)
                 .is_ok_and(|k| b.contains(k.lon, k.lat) && !named.contains(k.vehicle_id.as_ref()))

@@ -40,11 +40,6 @@ pub(super) fn check_id(kind: &'static str, id: &str) -> Result<(), ApiError> {
     }
 }
 
-fn unavailable(e: crate::store::StoreError) -> ApiError {
-    tracing::warn!(error = %e, "store unreachable");
-    ApiError::unavailable()
-}
-
 /// A position body (section 5.1). For the single-vehicle route the vehicle
 /// comes from the path; `lat`/`lon` may instead be a GeoJSON `location`.
 #[derive(Deserialize, Serialize, ToSchema)]
@@ -240,8 +235,7 @@ pub async fn get_vehicles(
             let ids: Vec<String> = scope.iter().map(str::to_owned).collect();
             state.backend.positions(&fleet, Scope::Vehicles(&ids)).await
         }
-    }
-    .map_err(unavailable)?;
+    }?;
     let features: Vec<Value> = encoded
         .iter()
         .filter_map(|e| serde_json::from_str::<Position>(e).ok())
@@ -279,7 +273,7 @@ pub async fn get_vehicle(
         return Err(ApiError::forbidden("vehicle: outside this token's vehicles"));
     }
     let ids = [vehicle];
-    let encoded = state.backend.positions(&fleet, Scope::Vehicles(&ids)).await.map_err(unavailable)?;
+    let encoded = state.backend.positions(&fleet, Scope::Vehicles(&ids)).await?;
     let position = encoded
         .first()
         .and_then(|e| serde_json::from_str::<Position>(e).ok())
@@ -357,7 +351,7 @@ pub async fn delete_session(
     if !ids::is_plausible_session_id(&id) {
         return Err(not_found());
     }
-    let session = state.backend.session(&id).await.map_err(unavailable)?.ok_or_else(not_found)?;
+    let session = state.backend.session(&id).await?.ok_or_else(not_found)?;
     let c = &caller.0;
     let owner = c.fleet == session.fleet && c.sub == session.sub;
     let dispatcher = c.fleet == session.fleet && c.role == Role::Dispatcher;
