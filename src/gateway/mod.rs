@@ -101,11 +101,16 @@ pub fn session_room(session_id: &str) -> String {
 }
 
 impl<A: Adapter> Gateway<A> {
+    /// The fleet namespace (`/fleet`): `None` only before it is registered.
+    pub(crate) fn ns(&self) -> Option<socketioxide::operators::BroadcastOperators<A>> {
+        self.fanout.ns()
+    }
+
     /// Revokes a session: deletes it and disconnects its sockets on every
     /// replica. Whether it existed.
     pub async fn revoke(&self, session_id: &str) -> Result<bool, ApiError> {
         let existed = self.store.delete_session(session_id).await?;
-        if let Some(ns) = self.io.of(fanout::NAMESPACE)
+        if let Some(ns) = self.ns()
             && let Err(e) = ns.to(session_room(session_id)).disconnect().await
         {
             adapter_failed(AdapterOp::Disconnect, &e);
@@ -301,7 +306,7 @@ impl<A: Adapter> Gateway<A> {
     /// connected here.
     pub fn sample_gauges(&self) {
         let mut counts = [[0u32; Transport::ALL.len()]; CONNECTION_ROLES.len()];
-        if let Some(ns) = self.io.of(fanout::NAMESPACE) {
+        if let Some(ns) = self.ns() {
             for socket in ns.local().sockets() {
                 let role = match socket.extensions.get::<Arc<Conn>>().and_then(|c| c.session()).map(|s| s.role) {
                     Some(Role::Vehicle) => 0,

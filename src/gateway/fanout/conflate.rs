@@ -16,7 +16,7 @@ use socketioxide::{
     socket::{EncodedEvent, Sid},
 };
 
-use super::{Fanout, Mode, NAMESPACE, Outgoing, fleet_room, slow::Batch};
+use super::{Fanout, Mode, Outgoing, fleet_room, slow::Batch};
 use crate::metrics::names;
 
 /// Positions waiting for the end of the window: fleet → vehicle → newest.
@@ -54,7 +54,7 @@ impl<A: Adapter> Fanout<A> {
     fn flush(&self) {
         let Mode::Conflate(pending) = &self.mode else { return };
         let fleets = std::mem::take(&mut *pending.lock().unwrap_or_else(|e| e.into_inner()));
-        let Some(ns) = self.io.of(NAMESPACE) else { return };
+        let Some(ns) = self.ns() else { return };
         let mut delivered = 0usize;
         for (fleet, vehicles) in fleets {
             let all: Vec<&Arc<Outgoing>> = vehicles.values().collect();

@@ -205,6 +205,11 @@ pub struct Settings {
 }
 
 impl<A: Adapter> Fanout<A> {
+    /// The fleet namespace: `None` only before it is registered.
+    pub(crate) fn ns(&self) -> Option<socketioxide::operators::BroadcastOperators<A>> {
+        self.io.of(NAMESPACE)
+    }
+
     pub fn new(io: SocketIo<A>, relay: Option<Relay>, settings: Settings) -> Self {
         let mode = if settings.conflate {
             Mode::Conflate(Mutex::new(HashMap::new()))
@@ -249,7 +254,7 @@ impl<A: Adapter> Fanout<A> {
 
     /// The local sockets that watch this position.
     fn watchers(&self, p: &Outgoing) -> Vec<SocketRef<A>> {
-        let Some(ns) = self.io.of(NAMESPACE) else { return Vec::new() };
+        let Some(ns) = self.ns() else { return Vec::new() };
         ns.local().to(self.rooms_for(&p.fleet, &p.vehicle, p.lon, p.lat)).sockets()
     }
 
@@ -301,7 +306,7 @@ impl<A: Adapter> Fanout<A> {
         if p.crossings.is_empty() {
             return;
         }
-        let Some(ns) = self.io.of(NAMESPACE) else { return };
+        let Some(ns) = self.ns() else { return };
         let watching = self.rooms_for(&p.fleet, &p.vehicle, p.lon, p.lat);
         for (i, c) in p.crossings.iter().enumerate() {
             let mut rooms = watching.clone();

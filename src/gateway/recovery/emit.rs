@@ -13,10 +13,7 @@ use socketioxide::{BroadcastError, adapter::Adapter, extract::SocketRef};
 
 use super::{OFFSETS_ROOM, PLAIN_ROOM};
 use crate::{
-    gateway::{
-        Gateway,
-        fanout::{NAMESPACE, Outgoing},
-    },
+    gateway::{Gateway, fanout::Outgoing},
     store::recovery::LogId,
 };
 
@@ -78,7 +75,7 @@ impl<A: Adapter> Gateway<A> {
         payload: &T,
     ) -> Result<(), BroadcastError> {
         let Audience { fleet, rooms, target, at_ms } = audience;
-        let Some(ns) = self.io.of(NAMESPACE) else { return Ok(()) };
+        let Some(ns) = self.ns() else { return Ok(()) };
         let to = |rooms: Vec<String>| match sender {
             Some(s) => s.to(rooms),
             None => ns.clone().to(rooms),
