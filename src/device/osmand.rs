@@ -24,7 +24,7 @@ use super::{Ingest, count_unreadable, device_session, timestamp};
 use crate::{
     error::{ApiError, ErrorCode},
     gateway::{Accepted, Source},
-    http::Ok,
+    http::Reply,
 };
 
 /// One knot in m/s (1852 m per hour).
@@ -80,7 +80,7 @@ async fn receive(
     body: Bytes,
 ) -> Response {
     match handle(&state, query.as_deref().unwrap_or(""), &headers, &body).await {
-        Result::Ok(accepted) => Ok(accepted).into_response(),
+        Ok(accepted) => Reply(accepted).into_response(),
         Err(e) => {
             tracing::debug!(code = e.code.as_str(), message = %e.message, "osmand position refused");
             e.into_response()
@@ -111,7 +111,7 @@ async fn handle(state: &OsmandState, query: &str, headers: &HeaderMap, body: &[u
     for position in &positions {
         last = state.ingest.publish(&session, position, SOURCE).await?;
     }
-    Result::Ok(last)
+    Ok(last)
 }
 
 fn is_json(headers: &HeaderMap, body: &[u8]) -> bool {
@@ -133,7 +133,7 @@ fn read_report(query: &str, headers: &HeaderMap, body: &[u8]) -> Result<Report, 
         params.insert(k.into_owned(), v.into_owned());
     }
     let token = params.get("id").or_else(|| params.get("deviceid")).cloned();
-    Result::Ok(Report { token, positions: from_params(&params).map(|p| vec![Value::Object(p)]) })
+    Ok(Report { token, positions: from_params(&params).map(|p| vec![Value::Object(p)]) })
 }
 
 /// A parameter that is present and not empty.
@@ -164,7 +164,7 @@ fn in_range(value: Option<f64>, range: std::ops::Range<f64>, field: &str) -> Res
         Some(v) if !range.contains(&v) => {
             Err(ApiError::invalid(format!("{field}: must be in [{}, {})", range.start, range.end)))
         }
-        _ => Result::Ok(value),
+        _ => Ok(value),
     }
 }
 
@@ -205,7 +205,7 @@ fn from_params(params: &HashMap<String, String>) -> Result<Map<String, Value>, A
     // carry no altitude or battery level.
     optional(params, "altitude")?;
     optional(params, "batt")?;
-    Result::Ok(obj)
+    Ok(obj)
 }
 
 /// The JSON body of Traccar Client 9+ (its location SDK's native form):
@@ -218,13 +218,13 @@ fn read_json(body: &[u8]) -> Result<Report, ApiError> {
         Some(Value::String(s)) => Some(s.clone()),
         Some(_) => return Err(ApiError::invalid("device_id: must be a string (the vehicle token)")),
     };
-    Result::Ok(Report { token, positions: locations(obj.get("location")) })
+    Ok(Report { token, positions: locations(obj.get("location")) })
 }
 
 /// The `location` member: one object, or an array of them (a batch upload).
 fn locations(location: Option<&Value>) -> Result<Vec<Value>, ApiError> {
     match location {
-        Some(Value::Object(location)) => Result::Ok(vec![Value::Object(from_location(location, "location")?)]),
+        Some(Value::Object(location)) => Ok(vec![Value::Object(from_location(location, "location")?)]),
         Some(Value::Array(items)) if !items.is_empty() => {
             if items.len() > MAX_BATCH {
                 return Err(ApiError::new(ErrorCode::PayloadTooLarge, format!("location: at most {MAX_BATCH}")));
@@ -236,7 +236,7 @@ fn locations(location: Option<&Value>) -> Result<Vec<Value>, ApiError> {
                     item.as_object().ok_or_else(|| ApiError::invalid(format!("{field}: must be an object")))?;
                 out.push(Value::Object(from_location(location, &field)?));
             }
-            Result::Ok(out)
+            Ok(out)
         }
         _ => Err(ApiError::invalid("location: required object")),
     }
@@ -244,8 +244,8 @@ fn locations(location: Option<&Value>) -> Result<Vec<Value>, ApiError> {
 
 fn json_number(obj: &Map<String, Value>, key: &str, field: &str) -> Result<Option<f64>, ApiError> {
     match obj.get(key) {
-        None | Some(Value::Null) => Result::Ok(None),
-        Some(Value::Number(n)) => Result::Ok(n.as_f64()),
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => Ok(n.as_f64()),
         Some(_) => Err(ApiError::invalid(format!("{field}.{key}: must be a number"))),
     }
 }
@@ -284,7 +284,7 @@ fn from_location(location: &Map<String, Value>, field: &str) -> Result<Map<Strin
     insert(&mut obj, "heading", in_range(heading, 0.0..360.0, &format!("{coords_field}.heading"))?);
     insert(&mut obj, "accuracy", known(json_number(coords, "accuracy", &coords_field)?));
     json_number(coords, "altitude", &coords_field)?;
-    Result::Ok(obj)
+    Ok(obj)
 }
 
 #[cfg(test)]

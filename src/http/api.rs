@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
-use super::{HttpState, JsonBody, Ok, caller::Caller};
+use super::{HttpState, JsonBody, Reply, caller::Caller};
 use crate::{
     auth::Role,
     error::{ApiError, Envelope, ErrorCode},
@@ -34,7 +34,7 @@ pub(super) fn path<T>(p: Result<Path<T>, PathRejection>) -> Result<T, ApiError> 
 
 pub(super) fn check_id(kind: &'static str, id: &str) -> Result<(), ApiError> {
     if ids::is_valid_id(id) {
-        Result::Ok(())
+        Ok(())
     } else {
         Err(ApiError::invalid(format!("{kind}: must be 1–64 characters of [A-Za-z0-9._:-]")))
     }
@@ -86,7 +86,7 @@ pub async fn put_location(
     caller: Caller,
     p: Result<Path<(String, String)>, PathRejection>,
     JsonBody(body): JsonBody<Value>,
-) -> Result<Ok<Accepted>, ApiError> {
+) -> Result<Reply<Accepted>, ApiError> {
     let (fleet, vehicle) = path(p)?;
     check_id("fleet", &fleet)?;
     check_id("vehicle", &vehicle)?;
@@ -102,7 +102,7 @@ pub async fn put_location(
     body.insert("vehicleId".into(), Value::String(vehicle));
     body.remove("busId");
     let accepted = state.backend.publish(&caller.session(), &Value::Object(body)).await?;
-    Result::Ok(Ok(accepted))
+    Ok(Reply(accepted))
 }
 
 /// A batch of positions.
@@ -137,7 +137,7 @@ pub async fn post_locations(
     caller: Caller,
     p: Result<Path<String>, PathRejection>,
     JsonBody(body): JsonBody<Value>,
-) -> Result<Ok<BatchResult>, ApiError> {
+) -> Result<Reply<BatchResult>, ApiError> {
     let fleet = path(p)?;
     check_id("fleet", &fleet)?;
     caller.require(&fleet, &[Role::Dispatcher])?;
@@ -155,7 +155,7 @@ pub async fn post_locations(
         let result = state.backend.publish(&session, item).await;
         results.push(serde_json::to_value(Envelope::from_result(&result)).unwrap_or(Value::Null));
     }
-    Result::Ok(Ok(BatchResult { results }))
+    Ok(Reply(BatchResult { results }))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -193,7 +193,7 @@ pub(super) fn geojson(headers: &HeaderMap, value: Value) -> Response {
     if wants_geojson(headers) {
         ([(header::CONTENT_TYPE, "application/geo+json")], Json(value)).into_response()
     } else {
-        Ok(value).into_response()
+        Reply(value).into_response()
     }
 }
 
@@ -243,7 +243,7 @@ pub async fn get_vehicles(
         .filter(|p| bbox.is_none_or(|b| b.contains(p.lon, p.lat)))
         .map(|p| feature(&p))
         .collect();
-    Result::Ok(geojson(&headers, serde_json::json!({ "type": "FeatureCollection", "features": features })))
+    Ok(geojson(&headers, serde_json::json!({ "type": "FeatureCollection", "features": features })))
 }
 
 /// One vehicle's last-known position as a GeoJSON Feature.
@@ -278,7 +278,7 @@ pub async fn get_vehicle(
         .first()
         .and_then(|e| serde_json::from_str::<Position>(e).ok())
         .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no known position for this vehicle"))?;
-    Result::Ok(geojson(&headers, feature(&position)))
+    Ok(geojson(&headers, feature(&position)))
 }
 
 #[derive(Deserialize, Serialize, ToSchema)]
@@ -315,14 +315,14 @@ pub async fn post_message(
     caller: Caller,
     p: Result<Path<(String, String)>, PathRejection>,
     JsonBody(body): JsonBody<Value>,
-) -> Result<Ok<ChatMessage>, ApiError> {
+) -> Result<Reply<ChatMessage>, ApiError> {
     let (fleet, room) = path(p)?;
     check_id("fleet", &fleet)?;
     let room = rooms::room_name(Some(&Value::String(room)))?;
     caller.require(&fleet, &[Role::Dispatcher])?;
     let text = rooms::message_text(body.get("text"))?;
     let message = state.backend.post_message(&fleet, room, "server".into(), text).await?;
-    Result::Ok(Ok(message))
+    Ok(Reply(message))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -345,7 +345,7 @@ pub async fn delete_session(
     State(state): State<Arc<HttpState>>,
     caller: Caller,
     p: Result<Path<String>, PathRejection>,
-) -> Result<Ok<Revoked>, ApiError> {
+) -> Result<Reply<Revoked>, ApiError> {
     let id = path(p)?;
     let not_found = || ApiError::new(ErrorCode::NotFound, "unknown or expired session");
     if !ids::is_plausible_session_id(&id) {
@@ -359,5 +359,5 @@ pub async fn delete_session(
         return Err(ApiError::forbidden("only the session's owner or a dispatcher of its fleet may revoke it"));
     }
     state.backend.revoke(&id).await?;
-    Result::Ok(Ok(Revoked { revoked: true }))
+    Ok(Reply(Revoked { revoked: true }))
 }

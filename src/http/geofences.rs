@@ -14,7 +14,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::{
-    HttpState, JsonBody, Ok,
+    HttpState, JsonBody, Reply,
     api::{check_id, geojson, path},
     caller::Caller,
 };
@@ -47,7 +47,7 @@ fn ids(p: Result<Path<(String, String)>, PathRejection>) -> Result<(String, Stri
     let (fleet, id) = path(p)?;
     check_id("fleet", &fleet)?;
     check_id("geofence", &id)?;
-    Result::Ok((fleet, id))
+    Ok((fleet, id))
 }
 
 /// Creates or replaces a geofence.
@@ -69,13 +69,13 @@ pub async fn put_geofence(
     caller: Caller,
     p: Result<Path<(String, String)>, PathRejection>,
     JsonBody(body): JsonBody<Value>,
-) -> Result<Ok<Value>, ApiError> {
+) -> Result<Reply<Value>, ApiError> {
     let (fleet, id) = ids(p)?;
     caller.require(&fleet, &[Role::Dispatcher])?;
     let geofences = state.backend.geofences();
     geofences.put(&fleet, &id, &body).await?;
     let (feature, _) = geofences.get(&fleet, &id).await?;
-    Result::Ok(Ok(feature))
+    Ok(Reply(feature))
 }
 
 /// The fleet's geofences as a GeoJSON FeatureCollection.
@@ -99,7 +99,7 @@ pub async fn list_geofences(
     check_id("fleet", &fleet)?;
     caller.require(&fleet, READERS)?;
     let features = state.backend.geofences().list(&fleet).await?;
-    Result::Ok(geojson(&headers, serde_json::json!({ "type": "FeatureCollection", "features": features })))
+    Ok(geojson(&headers, serde_json::json!({ "type": "FeatureCollection", "features": features })))
 }
 
 /// One geofence, with `properties.inside`: the vehicles inside it now.
@@ -127,7 +127,7 @@ pub async fn get_geofence(
     if let Some(props) = feature.get_mut("properties").and_then(Value::as_object_mut) {
         props.insert("inside".into(), Value::Array(inside));
     }
-    Result::Ok(geojson(&headers, feature))
+    Ok(geojson(&headers, feature))
 }
 
 /// Deletes a geofence; vehicles inside get no `exit`.
@@ -146,9 +146,9 @@ pub async fn delete_geofence(
     State(state): State<Arc<HttpState>>,
     caller: Caller,
     p: Result<Path<(String, String)>, PathRejection>,
-) -> Result<Ok<Deleted>, ApiError> {
+) -> Result<Reply<Deleted>, ApiError> {
     let (fleet, id) = ids(p)?;
     caller.require(&fleet, &[Role::Dispatcher])?;
     state.backend.geofences().delete(&fleet, &id).await?;
-    Result::Ok(Ok(Deleted { deleted: true }))
+    Ok(Reply(Deleted { deleted: true }))
 }

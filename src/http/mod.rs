@@ -53,11 +53,11 @@ impl IntoResponse for ApiError {
 }
 
 /// A successful reply in the envelope.
-pub struct Ok<T>(pub T);
+pub struct Reply<T>(pub T);
 
-impl<T: Serialize> IntoResponse for Ok<T> {
+impl<T: Serialize> IntoResponse for Reply<T> {
     fn into_response(self) -> Response {
-        let result: Result<T, ApiError> = Result::Ok(self.0);
+        let result: Result<T, ApiError> = Ok(self.0);
         axum::Json(Envelope::from_result(&result)).into_response()
     }
 }
@@ -107,11 +107,11 @@ struct Status {
     status: &'static str,
 }
 
-async fn healthz() -> Ok<Status> {
-    Ok(Status { status: "ok" })
+async fn healthz() -> Reply<Status> {
+    Reply(Status { status: "ok" })
 }
 
-async fn readyz(State(state): State<Arc<HttpState>>) -> Result<Ok<Status>, ApiError> {
+async fn readyz(State(state): State<Arc<HttpState>>) -> Result<Reply<Status>, ApiError> {
     if !state.accepting.load(Ordering::Relaxed) {
         return Err(ApiError::new(ErrorCode::Unavailable, "shutting down"));
     }
@@ -122,7 +122,7 @@ async fn readyz(State(state): State<Arc<HttpState>>) -> Result<Ok<Status>, ApiEr
         tracing::debug!(error = %e, "not ready");
         ApiError::unavailable()
     })?;
-    Result::Ok(Ok(Status { status: "ready" }))
+    Ok(Reply(Status { status: "ready" }))
 }
 
 #[derive(Deserialize)]
@@ -147,7 +147,7 @@ const MAX_DEMO_TTL_SECS: u64 = 86_400;
 async fn demo_token(
     State(state): State<Arc<HttpState>>,
     JsonBody(req): JsonBody<DemoTokenRequest>,
-) -> Result<Ok<DemoToken>, ApiError> {
+) -> Result<Reply<DemoToken>, ApiError> {
     let fleet = req.fleet.unwrap_or_else(|| crate::demo::FLEET.to_owned());
     let role = match req.role.as_deref() {
         None => Role::Viewer,
@@ -162,5 +162,5 @@ async fn demo_token(
         tracing::warn!(error = %e, "demo token not minted");
         ApiError::unavailable()
     })?;
-    Result::Ok(Ok(DemoToken { token }))
+    Ok(Reply(DemoToken { token }))
 }

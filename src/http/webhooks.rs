@@ -9,7 +9,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::{
-    HttpState, JsonBody, Ok,
+    HttpState, JsonBody, Reply,
     api::{check_id, path},
     caller::Caller,
 };
@@ -47,7 +47,7 @@ fn ids(p: Result<Path<(String, String)>, PathRejection>) -> Result<(String, Stri
     let (fleet, id) = path(p)?;
     check_id("fleet", &fleet)?;
     check_id("webhook", &id)?;
-    Result::Ok((fleet, id))
+    Ok((fleet, id))
 }
 
 /// Registers a webhook (or replaces one, which keeps its place in the
@@ -70,11 +70,11 @@ pub async fn put_webhook(
     caller: Caller,
     p: Result<Path<(String, String)>, PathRejection>,
     JsonBody(body): JsonBody<Value>,
-) -> Result<Ok<Registered>, ApiError> {
+) -> Result<Reply<Registered>, ApiError> {
     let (fleet, id) = ids(p)?;
     caller.require(&fleet, &[Role::Dispatcher])?;
     let (webhook, created) = state.webhooks.put(&fleet, &id, &body).await?;
-    Result::Ok(Ok(Registered { webhook, created }))
+    Ok(Reply(Registered { webhook, created }))
 }
 
 /// The fleet's webhooks, by id, without their secrets.
@@ -93,11 +93,11 @@ pub async fn list_webhooks(
     State(state): State<Arc<HttpState>>,
     caller: Caller,
     p: Result<Path<String>, PathRejection>,
-) -> Result<Ok<Vec<WebhookView>>, ApiError> {
+) -> Result<Reply<Vec<WebhookView>>, ApiError> {
     let fleet = path(p)?;
     check_id("fleet", &fleet)?;
     caller.require(&fleet, &[Role::Dispatcher])?;
-    Result::Ok(Ok(state.webhooks.list(&fleet).await?))
+    Ok(Reply(state.webhooks.list(&fleet).await?))
 }
 
 /// Deletes a webhook: nothing more is sent to it.
@@ -116,9 +116,9 @@ pub async fn delete_webhook(
     State(state): State<Arc<HttpState>>,
     caller: Caller,
     p: Result<Path<(String, String)>, PathRejection>,
-) -> Result<Ok<Deleted>, ApiError> {
+) -> Result<Reply<Deleted>, ApiError> {
     let (fleet, id) = ids(p)?;
     caller.require(&fleet, &[Role::Dispatcher])?;
     state.webhooks.delete(&fleet, &id).await?;
-    Result::Ok(Ok(Deleted { deleted: true }))
+    Ok(Reply(Deleted { deleted: true }))
 }
