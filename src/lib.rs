@@ -30,7 +30,8 @@
 //! - [`http`] is the HTTP API, probes and pages; [`device`] the OsmAnd
 //!   listener and the MQTT subscription; [`demo`] the simulated fleet.
 //! - [`metrics`] holds every metric name and label set; [`position`] and
-//!   [`geo`] the domain types.
+//!   [`geo`] the domain types; [`ids`] ids and the clock; [`lock`] the one
+//!   way a poisoned lock is taken.
 //! - [`geofence`] is section 11: geofence shapes and their validation,
 //!   each fleet's spatial index on this replica and its sync with the
 //!   store. The crossings themselves are decided by the store, in the
@@ -58,6 +59,7 @@ pub mod geofence;
 pub mod healthcheck;
 pub mod http;
 pub mod ids;
+pub mod lock;
 pub mod metrics;
 pub mod net;
 pub mod outputs;

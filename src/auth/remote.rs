@@ -4,6 +4,7 @@
 //! that asked), and readiness. A failed fetch never replaces the set held:
 //! while the provider is down or answers garbage the last good set serves.
 
+use crate::lock::RwLockExt;
 use std::{
     sync::{
         Arc, RwLock,
@@ -87,7 +88,7 @@ impl RemoteKeys {
 
     /// The set held now.
     pub(super) fn current(&self) -> Arc<[VerifyingKey]> {
-        self.held.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.held.read_or_recover().clone()
     }
 
     fn holds(&self, kid: &str) -> bool {
@@ -140,7 +141,7 @@ impl RemoteKeys {
         match self.fetch().await {
             Ok((keys, skipped)) => {
                 let count = keys.len();
-                *self.held.write().unwrap_or_else(|p| p.into_inner()) = Arc::from(keys);
+                *self.held.write_or_recover() = Arc::from(keys);
                 let first = !self.fetched.swap(true, Ordering::AcqRel);
                 metrics::counter!(crate::metrics::names::JWKS_REFRESHES, "outcome" => "ok").increment(1);
                 metrics::gauge!(crate::metrics::names::JWKS_KEYS).set(count as f64);

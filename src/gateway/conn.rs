@@ -2,6 +2,7 @@
 //! update asks the store who the socket is), what it watches, and its
 //! place in the deadlines that end it.
 
+use crate::lock::MutexExt;
 use std::{
     collections::HashSet,
     sync::{Arc, Mutex, MutexGuard},
@@ -58,11 +59,6 @@ impl Subscriptions {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Plain data: a panic elsewhere cannot leave it half-written.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Conn {
     pub fn new(events: Option<EventLimiter>, slot: Slot) -> Self {
         Self { events, slot: Mutex::new(Some(slot)), ..Self::default() }
@@ -74,28 +70,28 @@ impl Conn {
     }
 
     pub fn release_slot(&self) {
-        lock(&self.slot).take();
+        self.slot.lock_or_recover().take();
     }
 
     pub fn session(&self) -> Option<Arc<Session>> {
-        lock(&self.session).clone()
+        self.session.lock_or_recover().clone()
     }
 
     pub fn set_session(&self, session: Arc<Session>) {
-        *lock(&self.session) = Some(session);
+        *self.session.lock_or_recover() = Some(session);
     }
 
     pub fn subscriptions(&self) -> MutexGuard<'_, Subscriptions> {
-        lock(&self.subscriptions)
+        self.subscriptions.lock_or_recover()
     }
 
     pub fn rooms(&self) -> MutexGuard<'_, HashSet<String>> {
-        lock(&self.rooms)
+        self.rooms.lock_or_recover()
     }
 
     /// Records the vehicle this socket keeps online; false if it already keeps one.
     pub fn claim_presence(&self, fleet: &str, vehicle: &str) -> bool {
-        let mut p = lock(&self.presence);
+        let mut p = self.presence.lock_or_recover();
         if p.is_some() {
             return false;
         }
@@ -108,24 +104,24 @@ impl Conn {
     /// whose drop ends this one. Call it in arrival order.
     pub fn queue_update(&self) -> Turn {
         let (done, end) = oneshot::channel();
-        (lock(&self.last_update).replace(end), done)
+        (self.last_update.lock_or_recover().replace(end), done)
     }
 
     pub fn take_presence(&self) -> Option<(String, String)> {
-        lock(&self.presence).take()
+        self.presence.lock_or_recover().take()
     }
 
     pub(super) fn take_deadline_key(&self) -> Option<Key> {
-        lock(&self.deadline).take()
+        self.deadline.lock_or_recover().take()
     }
 
     pub(super) fn set_deadline_key(&self, key: Key) {
-        *lock(&self.deadline) = Some(key);
+        *self.deadline.lock_or_recover() = Some(key);
     }
 
     /// Forgets `key` if it is still this socket's (its entry expired).
     pub(super) fn forget_deadline_key(&self, key: Key) {
-        let mut slot = lock(&self.deadline);
+        let mut slot = self.deadline.lock_or_recover();
         if *slot == Some(key) {
             *slot = None;
         }

@@ -7,6 +7,7 @@
 //! one deadline (the one that applies now); setting another replaces it,
 //! and a disconnect clears it, so the queue never outlives its sockets.
 
+use crate::lock::MutexExt;
 use std::{
     future::poll_fn,
     sync::{Arc, Mutex, MutexGuard, Weak},
@@ -49,7 +50,7 @@ impl<A: Adapter> Deadlines<A> {
     fn lock(&self) -> MutexGuard<'_, DelayQueue<Entry<A>>> {
         // Every operation leaves the queue consistent: a panic elsewhere
         // while it was held does not make it unusable.
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+        self.queue.lock_or_recover()
     }
 
     /// Sets the socket's deadline, `after` from now, replacing the one it had.

@@ -4,6 +4,7 @@
 //! (`governor`); refusals are the contract's `rate_limited`, and the
 //! global cap `unavailable` (the server is full; try another replica).
 
+use crate::lock::MutexExt;
 use std::{
     collections::HashMap,
     net::IpAddr,
@@ -57,7 +58,7 @@ impl Drop for Slot {
     fn drop(&mut self) {
         self.limits.open.fetch_sub(1, Ordering::Relaxed);
         if let Some(ip) = self.ip {
-            let mut per_ip = self.limits.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            let mut per_ip = self.limits.per_ip.lock_or_recover();
             if let Some(n) = per_ip.get_mut(&ip) {
                 *n -= 1;
                 if *n == 0 {
@@ -132,7 +133,7 @@ impl Limits {
         if self.max_per_ip > 0
             && let Some(ip) = ip
         {
-            let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            let mut per_ip = self.per_ip.lock_or_recover();
             let n = per_ip.entry(ip).or_insert(0);
             if *n >= self.max_per_ip {
                 return Err(ApiError::new(ErrorCode::RateLimited, "too many connections from this address"));

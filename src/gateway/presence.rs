@@ -9,6 +9,7 @@
 //! that dies lapse to offline after `FLEETGATE_PRESENCE_TTL_SECS`; every
 //! replica sweeps, and each offline vehicle is announced by exactly one.
 
+use crate::lock::MutexExt;
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
@@ -80,7 +81,7 @@ impl Vehicle {
 
 impl LocalVehicles {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Vehicle>> {
-        self.vehicles.lock().unwrap_or_else(|p| p.into_inner())
+        self.vehicles.lock_or_recover()
     }
 
     /// Counts a socket in; the store's turn when it is the vehicle's first here.

@@ -18,6 +18,7 @@
 //! arrived. Each update keeps its own fence (an update answered
 //! `unavailable` is never stored) counted from when it was queued.
 
+use crate::lock::MutexExt;
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex, MutexGuard, Weak},
@@ -126,7 +127,7 @@ impl<A: Adapter> Default for Batches<A> {
 impl<A: Adapter> Batches<A> {
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Vec<Queued<A>>>> {
         // Plain queues: a panic elsewhere leaves them consistent.
-        self.fleets.lock().unwrap_or_else(|p| p.into_inner())
+        self.fleets.lock_or_recover()
     }
 
     /// Queues an update behind its fleet's call in flight; gives it back

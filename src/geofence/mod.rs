@@ -22,6 +22,7 @@ pub mod shape;
 pub mod sync;
 mod valid;
 
+use crate::lock::RwLockExt;
 use std::{
     collections::HashMap,
     sync::{Arc, RwLock},
@@ -148,7 +149,7 @@ impl Geofences {
     }
 
     fn cached(&self, fleet: &str) -> Option<Arc<FleetIndex>> {
-        self.fleets.read().unwrap_or_else(|p| p.into_inner()).get(fleet).cloned()
+        self.fleets.read_or_recover().get(fleet).cloned()
     }
 
     /// The fleet's index, read from the store the first time.
@@ -187,7 +188,7 @@ impl Geofences {
             })
             .collect();
         let index = Arc::new(FleetIndex::new(set.version, fences));
-        let mut fleets = self.fleets.write().unwrap_or_else(|p| p.into_inner());
+        let mut fleets = self.fleets.write_or_recover();
         fleets.insert(fleet.to_owned(), index.clone());
         metrics::gauge!(names::GEOFENCES).set(fleets.values().map(|f| f.len()).sum::<usize>() as f64);
         index
@@ -195,7 +196,7 @@ impl Geofences {
 
     /// The fleets indexed here, with their versions.
     pub fn loaded(&self) -> Vec<(String, u64)> {
-        self.fleets.read().unwrap_or_else(|p| p.into_inner()).iter().map(|(f, i)| (f.clone(), i.version)).collect()
+        self.fleets.read_or_recover().iter().map(|(f, i)| (f.clone(), i.version)).collect()
     }
 
     /// Validates and stores a geofence; whether it was new.

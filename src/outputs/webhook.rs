@@ -13,6 +13,7 @@
 //! [`MAX_RESPONSE_BYTES`] of an answer read, and at most
 //! `FLEETGATE_WEBHOOK_CONCURRENCY` requests in flight per endpoint.
 
+use crate::lock::MutexExt;
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
@@ -116,7 +117,7 @@ impl Client {
             url.host_str().unwrap_or_default(),
             url.port_or_known_default().unwrap_or(0)
         );
-        let mut endpoints = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        let mut endpoints = self.endpoints.lock_or_recover();
         // Endpoints nobody uses any more go (only this map holds them).
         if endpoints.len() > 64 {
             endpoints.retain(|_, s| Arc::strong_count(s) > 1);

@@ -2,6 +2,7 @@
 //! cap and presence rules as Redis. Expired entries are swept periodically so memory stays
 //! bounded by what is live.
 
+use crate::lock::MutexExt;
 use std::{
     collections::{HashMap, VecDeque},
     sync::{Arc, Mutex, MutexGuard, Weak},
@@ -89,7 +90,7 @@ impl MemoryStore {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic elsewhere while holding the lock leaves plain data behind,
         // still consistent entry by entry: keep serving.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock_or_recover()
     }
 
     /// The compare-and-set of one position, as Redis's script does it.

@@ -4,6 +4,7 @@
 //! fleet's whole-fleet watchers, and a tailored one for each socket that
 //! watches only some vehicles or boxes.
 
+use crate::lock::MutexExt;
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
@@ -23,7 +24,7 @@ use crate::metrics::names;
 pub(super) type Pending = HashMap<String, HashMap<String, Arc<Outgoing>>>;
 
 pub(super) fn add(pending: &Mutex<Pending>, p: Outgoing) {
-    let mut pending = pending.lock().unwrap_or_else(|e| e.into_inner());
+    let mut pending = pending.lock_or_recover();
     let fleet = pending.entry(p.fleet.clone()).or_default();
     match fleet.get(&p.vehicle) {
         Some(current) if current.ts >= p.ts => {}
@@ -53,7 +54,7 @@ impl<A: Adapter> Fanout<A> {
     /// Ends a conflation window: one `locations` event per watching socket.
     fn flush(&self) {
         let Mode::Conflate(pending) = &self.mode else { return };
-        let fleets = std::mem::take(&mut *pending.lock().unwrap_or_else(|e| e.into_inner()));
+        let fleets = std::mem::take(&mut *pending.lock_or_recover());
         let Some(ns) = self.ns() else { return };
         let mut delivered = 0usize;
         for (fleet, vehicles) in fleets {

@@ -30,6 +30,7 @@
 mod conflate;
 mod slow;
 
+use crate::lock::{MutexExt, RwLockExt};
 use std::{
     borrow::Cow,
     collections::HashMap,
@@ -229,11 +230,11 @@ impl<A: Adapter> Fanout<A> {
     }
 
     fn read(&self) -> RwLockReadGuard<'_, HashMap<String, Grid>> {
-        self.boxes.read().unwrap_or_else(|p| p.into_inner())
+        self.boxes.read_or_recover()
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, HashMap<String, Grid>> {
-        self.boxes.write().unwrap_or_else(|p| p.into_inner())
+        self.boxes.write_or_recover()
     }
 
     /// The rooms of every local socket that watches this position: the
@@ -398,7 +399,7 @@ impl<A: Adapter> Fanout<A> {
 /// Starts the fan-out tasks and the slow-viewer sweep; abort the handles to stop them.
 pub fn spawn<A: Adapter>(gw: &Arc<super::Gateway<A>>) -> Vec<tokio::task::JoinHandle<()>> {
     let receivers = match &gw.fanout.mode {
-        Mode::Immediate { receivers, .. } => std::mem::take(&mut *receivers.lock().unwrap_or_else(|p| p.into_inner())),
+        Mode::Immediate { receivers, .. } => std::mem::take(&mut *receivers.lock_or_recover()),
         Mode::Conflate(_) => Vec::new(),
     };
     let mut tasks: Vec<_> = receivers.into_iter().map(|rx| tokio::spawn(run_queue(gw.clone(), rx))).collect();

@@ -10,6 +10,7 @@
 //! the next heartbeat. Memory per stalled viewer is thereby bounded, and
 //! nobody else waits for it.
 
+use crate::lock::MutexExt;
 use std::{
     collections::HashMap,
     sync::{
@@ -103,7 +104,7 @@ impl<A: Adapter> SlowViewers<A> {
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<Sid, Lag<A>>> {
-        self.lagging.lock().unwrap_or_else(|p| p.into_inner())
+        self.lagging.lock_or_recover()
     }
 
     pub fn count(&self) -> usize {

@@ -22,6 +22,7 @@
 pub mod emit;
 mod replay;
 
+use crate::lock::{MutexExt, RwLockExt};
 use std::{
     collections::HashMap,
     sync::{
@@ -76,11 +77,11 @@ impl Registry {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Sid, Arc<Recovering>>> {
-        self.sockets.read().unwrap_or_else(|p| p.into_inner())
+        self.sockets.read_or_recover()
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Sid, Arc<Recovering>>> {
-        self.sockets.write().unwrap_or_else(|p| p.into_inner())
+        self.sockets.write_or_recover()
     }
 
     fn insert(&self, sid: Sid, r: Arc<Recovering>) {
@@ -400,7 +401,7 @@ pub(super) async fn on_connected<A: Adapter>(socket: &SocketRef<A>, conn: &Arc<C
         on_disconnect(socket, conn, gw).await;
         return;
     }
-    let plan = socket.extensions.get::<Pending>().and_then(|p| p.0.lock().unwrap_or_else(|e| e.into_inner()).take());
+    let plan = socket.extensions.get::<Pending>().and_then(|p| p.0.lock_or_recover().take());
     socket.extensions.remove::<Pending>();
     let Some(plan) = plan else { return };
     replay::restore(socket, conn, gw, &r, *plan).await;

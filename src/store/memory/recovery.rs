@@ -3,9 +3,10 @@
 //! a lifetime, and a capped per-fleet log that remembers the newest id it
 //! dropped, so a gap that reaches into dropped entries is seen as trimmed.
 
+use crate::lock::MutexExt;
 use std::{
     collections::{HashMap, VecDeque},
-    sync::{Mutex, MutexGuard},
+    sync::Mutex,
 };
 
 use async_trait::async_trait;
@@ -39,15 +40,11 @@ pub(super) struct Recovery {
     logs: Mutex<HashMap<String, Log>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Recovery {
     /// Drops what expired (called by the store's sweeper).
     pub(super) fn sweep(&self, now: i64) {
-        lock(&self.sockets).retain(|_, r| r.expires_at > now);
-        lock(&self.logs).retain(|_, l| l.expires_at > now);
+        self.sockets.lock_or_recover().retain(|_, r| r.expires_at > now);
+        self.logs.lock_or_recover().retain(|_, l| l.expires_at > now);
     }
 }
 
@@ -62,7 +59,7 @@ impl RecoveryStore for MemoryStore {
         claim: bool,
     ) -> Result<bool, StoreError> {
         let now = now_ms();
-        let mut sockets = lock(&self.recovery.sockets);
+        let mut sockets = self.recovery.sockets.lock_or_recover();
         let key = (fleet.to_owned(), pid.to_owned());
         let held = sockets.get(&key).filter(|r| r.expires_at > now).is_some_and(|r| r.record.holder == record.holder);
         if !claim && !held {
@@ -74,7 +71,7 @@ impl RecoveryStore for MemoryStore {
 
     async fn touch_sockets(&self, fleet: &str, records: &[(String, String)], ttl_ms: i64) -> Result<(), StoreError> {
         let now = now_ms();
-        let mut sockets = lock(&self.recovery.sockets);
+        let mut sockets = self.recovery.sockets.lock_or_recover();
         for (pid, holder) in records {
             if let Some(r) = sockets.get_mut(&(fleet.to_owned(), pid.clone()))
                 && r.expires_at > now
@@ -88,7 +85,7 @@ impl RecoveryStore for MemoryStore {
 
     async fn socket(&self, fleet: &str, pid: &str) -> Result<Option<SocketRecord>, StoreError> {
         let now = now_ms();
-        let sockets = lock(&self.recovery.sockets);
+        let sockets = self.recovery.sockets.lock_or_recover();
         Ok(sockets.get(&(fleet.to_owned(), pid.to_owned())).filter(|r| r.expires_at > now).map(|r| r.record.clone()))
     }
 
@@ -100,7 +97,7 @@ impl RecoveryStore for MemoryStore {
         max: u64,
         ttl_ms: i64,
     ) -> Result<LogId, StoreError> {
-        let mut logs = lock(&self.recovery.logs);
+        let mut logs = self.recovery.logs.lock_or_recover();
         let log = logs.entry(fleet.to_owned()).or_default();
         let ms = u64::try_from(now_ms).unwrap_or(0);
         let id = if ms > log.last.ms { LogId { ms, seq: 0 } } else { LogId { ms: log.last.ms, seq: log.last.seq + 1 } };
@@ -117,7 +114,7 @@ impl RecoveryStore for MemoryStore {
 
     async fn events_after(&self, fleet: &str, after: LogId, max: u64) -> Result<Missed, StoreError> {
         let now = now_ms();
-        let logs = lock(&self.recovery.logs);
+        let logs = self.recovery.logs.lock_or_recover();
         let Some(log) = logs.get(fleet).filter(|l| l.expires_at > now) else { return Ok(Missed::Events(Vec::new())) };
         if log.max_deleted > after {
             return Ok(Missed::Trimmed);

@@ -7,6 +7,7 @@
 //! (`<ms>-<seq> <ordinal>`), in the fleet's slot; and the set
 //! `fg:events:fleets` of fleets that have had events.
 
+use crate::lock::MutexExt;
 use std::{
     collections::HashMap,
     sync::{LazyLock, Mutex},
@@ -163,7 +164,7 @@ impl RedisStore {
             return;
         }
         {
-            let mut noted = self.noted.0.lock().unwrap_or_else(|p| p.into_inner());
+            let mut noted = self.noted.0.lock_or_recover();
             if noted.get(fleet).is_some_and(|at| at.elapsed() < NOTE_EVERY) {
                 return;
             }
@@ -177,7 +178,7 @@ impl RedisStore {
             let added = tokio::time::timeout(super::CALL_TIMEOUT, add).await;
             if !matches!(added, Ok(Ok(()))) {
                 tracing::debug!(fleet, "fleet not listed among those with events; retried with its next event");
-                noted.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&fleet);
+                noted.0.lock_or_recover().remove(&fleet);
             }
         });
     }
