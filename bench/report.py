@@ -6,6 +6,7 @@ table, and judges single fan-out results for the W sweep.
     report.py verdict FILE P99_MAX_MS RATIO_MIN  # pass | p99 | ratio | failures | tool
     report.py get FILE dotted.path              # one value of the last line
     report.py scale FILE                        # bench/scale.sh's tables
+    report.py geofences FILE...                 # geofences runs: medians per N over every round
 """
 
 from __future__ import annotations
@@ -314,6 +315,59 @@ def geofence_table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def geofence_medians(paths: list[Path]) -> str:
+    """Several runs of the geofences scenario folded into one row per N:
+    medians over every round, each round's N against that round's N=0."""
+    import statistics
+
+    runs = [(p, d) for p in paths for d in lines(p)]
+    base = {(p, d.get("label")): d for p, d in runs if get(d, "results.geofences.count") == 0}
+    by_n: dict[int, list[tuple[dict, dict | None]]] = {}
+    for p, d in runs:
+        by_n.setdefault(get(d, "results.geofences.count"), []).append((d, base.get((p, d.get("label")))))
+
+    def med(values):
+        values = [v for v in values if v is not None]
+        return statistics.median(values) if values else None
+
+    def ratio(d, b, path):
+        v, bv = get(d, path), get(b, path) if b else None
+        return v / bv - 1 if v is not None and bv else None
+
+    def spread(values):
+        values = [v * 100 for v in values if v is not None]
+        return f"{min(values):+.0f} … {max(values):+.0f} %" if values else "–"
+
+    out = [
+        "| geofences | runs loaded | server CPU µs/upd (user / system) | vs N=0: median (range) | Redis CPU µs/upd "
+        "| vs N=0: median (range) | script calls per batch · HSET · SADD+SREM per upd | crossings/s | evaluation µs per batch "
+        "| server RSS | p50 / p99 ms |",
+        "|---:|---|---|---|---|---|---|---:|---:|---:|---|",
+    ]
+    for n in sorted(by_n):
+        rs = by_n[n]
+        ok = [(d, b) for d, b in rs if not get(d, "results.geofences.load_error")]
+        if not ok:
+            out.append(f"| {n} | 0 of {len(rs)} | – | – | – | – | – | – | – | – | – |")
+            continue
+        m = lambda path: med(get(d, path) for d, _ in ok)  # noqa: E731
+        srv = [ratio(d, b, "results.server.cpu_us_per_update") for d, b in ok]
+        red = [ratio(d, b, "results.redis.cpu_us_per_update") for d, b in ok]
+        calls = med(get(d, "results.geofences.evalsha_per_update") / get(d, "results.geofences.batches_per_update") for d, _ in ok if get(d, "results.geofences.batches_per_update"))
+        rel = lambda values: "base" if n == 0 or med(values) is None else f"{med(values) * 100:+.1f} % ({spread(values)})"  # noqa: E731
+        per_cmd = lambda c: m(f"results.geofences.redis_command_calls_per_update.{c}") or 0.0  # noqa: E731
+        out.append(
+            f"| {n} | {len(ok)} of {len(rs)} | {fmt(m('results.server.cpu_us_per_update'), 1)} "
+            f"({fmt(m('results.server.user_us_per_update'), 1)} / {fmt(m('results.server.system_us_per_update'), 1)}) "
+            f"| {rel(srv)} | {fmt(m('results.redis.cpu_us_per_update'), 1)} | {rel(red)} "
+            f"| {fmt(calls, 2)} · {fmt(per_cmd('hset'), 2)} · {fmt(per_cmd('sadd') + per_cmd('srem'), 3)} "
+            f"| {fmt(m('results.geofences.events_per_s'), 1)} | {fmt(m('results.geofences.evaluation_us_per_batch'), 1)} "
+            f"| {fmt(m('results.server.rss_bytes') / 1048576, 0, ' MiB')} "
+            f"| {fmt(m('results.latency.p50_ms'), 2)} / {fmt(m('results.latency.p99_ms'), 1)} |"
+        )
+    return "\n".join(out) + "\n"
+
+
 def redis_us_per_update(d: dict):
     """Redis CPU (every node) over the window per update accepted in it."""
     cpu, accepted = get(d, "results.redis.cpu_s"), get(d, "results.updates_accepted_in_window")
@@ -386,6 +440,9 @@ def main(argv: list[str]) -> int:
         return 0
     if cmd == "scale" and len(argv) == 3:
         print(scale_table(Path(argv[2])), end="")
+        return 0
+    if cmd == "geofences" and len(argv) >= 3:
+        print(geofence_medians([Path(a) for a in argv[2:]]), end="")
         return 0
     if cmd == "get" and len(argv) == 4:
         rows = lines(Path(argv[2]))
