@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use socketioxide::{adapter::Adapter, extract::SocketRef};
 
-use super::{Conn, Gateway, Request, deadline::Deadline};
+use super::{ClientEvent, Conn, Gateway, deadline::Deadline};
 use crate::{
     error::{ApiError, ErrorCode},
     ids,
@@ -157,7 +157,7 @@ fn arm_expiry<A: Adapter>(gw: &Gateway<A>, socket: &SocketRef<A>, conn: &Arc<Con
     gw.deadlines.set(socket, conn, deadline, left);
 }
 
-pub(super) async fn on_authenticate<A: Adapter>(req: Request<A>, conn: Arc<Conn>, gw: Arc<Gateway<A>>) {
+pub(super) async fn on_authenticate<A: Adapter>(req: ClientEvent<A>, conn: Arc<Conn>, gw: Arc<Gateway<A>>) {
     let result = async {
         let creds = Credentials::from_json(Some(req.payload.clone()))?;
         let token = creds.token.as_deref().ok_or_else(|| ApiError::invalid("token: required"))?;

@@ -4,6 +4,7 @@
 //! the embedded node and the Redis-backed replicas run the same code.
 
 mod auth;
+mod client_event;
 mod conn;
 pub mod deadline;
 pub mod fanout;
@@ -13,7 +14,6 @@ mod location;
 pub mod presence;
 pub mod publish;
 pub mod recovery;
-mod request;
 pub mod rooms;
 pub mod viewer;
 
@@ -21,10 +21,10 @@ use std::sync::Arc;
 
 use socketioxide::{SocketIo, adapter::Adapter, extract::SocketRef, handler::ConnectHandler, socket::DisconnectReason};
 
+pub use client_event::ClientEvent;
 pub use conn::Conn;
 pub use fanout::Fanout;
 pub use publish::{Accepted, Source};
-pub use request::Request;
 
 use crate::{
     auth::{Authenticator, Role},
@@ -231,7 +231,7 @@ fn attach_handlers<A: Adapter>(socket: &SocketRef<A>, conn: Arc<Conn>, gateway: 
     socket.extensions.insert(conn.clone());
     {
         let (gateway, conn) = (gateway.clone(), conn.clone());
-        socket.on_fallback(move |req: Request<A>| {
+        socket.on_fallback(move |req: ClientEvent<A>| {
             // socketioxide calls this synchronously for each packet, in
             // arrival order, and spawns the future it returns: the event
             // budget is charged and a place in a queue is taken here, in

@@ -30,7 +30,7 @@ use serde_json::value::RawValue;
 use socketioxide::adapter::Adapter;
 use tokio::sync::oneshot;
 
-use super::{Gateway, Request, fanout::Outgoing};
+use super::{ClientEvent, Gateway, fanout::Outgoing};
 use crate::{
     auth::Role,
     error::{ApiError, ErrorCode},
@@ -75,7 +75,7 @@ fn count_update(source: Source, result: &Result<Accepted, ApiError>) {
 pub(super) enum Reply<A: Adapter> {
     /// A socket's event: acked (or answered with an `exception`) by the
     /// round that learns the outcome.
-    Socket(Request<A>),
+    Socket(ClientEvent<A>),
     /// A caller waiting in process (HTTP, the demo fleet).
     Wait(oneshot::Sender<Result<Accepted, ApiError>>),
 }
@@ -193,7 +193,7 @@ impl<A: Adapter> Gateway<A> {
 
     /// A socket's `locationupdate`: parsed, validated and queued; its ack
     /// is written when the store has answered.
-    pub(super) async fn publish_event(&self, session: &Session, req: Request<A>) {
+    pub(super) async fn publish_event(&self, session: &Session, req: ClientEvent<A>) {
         match PositionUpdate::parse(&req.payload) {
             Ok(update) => self.submit(session, update, Source::Socket, Reply::Socket(req)).await,
             Err(e) => Reply::Socket(req).send(Source::Socket, Err(e)),

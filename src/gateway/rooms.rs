@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use socketioxide::{adapter::Adapter, extract::SocketRef};
 
 use super::{
-    Conn, Gateway, Request,
+    ClientEvent, Conn, Gateway,
     auth::require_session,
     recovery::{Audience, Target},
 };
@@ -87,7 +87,7 @@ async fn notify_others<A: Adapter>(gw: &Gateway<A>, socket: &SocketRef<A>, fleet
     }
 }
 
-pub(super) async fn on_join<A: Adapter>(req: Request<A>, conn: Arc<Conn>, gw: Arc<Gateway<A>>) {
+pub(super) async fn on_join<A: Adapter>(req: ClientEvent<A>, conn: Arc<Conn>, gw: Arc<Gateway<A>>) {
     let result = async {
         let session = require_session(&conn)?;
         let room = room_name(field(&req.payload, "room"))?;
@@ -118,7 +118,7 @@ pub(super) async fn on_join<A: Adapter>(req: Request<A>, conn: Arc<Conn>, gw: Ar
     req.reply(result);
 }
 
-pub(super) async fn on_leave<A: Adapter>(req: Request<A>, conn: Arc<Conn>, gw: Arc<Gateway<A>>) {
+pub(super) async fn on_leave<A: Adapter>(req: ClientEvent<A>, conn: Arc<Conn>, gw: Arc<Gateway<A>>) {
     let result = async {
         let session = require_session(&conn)?;
         let room = room_name(field(&req.payload, "room"))?;
@@ -134,7 +134,7 @@ pub(super) async fn on_leave<A: Adapter>(req: Request<A>, conn: Arc<Conn>, gw: A
     req.reply(result);
 }
 
-pub(super) async fn on_chat<A: Adapter>(req: Request<A>, conn: Arc<Conn>, gw: Arc<Gateway<A>>) {
+pub(super) async fn on_chat<A: Adapter>(req: ClientEvent<A>, conn: Arc<Conn>, gw: Arc<Gateway<A>>) {
     let result = async {
         let session = require_session(&conn)?;
         let room = room_name(field(&req.payload, "room"))?;
@@ -165,7 +165,7 @@ struct HistoryQuery {
     before: Option<serde_json::Value>,
 }
 
-pub(super) async fn on_history<A: Adapter>(req: Request<A>, conn: Arc<Conn>, gw: Arc<Gateway<A>>) {
+pub(super) async fn on_history<A: Adapter>(req: ClientEvent<A>, conn: Arc<Conn>, gw: Arc<Gateway<A>>) {
     let result = async {
         let session = require_session(&conn)?;
         let room = room_name(field(&req.payload, "room"))?;

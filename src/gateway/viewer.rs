@@ -9,7 +9,7 @@ use serde_json::{Value, value::RawValue};
 use socketioxide::{adapter::Adapter, extract::SocketRef};
 
 use super::{
-    Conn, Gateway, Request,
+    ClientEvent, Conn, Gateway,
     auth::require_session,
     fanout::{fleet_room, geofence_room, scoped_geofence_room, socket_room, vehicle_room},
 };
@@ -147,7 +147,7 @@ struct Unsubscribed {
     fleet: String,
 }
 
-pub(super) async fn on_subscribe<A: Adapter>(req: Request<A>, conn: Arc<Conn>, gw: Arc<Gateway<A>>) {
+pub(super) async fn on_subscribe<A: Adapter>(req: ClientEvent<A>, conn: Arc<Conn>, gw: Arc<Gateway<A>>) {
     let result = async {
         let session = require_session(&conn)?;
         let selection = Selection::parse(&req.payload, &session, gw.config.max_subscriptions)?;
@@ -158,7 +158,7 @@ pub(super) async fn on_subscribe<A: Adapter>(req: Request<A>, conn: Arc<Conn>, g
 }
 
 /// `providerjoin { providerId }`: the bus-app's whole-fleet subscribe.
-pub(super) async fn on_provider_join<A: Adapter>(req: Request<A>, conn: Arc<Conn>, gw: Arc<Gateway<A>>) {
+pub(super) async fn on_provider_join<A: Adapter>(req: ClientEvent<A>, conn: Arc<Conn>, gw: Arc<Gateway<A>>) {
     let result = async {
         let session = require_session(&conn)?;
         let provider = req.payload.get("providerId").cloned().unwrap_or(Value::Null);
@@ -229,7 +229,7 @@ async fn subscribe<A: Adapter>(
     };
     // Listen to other replicas before reading the snapshot, so no update
     // falls between the two.
-    if newly_watching && let Err(e) = gw.fanout.watch(&sel.fleet).await {
+    if newly_watching && let Err(e) = gw.fanout.hear_other_replicas(&sel.fleet).await {
         conn.subscriptions().watching = false;
         return Err(e);
     }
@@ -285,7 +285,7 @@ async fn snapshot<A: Adapter>(gw: &Gateway<A>, sel: &Selection) -> Result<Vec<Bo
     Ok(encoded.into_iter().filter_map(|e| RawValue::from_string(e).ok()).collect())
 }
 
-pub(super) async fn on_unsubscribe<A: Adapter>(req: Request<A>, conn: Arc<Conn>, gw: Arc<Gateway<A>>) {
+pub(super) async fn on_unsubscribe<A: Adapter>(req: ClientEvent<A>, conn: Arc<Conn>, gw: Arc<Gateway<A>>) {
     let result = async {
         let session = require_session(&conn)?;
         let sel = Selection::parse(&req.payload, &session, gw.config.max_subscriptions)?;

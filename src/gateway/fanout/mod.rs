@@ -372,7 +372,7 @@ impl<A: Adapter> Fanout<A> {
     }
 
     /// Starts receiving the fleet's positions from other replicas.
-    pub async fn watch(&self, fleet: &str) -> Result<(), ApiError> {
+    pub async fn hear_other_replicas(&self, fleet: &str) -> Result<(), ApiError> {
         let Some(relay) = &self.relay else { return Ok(()) };
         relay.watch(fleet).await.map_err(|e| {
             tracing::warn!(error = %e, "cannot subscribe to the fleet's positions");

@@ -135,7 +135,7 @@ async fn resubscribe<A: Adapter>(socket: &SocketRef<A>, conn: &Conn, gw: &Gatewa
         }
         newly
     };
-    if watching && gw.fanout.watch(fleet).await.is_err() {
+    if watching && gw.fanout.hear_other_replicas(fleet).await.is_err() {
         conn.subscriptions().watching = false;
     }
     if !session.is_scoped() {

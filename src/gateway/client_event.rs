@@ -17,7 +17,7 @@ use crate::{
     metrics::names,
 };
 
-pub struct Request<A: Adapter> {
+pub struct ClientEvent<A: Adapter> {
     pub socket: SocketRef<A>,
     pub event: String,
     /// The first argument; `null` when absent or not JSON.
@@ -26,7 +26,7 @@ pub struct Request<A: Adapter> {
     has_ack: bool,
 }
 
-impl<A: Adapter> FromMessageParts<A> for Request<A> {
+impl<A: Adapter> FromMessageParts<A> for ClientEvent<A> {
     type Error = Infallible;
 
     fn from_message_parts(s: &Arc<Socket<A>>, v: &mut Value, ack_id: &Option<i64>) -> Result<Self, Infallible> {
@@ -49,7 +49,7 @@ struct Exception<'a> {
     message: &'a str,
 }
 
-impl<A: Adapter> Request<A> {
+impl<A: Adapter> ClientEvent<A> {
     /// Answers with the envelope; a failure without an ack becomes an
     /// `exception` event so it is never silent.
     pub fn reply<T: Serialize>(self, result: Result<T, ApiError>) {
