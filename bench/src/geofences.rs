@@ -32,6 +32,7 @@ use crate::{
 };
 
 #[derive(Args, Clone)]
+#[group(id = "GeofenceParams")]
 pub struct Params {
     #[command(flatten)]
     ingest: ingest::Params,

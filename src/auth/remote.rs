@@ -4,7 +4,6 @@
 //! that asked), and readiness. A failed fetch never replaces the set held:
 //! while the provider is down or answers garbage the last good set serves.
 
-use crate::lock::RwLockExt;
 use std::{
     sync::{
         Arc, RwLock,
@@ -21,6 +20,7 @@ use super::{
     keys::{Keys, VerifyingKey},
     load::KeyError,
 };
+use crate::lock::RwLockExt;
 use crate::{config::Config, ids};
 
 /// A token naming an unknown `kid` refreshes the set at most this often,

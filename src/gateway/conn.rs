@@ -2,7 +2,6 @@
 //! update asks the store who the socket is), what it watches, and its
 //! place in the deadlines that end it.
 
-use crate::lock::MutexExt;
 use std::{
     collections::HashSet,
     sync::{Arc, Mutex, MutexGuard},
@@ -12,6 +11,7 @@ use tokio::sync::oneshot;
 use tokio_util::time::delay_queue::Key;
 
 use super::limits::{EventLimiter, Slot};
+use crate::lock::MutexExt;
 use crate::{geo::BBox, session::Session};
 
 #[derive(Default)]

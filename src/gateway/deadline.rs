@@ -7,7 +7,6 @@
 //! one deadline (the one that applies now); setting another replaces it,
 //! and a disconnect clears it, so the queue never outlives its sockets.
 
-use crate::lock::MutexExt;
 use std::{
     future::poll_fn,
     sync::{Arc, Mutex, MutexGuard, Weak},
@@ -19,6 +18,7 @@ use socketioxide::{adapter::Adapter, extract::SocketRef};
 use tokio_util::time::DelayQueue;
 
 use super::{Gateway, conn::Conn};
+use crate::lock::MutexExt;
 
 /// What a deadline ends.
 #[derive(Clone, PartialEq, Eq, Debug)]

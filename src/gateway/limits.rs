@@ -4,7 +4,6 @@
 //! (`governor`); refusals are the contract's `rate_limited`, and the
 //! global cap `unavailable` (the server is full; try another replica).
 
-use crate::lock::MutexExt;
 use std::{
     collections::HashMap,
     net::IpAddr,
@@ -18,6 +17,7 @@ use std::{
 use axum::extract::ConnectInfo;
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
 
+use crate::lock::MutexExt;
 use crate::{
     config::Config,
     error::{ApiError, ErrorCode},

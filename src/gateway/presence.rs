@@ -9,7 +9,6 @@
 //! that dies lapse to offline after `FLEETGATE_PRESENCE_TTL_SECS`; every
 //! replica sweeps, and each offline vehicle is announced by exactly one.
 
-use crate::lock::MutexExt;
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
@@ -25,6 +24,7 @@ use super::{
     fanout::{fleet_room, vehicle_room},
     recovery::{Audience, Target},
 };
+use crate::lock::MutexExt;
 use crate::{
     ids,
     metrics::{AdapterOp, PresenceState, names},

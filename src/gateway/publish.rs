@@ -18,7 +18,6 @@
 //! arrived. Each update keeps its own fence (an update answered
 //! `unavailable` is never stored) counted from when it was queued.
 
-use crate::lock::MutexExt;
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex, MutexGuard, Weak},
@@ -31,6 +30,7 @@ use socketioxide::adapter::Adapter;
 use tokio::sync::oneshot;
 
 use super::{ClientEvent, Gateway, fanout::Outgoing};
+use crate::lock::MutexExt;
 use crate::{
     auth::Role,
     error::{ApiError, ErrorCode},

@@ -47,6 +47,15 @@ impl FleetIndex {
         Self { version, tree: RTree::bulk_load(entries), fences }
     }
 
+    /// This index with one geofence added or replaced, at `version`:
+    /// what a write on this replica needs, without reading and parsing the
+    /// whole set again.
+    pub fn with(&self, version: u64, id: &str, shape: Shape) -> Self {
+        let mut fences: Vec<(String, Shape)> = self.fences.iter().filter(|(f, _)| f != id).cloned().collect();
+        fences.push((id.to_owned(), shape));
+        Self::new(version, fences)
+    }
+
     pub fn empty() -> Self {
         Self::new(0, Vec::new())
     }
@@ -102,6 +111,18 @@ mod tests {
         assert_eq!(index.containing(-0.001, -0.001), vec!["c"]);
         assert!(index.containing(20.0, 20.0).is_empty());
         assert!(FleetIndex::empty().containing(0.0, 0.0).is_empty());
+    }
+
+    #[test]
+    fn a_written_fence_replaces_or_joins_the_others() {
+        let index = FleetIndex::new(3, vec![("a".into(), square(0.0, 0.0, 1.0, 1.0))]);
+        let moved = index.with(4, "a", square(5.0, 5.0, 6.0, 6.0));
+        assert_eq!((moved.version, moved.len()), (4, 1));
+        assert!(moved.containing(0.5, 0.5).is_empty());
+        assert_eq!(moved.containing(5.5, 5.5), vec!["a"]);
+        let joined = moved.with(5, "b", square(5.0, 5.0, 7.0, 7.0));
+        assert_eq!(joined.containing(5.5, 5.5), vec!["a", "b"]);
+        assert_eq!(joined.containing(6.5, 6.5), vec!["b"]);
     }
 
     /// The tree answers exactly what testing every fence answers (a

@@ -22,7 +22,6 @@ pub mod shape;
 pub mod sync;
 mod valid;
 
-use crate::lock::RwLockExt;
 use std::{
     collections::HashMap,
     sync::{Arc, RwLock},
@@ -34,6 +33,7 @@ use serde_json::Value;
 pub use index::FleetIndex;
 pub use shape::{Shape, ShapeError};
 
+use crate::lock::RwLockExt;
 use crate::{
     metrics::names,
     store::{FenceSet, FenceWrite, Store, StoreError},
@@ -210,11 +210,33 @@ impl Geofences {
         let json = parsed.feature.to_string();
         match self.store.put_geofence(fleet, id, &json, self.max_per_fleet).await? {
             FenceWrite::Full => Err(GeofenceError::Full(self.max_per_fleet)),
-            FenceWrite::Stored { created, .. } => {
-                self.refresh(fleet).await;
+            FenceWrite::Stored { created, version } => {
+                if !self.apply(fleet, version, id, parsed.shape) {
+                    self.refresh(fleet).await;
+                }
                 Ok(created)
             }
         }
+    }
+
+    /// Brings this replica's index to `version` with the one geofence just
+    /// written, when it was at the version right before (or is already
+    /// past it); otherwise (another write came between) only a reload
+    /// can. Reloading the whole set after every write made creating a
+    /// fleet's geofences one by one quadratic.
+    fn apply(&self, fleet: &str, version: u64, id: &str, shape: Shape) -> bool {
+        let mut fleets = self.fleets.write_or_recover();
+        let Some(cached) = fleets.get(fleet) else { return false };
+        if cached.version >= version {
+            return true;
+        }
+        if cached.version + 1 != version {
+            return false;
+        }
+        let index = Arc::new(cached.with(version, id, shape));
+        fleets.insert(fleet.to_owned(), index);
+        metrics::gauge!(names::GEOFENCES).set(fleets.values().map(|f| f.len()).sum::<usize>() as f64);
+        true
     }
 
     pub async fn delete(&self, fleet: &str, id: &str) -> Result<(), GeofenceError> {

@@ -13,7 +13,6 @@
 //! [`MAX_RESPONSE_BYTES`] of an answer read, and at most
 //! `FLEETGATE_WEBHOOK_CONCURRENCY` requests in flight per endpoint.
 
-use crate::lock::MutexExt;
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
@@ -32,6 +31,7 @@ use super::{
     registration::{Registration, url_for_log},
     runner::{Progress, Sink},
 };
+use crate::lock::MutexExt;
 use crate::{
     config::Config,
     metrics::{Output, OutputOutcome},

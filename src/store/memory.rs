@@ -2,7 +2,6 @@
 //! cap and presence rules as Redis. Expired entries are swept periodically so memory stays
 //! bounded by what is live.
 
-use crate::lock::MutexExt;
 use std::{
     collections::{HashMap, VecDeque},
     sync::{Arc, Mutex, MutexGuard, Weak},
@@ -20,6 +19,7 @@ use super::{
     Store, StoreError,
     events::{self as stream, EventKind},
 };
+use crate::lock::MutexExt;
 use crate::{ids::now_ms, session::Session};
 
 const SWEEP_EVERY: Duration = Duration::from_secs(5);

@@ -4,7 +4,6 @@
 //! fleet's whole-fleet watchers, and a tailored one for each socket that
 //! watches only some vehicles or boxes.
 
-use crate::lock::MutexExt;
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
@@ -18,6 +17,7 @@ use socketioxide::{
 };
 
 use super::{Fanout, Mode, Outgoing, fleet_room, slow::Batch};
+use crate::lock::MutexExt;
 use crate::metrics::names;
 
 /// Positions waiting for the end of the window: fleet → vehicle → newest.

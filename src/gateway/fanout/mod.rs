@@ -30,7 +30,6 @@
 mod conflate;
 mod slow;
 
-use crate::lock::{MutexExt, RwLockExt};
 use std::{
     borrow::Cow,
     collections::HashMap,
@@ -51,6 +50,7 @@ use tokio::sync::mpsc;
 pub use conflate::run_conflation;
 use slow::SlowViewers;
 
+use crate::lock::{MutexExt, RwLockExt};
 use crate::{
     error::ApiError,
     geo::{self, BBox, Cell},

@@ -10,7 +10,6 @@
 //! the next heartbeat. Memory per stalled viewer is thereby bounded, and
 //! nobody else waits for it.
 
-use crate::lock::MutexExt;
 use std::{
     collections::HashMap,
     sync::{
@@ -30,6 +29,7 @@ use socketioxide::{
 };
 
 use super::Outgoing;
+use crate::lock::MutexExt;
 use crate::metrics::names;
 
 /// How often lagging sockets are offered their backlog.

@@ -22,7 +22,6 @@
 pub mod emit;
 mod replay;
 
-use crate::lock::{MutexExt, RwLockExt};
 use std::{
     collections::HashMap,
     sync::{
@@ -36,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use socketioxide::{adapter::Adapter, extract::SocketRef, socket::Sid};
 
 use super::{Conn, Gateway};
+use crate::lock::{MutexExt, RwLockExt};
 use crate::{
     ids,
     metrics::{RecoveryFallback, names},

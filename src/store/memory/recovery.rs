@@ -3,7 +3,6 @@
 //! a lifetime, and a capped per-fleet log that remembers the newest id it
 //! dropped, so a gap that reaches into dropped entries is seen as trimmed.
 
-use crate::lock::MutexExt;
 use std::{
     collections::{HashMap, VecDeque},
     sync::Mutex,
@@ -12,6 +11,7 @@ use std::{
 use async_trait::async_trait;
 
 use super::MemoryStore;
+use crate::lock::MutexExt;
 use crate::{
     ids::now_ms,
     store::{

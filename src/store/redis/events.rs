@@ -7,7 +7,6 @@
 //! (`<ms>-<seq> <ordinal>`), in the fleet's slot; and the set
 //! `fg:events:fleets` of fleets that have had events.
 
-use crate::lock::MutexExt;
 use std::{
     collections::HashMap,
     sync::{LazyLock, Mutex},
@@ -18,6 +17,7 @@ use async_trait::async_trait;
 use redis::Script;
 
 use super::RedisStore;
+use crate::lock::MutexExt;
 use crate::{
     metrics::StoreOp,
     store::{
