@@ -35,6 +35,9 @@ pub struct Conn {
     /// arrived (handlers otherwise run concurrently, and the store's
     /// compare-and-set would refuse the older of two as stale).
     last_update: Mutex<Option<oneshot::Receiver<()>>>,
+    /// The span its handlers run in: its id, then fleet and role once it
+    /// has a session (never its token).
+    span: std::sync::OnceLock<tracing::Span>,
 }
 
 /// A place in a socket's queue: the end of the one before to wait for,
@@ -78,7 +81,29 @@ impl Conn {
     }
 
     pub fn set_session(&self, session: Arc<Session>) {
+        self.record_session(&session);
         *self.session.lock_or_recover() = Some(session);
+    }
+
+    fn record_session(&self, session: &Session) {
+        if let Some(span) = self.span.get() {
+            span.record("fleet", session.fleet.as_str());
+            span.record("role", session.role.as_str());
+        }
+    }
+
+    /// Opens the socket's span (once; the socket id is final by then).
+    pub fn open_span(&self, sid: impl std::fmt::Display) -> tracing::Span {
+        let span = self
+            .span
+            .get_or_init(|| {
+                tracing::info_span!("socket", sid = %sid, fleet = tracing::field::Empty, role = tracing::field::Empty)
+            })
+            .clone();
+        if let Some(session) = self.session() {
+            self.record_session(&session);
+        }
+        span
     }
 
     pub fn subscriptions(&self) -> MutexGuard<'_, Subscriptions> {

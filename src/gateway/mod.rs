@@ -20,6 +20,7 @@ pub mod viewer;
 use std::sync::Arc;
 
 use socketioxide::{SocketIo, adapter::Adapter, extract::SocketRef, handler::ConnectHandler, socket::DisconnectReason};
+use tracing::Instrument;
 
 pub use client_event::ClientEvent;
 pub use conn::Conn;
@@ -137,6 +138,9 @@ pub fn register<A: Adapter + socketioxide_core::adapter::DefinedAdapter>(
     };
     let handshake = move |socket: SocketRef<A>, auth: socketioxide::extract::TryData<serde_json::Value>| {
         let gateway = gateway.clone();
+        // The id it arrived with (a restored socket takes back its old one
+        // after this; its own span then says which).
+        let span = tracing::info_span!("handshake", sid = %socket.id);
         async move {
             let conn = auth::handshake(&socket, auth.0.ok(), &gateway).await?;
             // Handlers go on before the connect packet is sent: the connect
@@ -145,6 +149,7 @@ pub fn register<A: Adapter + socketioxide_core::adapter::DefinedAdapter>(
             attach_handlers(&socket, conn, gateway);
             Ok::<(), &'static str>(())
         }
+        .instrument(span)
     };
     io.ns(fanout::NAMESPACE, on_connect.with(handshake))
 }
@@ -159,7 +164,8 @@ fn on_connect<A: Adapter>(socket: SocketRef<A>, gateway: Arc<Gateway<A>>) {
     metrics::counter!(names::CONNECTIONS_OPENED, "transport" => Transport::from(socket.transport_type())).increment(1);
     auth::on_connected(&socket, &conn, &gateway);
     if gateway.recovery_enabled() {
-        tokio::spawn(async move { recovery::on_connected(&socket, &conn, &gateway).await });
+        let span = conn.open_span(socket.id);
+        tokio::spawn(async move { recovery::on_connected(&socket, &conn, &gateway).await }.instrument(span));
     }
 }
 
@@ -229,8 +235,9 @@ impl Route {
 /// no route are ignored, as socketioxide ignores events nobody handles.
 fn attach_handlers<A: Adapter>(socket: &SocketRef<A>, conn: Arc<Conn>, gateway: Arc<Gateway<A>>) {
     socket.extensions.insert(conn.clone());
+    let span = conn.open_span(socket.id);
     {
-        let (gateway, conn) = (gateway.clone(), conn.clone());
+        let (gateway, conn, span) = (gateway.clone(), conn.clone(), span.clone());
         socket.on_fallback(move |req: ClientEvent<A>| {
             // socketioxide calls this synchronously for each packet, in
             // arrival order, and spawns the future it returns: the event
@@ -242,7 +249,7 @@ fn attach_handlers<A: Adapter>(socket: &SocketRef<A>, conn: Arc<Conn>, gateway: 
                 Some(Route::LocationUpdate) if allowed => Some(conn.queue_update()),
                 _ => None,
             };
-            let (gateway, conn) = (gateway.clone(), conn.clone());
+            let (gateway, conn, span) = (gateway.clone(), conn.clone(), span.clone());
             async move {
                 let Some(route) = route else { return };
                 let socket = route.changes_what_is_watched().then(|| req.socket.clone());
@@ -278,10 +285,11 @@ fn attach_handlers<A: Adapter>(socket: &SocketRef<A>, conn: Arc<Conn>, gateway: 
                     Box::pin(recovery::after_change(&socket, &conn, &gateway)).await;
                 }
             }
+            .instrument(span)
         });
     }
     socket.on_disconnect(move |socket: SocketRef<A>, reason: DisconnectReason| {
-        let (gateway, conn) = (gateway.clone(), conn.clone());
+        let (gateway, conn, span) = (gateway.clone(), conn.clone(), span.clone());
         async move {
             metrics::counter!(names::CONNECTIONS_CLOSED, "reason" => CloseReason::from(reason)).increment(1);
             // Before its subscriptions are dropped: its record keeps them.
@@ -294,6 +302,7 @@ fn attach_handlers<A: Adapter>(socket: &SocketRef<A>, conn: Arc<Conn>, gateway: 
                 gateway.vehicle_socket_closed(&fleet, &vehicle).await;
             }
         }
+        .instrument(span)
     });
 }
 

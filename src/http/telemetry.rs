@@ -1,8 +1,12 @@
-//! Counts and times every HTTP request by method, matched route and status.
-//! The route is the router's pattern (`/api/v1/fleets/{fleet}/vehicles`),
-//! never the raw path, so ids never become labels.
+//! Counts and times every HTTP request by method, matched route and status,
+//! and runs it in a span (method and path, never the query, which may hold
+//! a device token), so its log lines say whose they are. The route is the
+//! router's pattern (`/api/v1/fleets/{fleet}/vehicles`), never the raw
+//! path, so ids never become labels.
 
 use std::time::Instant;
+
+use tracing::Instrument;
 
 use crate::metrics::names;
 
@@ -16,8 +20,9 @@ use axum::{
 pub async fn track(route: Option<MatchedPath>, req: Request, next: Next) -> Response {
     let method = method_label(req.method());
     let route = route.map_or_else(|| "unmatched".to_owned(), |r| r.as_str().to_owned());
+    let span = tracing::info_span!("http", method = %req.method(), path = %req.uri().path());
     let started = Instant::now();
-    let response = next.run(req).await;
+    let response = next.run(req).instrument(span).await;
     let status = response.status().as_u16().to_string();
     metrics::histogram!(names::HTTP_REQUEST_DURATION_SECONDS, "method" => method, "route" => route.clone())
         .record(started.elapsed().as_secs_f64());
