@@ -186,6 +186,14 @@ describe("live map page", { skip }, () => {
       assert.equal(res.status, 200, await res.clone().text());
     };
     const square = (lon, lat, d) => [[lon - d, lat - d], [lon + d, lat - d], [lon + d, lat + d], [lon - d, lat + d], [lon - d, lat - d]];
+    // The demo seeds fences of its own; this test counts only its own.
+    for (const seeded of ["city-hall", "north-depot"]) {
+      const res = await fetch(`${server.url}/api/v1/fleets/demo/geofences/${seeded}`, {
+        method: "DELETE",
+        headers: { authorization: `Bearer ${dispatcher}` },
+      });
+      assert.ok(res.status === 200 || res.status === 404, `delete ${seeded}: ${res.status}`);
+    }
 
     // A polygon with a hole, listed on the Refresh button.
     await put("yard", {
