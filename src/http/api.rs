@@ -28,6 +28,18 @@ use crate::{
 /// Most items in one batch.
 pub const MAX_BATCH: usize = 1000;
 
+/// The `{fleet}/…/{id}` of a fleet's resource (`kind`: geofence, webhook),
+/// each checked against the id grammar.
+pub(super) fn fleet_and_id(
+    kind: &'static str,
+    p: Result<Path<(String, String)>, PathRejection>,
+) -> Result<(String, String), ApiError> {
+    let (fleet, id) = path(p)?;
+    check_id("fleet", &fleet)?;
+    check_id(kind, &id)?;
+    Ok((fleet, id))
+}
+
 pub(super) fn path<T>(p: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
     p.map(|Path(t)| t).map_err(|e| ApiError::invalid(format!("path: {}", e.body_text())))
 }

@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 
 use super::{
     HttpState, JsonBody, Reply,
-    api::{check_id, geojson, path},
+    api::{check_id, fleet_and_id, geojson, path},
     caller::Caller,
 };
 use crate::{auth::Role, error::ApiError};
@@ -43,13 +43,6 @@ pub struct Deleted {
     deleted: bool,
 }
 
-fn ids(p: Result<Path<(String, String)>, PathRejection>) -> Result<(String, String), ApiError> {
-    let (fleet, id) = path(p)?;
-    check_id("fleet", &fleet)?;
-    check_id("geofence", &id)?;
-    Ok((fleet, id))
-}
-
 /// Creates or replaces a geofence.
 #[utoipa::path(
     put,
@@ -70,7 +63,7 @@ pub async fn put_geofence(
     p: Result<Path<(String, String)>, PathRejection>,
     JsonBody(body): JsonBody<Value>,
 ) -> Result<Reply<Value>, ApiError> {
-    let (fleet, id) = ids(p)?;
+    let (fleet, id) = fleet_and_id("geofence", p)?;
     caller.require(&fleet, &[Role::Dispatcher])?;
     let geofences = state.backend.geofences();
     geofences.put(&fleet, &id, &body).await?;
@@ -120,7 +113,7 @@ pub async fn get_geofence(
     headers: HeaderMap,
     p: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let (fleet, id) = ids(p)?;
+    let (fleet, id) = fleet_and_id("geofence", p)?;
     caller.require(&fleet, READERS)?;
     let (mut feature, inside) = state.backend.geofences().get(&fleet, &id).await?;
     let inside: Vec<Value> = inside.into_iter().filter(|v| caller.may_watch(v)).map(Value::String).collect();
@@ -147,7 +140,7 @@ pub async fn delete_geofence(
     caller: Caller,
     p: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Reply<Deleted>, ApiError> {
-    let (fleet, id) = ids(p)?;
+    let (fleet, id) = fleet_and_id("geofence", p)?;
     caller.require(&fleet, &[Role::Dispatcher])?;
     state.backend.geofences().delete(&fleet, &id).await?;
     Ok(Reply(Deleted { deleted: true }))

@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 
 use super::{
     HttpState, JsonBody, Reply,
-    api::{check_id, path},
+    api::{check_id, fleet_and_id, path},
     caller::Caller,
 };
 use crate::{auth::Role, error::ApiError, outputs::registration::WebhookView};
@@ -43,13 +43,6 @@ pub struct Deleted {
     deleted: bool,
 }
 
-fn ids(p: Result<Path<(String, String)>, PathRejection>) -> Result<(String, String), ApiError> {
-    let (fleet, id) = path(p)?;
-    check_id("fleet", &fleet)?;
-    check_id("webhook", &id)?;
-    Ok((fleet, id))
-}
-
 /// Registers a webhook (or replaces one, which keeps its place in the
 /// stream). A new webhook gets every event from its registration on.
 #[utoipa::path(
@@ -71,7 +64,7 @@ pub async fn put_webhook(
     p: Result<Path<(String, String)>, PathRejection>,
     JsonBody(body): JsonBody<Value>,
 ) -> Result<Reply<Registered>, ApiError> {
-    let (fleet, id) = ids(p)?;
+    let (fleet, id) = fleet_and_id("webhook", p)?;
     caller.require(&fleet, &[Role::Dispatcher])?;
     let (webhook, created) = state.webhooks.put(&fleet, &id, &body).await?;
     Ok(Reply(Registered { webhook, created }))
@@ -117,7 +110,7 @@ pub async fn delete_webhook(
     caller: Caller,
     p: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Reply<Deleted>, ApiError> {
-    let (fleet, id) = ids(p)?;
+    let (fleet, id) = fleet_and_id("webhook", p)?;
     caller.require(&fleet, &[Role::Dispatcher])?;
     state.webhooks.delete(&fleet, &id).await?;
     Ok(Reply(Deleted { deleted: true }))

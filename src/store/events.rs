@@ -74,12 +74,8 @@ pub struct StreamId {
 impl StreamId {
     /// Reads `<ms>-<seq>` (both at most 20 digits); `None` for anything else.
     pub fn parse(s: &str) -> Option<Self> {
-        let (ms, seq) = s.split_once('-')?;
-        let digits = |p: &str| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit());
-        if !digits(ms) || !digits(seq) {
-            return None;
-        }
-        Some(Self { ms: ms.parse().ok()?, seq: seq.parse().ok()? })
+        let (ms, seq) = super::parse_ms_seq(s)?;
+        Some(Self { ms, seq })
     }
 
     /// The id of the event after the one at `self`, at time `now_ms`: the

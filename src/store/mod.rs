@@ -71,6 +71,18 @@ impl<'a> PositionWrite<'a> {
 
 pub use crate::geofence::{Crossing, CrossingKind};
 
+/// Reads `<ms>-<seq>`, the grammar of Redis stream ids that both the
+/// events stream and the recovery log's offsets use (each part at most 20
+/// digits); `None` for anything else.
+fn parse_ms_seq(s: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = s.split_once('-')?;
+    let digits = |p: &str| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit());
+    if !digits(ms) || !digits(seq) {
+        return None;
+    }
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
 /// A fleet's stored geofences (section 11) with their version.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FenceSet {
