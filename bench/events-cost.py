@@ -28,16 +28,10 @@ POSITION = (
 )
 
 
-def rust_const(path: Path, name: str) -> str:
-    text = path.read_text()
-    start = text.index(f'const {name}: &str = r#"') + len(f'const {name}: &str = r#"')
-    return text[start : text.index('"#;', start)]
-
-
 def script() -> str:
-    return rust_const(REPO / "src/store/redis/events.rs", "APPEND_LUA") + rust_const(
-        REPO / "src/store/redis.rs", "PUT_POSITIONS"
-    )
+    lua = REPO / "src/store/redis/lua"
+    # As the store builds it: the shared event append, then the position script.
+    return (lua / "events_append.lua").read_text() + (lua / "put_positions.lua").read_text()
 
 
 def free_port() -> int:

@@ -93,8 +93,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
                 node_id.clone(),
                 primary.clone(),
             )
-            .map_err(ServeError::Redis)?;
-            redis_store.preflight(&target).await.map_err(ServeError::Redis)?;
+            .map_err(|e| ServeError::Redis(e.to_string()))?;
+            redis_store.preflight(&target).await.map_err(|e| ServeError::Redis(e.to_string()))?;
             let store: Arc<dyn Store> = Arc::new(redis_store);
             let (relay, inbox) = Relay::start(&target, node_id.clone()).await.map_err(ServeError::Redis)?;
             let client = relay::subscriber_client(&target).map_err(ServeError::Redis)?;

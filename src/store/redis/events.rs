@@ -16,146 +16,53 @@ use std::{
 use async_trait::async_trait;
 use redis::Script;
 
-use super::RedisStore;
+use super::{
+    RedisStore,
+    keys::{EVENT_FLEETS, cursor_key, lease_key, stream_key},
+};
 use crate::lock::MutexExt;
 use crate::{
     metrics::StoreOp,
     store::{
         StoreError,
-        events::{Cursor, Event, EventStream, Lease, Read, StreamId},
+        events::{Cursor, Event, EventKind, EventStream, Lease, Read, StreamId},
     },
 };
-
-/// The fleet's event stream.
-pub fn stream_key(fleet: &str) -> String {
-    format!("fg:{{{fleet}}}:events")
-}
-
-/// The ordinal of the fleet's last event (see [`APPEND_LUA`]).
-pub fn counter_key(fleet: &str) -> String {
-    format!("fg:{{{fleet}}}:events:n")
-}
-
-pub(super) fn lease_key(fleet: &str, name: &str) -> String {
-    format!("fg:{{{fleet}}}:lease:{name}")
-}
-
-pub(super) fn cursor_key(fleet: &str, consumer: &str) -> String {
-    format!("fg:{{{fleet}}}:cursor:{consumer}")
-}
-
-/// Fleets that have had events. It lives in one slot of a cluster, so the
-/// scripts (single-slot) cannot add to it: replicas add a fleet when they
-/// first append to its stream, and again every [`NOTE_EVERY`], in the
-/// background.
-const FLEETS: &str = "fg:events:fleets";
 
 /// How often a replica that keeps appending to a fleet's stream lists the
 /// fleet again (should the set have been lost).
 const NOTE_EVERY: Duration = Duration::from_secs(600);
 
-/// The part of the scripts that appends events, prepended to each script
-/// that writes some. `ev_open(stream, counter, cap, fleet[, now])` starts
-/// a call's events (nothing is read: the common path costs one `XADD` per
-/// event and one `INCR` per call); each `ev_add(type, data)` appends one
-/// with an explicit id `<ms>-<n>`: `ms` the call's Redis time, `n` the
-/// event's ordinal in its fleet's stream, from the counter `:events:n`
-/// (the stream itself cannot tell its last id without reading an entry,
-/// which costs more than the `XADD`). So the id is known before the entry
-/// is written and sits in its JSON, and it increases per fleet. Should the
-/// clock have stepped back behind the stream's last id (or the counter
-/// been lost), `XADD` refuses the id without writing, and the event takes
-/// the last id's time and next ordinal instead. `ev_close()` saves the
-/// ordinal of a call that appended several. `MAXLEN ~` trims whole nodes
-/// only, cheaply. With a cap of 0 nothing is read or written. The JSON is
-/// `store::events::encode`'s.
-pub const APPEND_LUA: &str = r#"
-local ev_key, ev_count, ev_cap, ev_ms, ev_head, ev_mid, ev_n, ev_dirty
-local function ev_open(key, count, cap, fleet, now)
-  if cap == '0' then return end
-  if not now then
-    local t = redis.call('TIME')
-    now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  end
-  ev_key, ev_count, ev_cap, ev_ms = key, count, cap, now
-  ev_head = '{"id":"' .. fleet .. '/'
-  ev_mid = '","fleet":"' .. fleet .. '","ts":' .. string.format('%d', now) .. ',"data":'
-end
-local function ev_add(kind, data)
-  if not ev_key then return end
-  if ev_n then ev_n, ev_dirty = ev_n + 1, true else ev_n = redis.call('INCR', ev_count) end
-  local id = string.format('%d-%d', ev_ms, ev_n)
-  local r = redis.pcall('XADD', ev_key, 'MAXLEN', '~', ev_cap, id, 'event',
-    ev_head .. id .. '","type":"' .. kind .. ev_mid .. data .. '}')
-  if type(r) == 'table' and r.err then
-    local last = redis.call('XREVRANGE', ev_key, '+', '-', 'COUNT', 1)[1]
-    if not last then error(r) end
-    local ms, seq = string.match(last[1], '^(%d+)-(%d+)$')
-    ev_ms = math.max(ev_ms, tonumber(ms))
-    if ev_n <= tonumber(seq) then ev_n, ev_dirty = tonumber(seq) + 1, true end
-    id = string.format('%d-%d', ev_ms, ev_n)
-    redis.call('XADD', ev_key, 'MAXLEN', '~', ev_cap, id, 'event',
-      ev_head .. id .. '","type":"' .. kind .. ev_mid .. data .. '}')
-  end
-end
-local function ev_close()
-  if ev_dirty then redis.call('SET', ev_count, ev_n) end
-end
-"#;
+/// The part of the scripts that appends events, prepended to each script that
+/// writes some. KEYS, ARGV and reply: `lua/events_append.lua`.
+pub const APPEND_LUA: &str = include_str!("lua/events_append.lua");
 
-/// KEYS: lease; ARGV: holder, ttl. 1 when the holder holds it now.
-static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-return 0
-"#,
-    )
-});
+/// Takes or extends a lease. KEYS, ARGV and reply: `lua/events_acquire.lua`.
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/events_acquire.lua")));
 
-/// KEYS: lease; ARGV: holder, ttl. 1 when extended.
-static RENEW: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 1
-"#,
-    )
-});
+/// Extends a lease its holder still holds. KEYS, ARGV and reply: `lua/events_renew.lua`.
+static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/events_renew.lua")));
 
-/// KEYS: lease; ARGV: holder. 1 when given up.
-static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
-return 1
-"#,
-    )
-});
+/// Gives a lease up. KEYS, ARGV and reply: `lua/events_release.lua`.
+static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/events_release.lua")));
 
-/// KEYS: cursor, then the lease it is written under (if any); ARGV:
-/// cursor, the lease's holder. 1 when written.
-static SET_CURSOR: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-if KEYS[2] and redis.call('GET', KEYS[2]) ~= ARGV[2] then return 0 end
-redis.call('SET', KEYS[1], ARGV[1])
-return 1
-"#,
-    )
-});
+/// Writes a cursor, under its lease. KEYS, ARGV and reply: `lua/events_set_cursor.lua`.
+static SET_CURSOR: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/events_set_cursor.lua")));
 
-/// The fleets this replica listed in [`FLEETS`], and when.
+/// The fleets this replica listed in [`EVENT_FLEETS`], and when.
 #[derive(Default)]
 pub(super) struct Noted(Mutex<HashMap<String, Instant>>);
 
 impl RedisStore {
+    /// Counts (and lists the fleet of) `n` events a script call appended.
+    pub(super) async fn events_appended(&self, fleet: &str, kind: EventKind, n: u64) {
+        if self.retention.events_max == 0 || n == 0 {
+            return;
+        }
+        crate::store::events::appended(kind, n);
+        self.note_fleet(fleet).await;
+    }
+
     /// Lists `fleet` among those with events, in the background, unless
     /// this replica did so lately. A failure is retried with the fleet's
     /// next event.
@@ -174,8 +81,8 @@ impl RedisStore {
         let (fleet, noted) = (fleet.to_owned(), self.noted.clone());
         tokio::spawn(async move {
             let mut sadd = redis::cmd("SADD");
-            let add = sadd.arg(FLEETS).arg(&fleet).query_async::<()>(&mut conn);
-            let added = tokio::time::timeout(super::CALL_TIMEOUT, add).await;
+            let add = sadd.arg(EVENT_FLEETS).arg(&fleet).query_async::<()>(&mut conn);
+            let added = tokio::time::timeout(super::call::CALL_TIMEOUT, add).await;
             if !matches!(added, Ok(Ok(()))) {
                 tracing::debug!(fleet, "fleet not listed among those with events; retried with its next event");
                 noted.0.lock_or_recover().remove(&fleet);
@@ -273,7 +180,7 @@ impl EventStream for RedisStore {
     async fn fleets(&self) -> Result<Vec<String>, StoreError> {
         self.bounded(StoreOp::Events, || async {
             let mut conn = self.conn().await?;
-            Ok(redis::cmd("SMEMBERS").arg(FLEETS).query_async(&mut conn).await?)
+            Ok(redis::cmd("SMEMBERS").arg(EVENT_FLEETS).query_async(&mut conn).await?)
         })
         .await
     }

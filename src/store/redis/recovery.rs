@@ -9,7 +9,10 @@ use std::sync::LazyLock;
 use async_trait::async_trait;
 use redis::Script;
 
-use super::RedisStore;
+use super::{
+    RedisStore,
+    keys::{recovery_log_key, recovery_socket_key},
+};
 use crate::{
     metrics::StoreOp,
     store::{
@@ -18,86 +21,17 @@ use crate::{
     },
 };
 
-fn socket_key(fleet: &str, pid: &str) -> String {
-    format!("fg:{{{fleet}}}:rsock:{pid}")
-}
+/// Writes a socket's record, if this connection holds it (or claims it). KEYS, ARGV and reply: `lua/recovery_save.lua`.
+static SAVE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/recovery_save.lua")));
 
-fn log_key(fleet: &str) -> String {
-    format!("fg:{{{fleet}}}:recovery")
-}
+/// Extends the records their holders still hold. KEYS, ARGV and reply: `lua/recovery_touch.lua`.
+static TOUCH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/recovery_touch.lua")));
 
-/// ARGV: holder, state, ttl, claim (`1`). Returns 1 when written.
-static SAVE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-if ARGV[4] ~= '1' and redis.call('HGET', KEYS[1], 'h') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'h', ARGV[1], 's', ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return 1
-"#,
-    )
-});
+/// Appends an entry to the fleet's recovery log. KEYS, ARGV and reply: `lua/recovery_append.lua`.
+static APPEND: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/recovery_append.lua")));
 
-/// KEYS: records; ARGV: ttl, then each record's holder.
-static TOUCH: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-for i = 1, #KEYS do
-  if redis.call('HGET', KEYS[i], 'h') == ARGV[i + 1] then
-    redis.call('PEXPIRE', KEYS[i], ARGV[1])
-  end
-end
-return #KEYS
-"#,
-    )
-});
-
-/// ARGV: now (ms), entry, max, ttl. The id is on the replica's clock, like
-/// positions' offsets (their `receivedAt`), so both order alike; when the
-/// log already holds a later id Redis picks the next one. Returns the id.
-static APPEND: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local ok, id = pcall(redis.call, 'XADD', KEYS[1], 'MAXLEN', ARGV[3], ARGV[1] .. '-*', 'e', ARGV[2])
-if not ok then
-  id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[3], '*', 'e', ARGV[2])
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-return id
-"#,
-    )
-});
-
-/// ARGV: after (`<ms>-<seq>`), max. Returns `{trimmed (0/1), id, entry, ...}`:
-/// trimmed when an entry after `after` was deleted (the cap) or more than
-/// `max` follow it. A log that does not exist lost nothing: it lives longer
-/// than the recovery window after its last append.
-static AFTER: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
-local function later(a, b)
-  local am, as = string.match(a, '^(%d+)-(%d+)$')
-  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
-  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
-  return am > bm or (am == bm and as > bs)
-end
-local info = redis.call('XINFO', 'STREAM', KEYS[1])
-for i = 1, #info, 2 do
-  if info[i] == 'max-deleted-entry-id' and later(info[i + 1], ARGV[1]) then return {1} end
-end
-local max = tonumber(ARGV[2])
-local entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', max + 1)
-if #entries > max then return {1} end
-local out = {0}
-for _, e in ipairs(entries) do
-  out[#out + 1] = e[1]
-  out[#out + 1] = e[2][2]
-end
-return out
-"#,
-    )
-});
+/// The log's entries after an id, or that some were trimmed. KEYS, ARGV and reply: `lua/recovery_after.lua`.
+static AFTER: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/recovery_after.lua")));
 
 #[async_trait]
 impl RecoveryStore for RedisStore {
@@ -109,7 +43,7 @@ impl RecoveryStore for RedisStore {
         ttl_ms: i64,
         claim: bool,
     ) -> Result<bool, StoreError> {
-        let key = socket_key(fleet, pid);
+        let key = recovery_socket_key(fleet, pid);
         self.bounded(StoreOp::Recovery, || async {
             let mut conn = self.conn().await?;
             let written: i64 = SAVE
@@ -134,7 +68,7 @@ impl RecoveryStore for RedisStore {
             let mut call = TOUCH.prepare_invoke();
             call.arg(ttl_ms.max(1));
             for (pid, holder) in records {
-                call.key(socket_key(fleet, pid)).arg(holder);
+                call.key(recovery_socket_key(fleet, pid)).arg(holder);
             }
             call.invoke_async::<i64>(&mut conn).await?;
             Ok(())
@@ -143,7 +77,7 @@ impl RecoveryStore for RedisStore {
     }
 
     async fn socket(&self, fleet: &str, pid: &str) -> Result<Option<SocketRecord>, StoreError> {
-        let key = socket_key(fleet, pid);
+        let key = recovery_socket_key(fleet, pid);
         let (holder, state): (Option<String>, Option<String>) = self
             .bounded(StoreOp::Recovery, || async {
                 let mut conn = self.conn().await?;
@@ -161,7 +95,7 @@ impl RecoveryStore for RedisStore {
         max: u64,
         ttl_ms: i64,
     ) -> Result<LogId, StoreError> {
-        let key = log_key(fleet);
+        let key = recovery_log_key(fleet);
         let id: String = self
             .bounded(StoreOp::Recovery, || async {
                 let mut conn = self.conn().await?;
@@ -179,7 +113,7 @@ impl RecoveryStore for RedisStore {
     }
 
     async fn events_after(&self, fleet: &str, after: LogId, max: u64) -> Result<Missed, StoreError> {
-        let key = log_key(fleet);
+        let key = recovery_log_key(fleet);
         let reply: Vec<redis::Value> = self
             .bounded(StoreOp::Recovery, || async {
                 let mut conn = self.conn().await?;
