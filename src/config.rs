@@ -1,6 +1,11 @@
 //! The one configuration of a fleetgate process, read from flags and
 //! `FLEETGATE_*` environment variables (the names are part of the wire
 //! contract, section 8 and throughout).
+//!
+//! It is longer than the other modules on purpose: every setting is one
+//! documented field here, so an operator (and `--help`) finds them all in
+//! one place, and the few derived values (`*_ms`, `Duration`s) sit beside
+//! the fields they come from.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
