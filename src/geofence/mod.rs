@@ -24,7 +24,10 @@ mod valid;
 
 use std::{
     collections::HashMap,
-    sync::{Arc, RwLock},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicI64, Ordering},
+    },
 };
 
 use serde::Serialize;
@@ -137,9 +140,24 @@ pub enum GeofenceError {
 /// Every fleet's geofence index on this replica, and the writes of the HTTP API.
 pub struct Geofences {
     store: Arc<dyn Store>,
-    fleets: RwLock<HashMap<String, Arc<FleetIndex>>>,
+    fleets: RwLock<HashMap<String, Indexed>>,
     max_vertices: usize,
     max_per_fleet: usize,
+}
+
+/// A fleet's index and when a position last used it (ms): a fleet whose
+/// vehicles went quiet is dropped by the sync ([`sync::IDLE`]), so neither
+/// the map nor the sync's one version read per fleet grows with every
+/// fleet this replica ever saw.
+struct Indexed {
+    index: Arc<FleetIndex>,
+    used_ms: AtomicI64,
+}
+
+impl Indexed {
+    fn new(index: Arc<FleetIndex>) -> Self {
+        Self { index, used_ms: AtomicI64::new(crate::ids::now_ms()) }
+    }
 }
 
 impl Geofences {
@@ -149,7 +167,10 @@ impl Geofences {
     }
 
     fn cached(&self, fleet: &str) -> Option<Arc<FleetIndex>> {
-        self.fleets.read_or_recover().get(fleet).cloned()
+        let fleets = self.fleets.read_or_recover();
+        let entry = fleets.get(fleet)?;
+        entry.used_ms.store(crate::ids::now_ms(), Ordering::Relaxed);
+        Some(entry.index.clone())
     }
 
     /// The fleet's index, read from the store the first time.
@@ -189,14 +210,24 @@ impl Geofences {
             .collect();
         let index = Arc::new(FleetIndex::new(set.version, fences));
         let mut fleets = self.fleets.write_or_recover();
-        fleets.insert(fleet.to_owned(), index.clone());
-        metrics::gauge!(names::GEOFENCES).set(fleets.values().map(|f| f.len()).sum::<usize>() as f64);
+        fleets.insert(fleet.to_owned(), Indexed::new(index.clone()));
+        set_gauge(&fleets);
         index
     }
 
     /// The fleets indexed here, with their versions.
     pub fn loaded(&self) -> Vec<(String, u64)> {
-        self.fleets.read_or_recover().iter().map(|(f, i)| (f.clone(), i.version)).collect()
+        self.fleets.read_or_recover().iter().map(|(f, i)| (f.clone(), i.index.version)).collect()
+    }
+
+    /// Drops the indexes no position has used since `before_ms`; the next
+    /// position of such a fleet reads its geofences again. How many went.
+    pub fn drop_idle(&self, before_ms: i64) -> usize {
+        let mut fleets = self.fleets.write_or_recover();
+        let had = fleets.len();
+        fleets.retain(|_, i| i.used_ms.load(Ordering::Relaxed) >= before_ms);
+        set_gauge(&fleets);
+        had - fleets.len()
     }
 
     /// Validates and stores a geofence; whether it was new.
@@ -227,15 +258,15 @@ impl Geofences {
     fn apply(&self, fleet: &str, version: u64, id: &str, shape: Shape) -> bool {
         let mut fleets = self.fleets.write_or_recover();
         let Some(cached) = fleets.get(fleet) else { return false };
-        if cached.version >= version {
+        if cached.index.version >= version {
             return true;
         }
-        if cached.version + 1 != version {
+        if cached.index.version + 1 != version {
             return false;
         }
-        let index = Arc::new(cached.with(version, id, shape));
-        fleets.insert(fleet.to_owned(), index);
-        metrics::gauge!(names::GEOFENCES).set(fleets.values().map(|f| f.len()).sum::<usize>() as f64);
+        let index = Arc::new(cached.index.with(version, id, shape));
+        fleets.insert(fleet.to_owned(), Indexed::new(index));
+        set_gauge(&fleets);
         true
     }
 
@@ -268,4 +299,9 @@ impl Geofences {
         let feature = serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         Ok((feature, inside))
     }
+}
+
+/// The geofences gauge: every indexed fleet's count.
+fn set_gauge(fleets: &HashMap<String, Indexed>) {
+    metrics::gauge!(names::GEOFENCES).set(fleets.values().map(|f| f.index.len()).sum::<usize>() as f64);
 }
