@@ -1,0 +1,103 @@
+// Deployments under test: replicas of fleetgate sharing one private Redis
+// (or a single in-memory node), the HS256 tokens they accept, and the
+// fixtures most files open with, which start a deployment before the tests
+// of the file (or of a `describe`) and stop it after them:
+//
+//     const cluster = twoReplicas();
+//     const [A, B] = cluster.servers;
+
+import { randomBytes } from "node:crypto";
+import { after, before } from "node:test";
+
+import { startSharedRedis } from "./redis-cluster.mjs";
+import { fleetgateServer } from "./server.mjs";
+import { closeAllSockets } from "./sockets.mjs";
+import { signToken } from "./tokens.mjs";
+
+const REPLICA_NAMES = ["A", "B", "C", "D"];
+
+/**
+ * A test deployment, not started yet: `replicas` fleetgate processes, sharing
+ * one private Redis (see `startSharedRedis`: a Redis Cluster when
+ * `E2E_REDIS=cluster`) when `redis` is true (the default) or an object of
+ * `startRedis` / `startRedisCluster` options (e.g. `{ persist: true }`), or
+ * a single in-memory node. `env` and `args` go to every replica; `jwt`
+ * settings are what tokens minted through `token()` carry.
+ *
+ * `servers` holds the replicas' handles from the start; `start()` starts
+ * Redis and then them (stopping what it started if one fails), `stop()`
+ * closes every socket the tests opened and stops everything.
+ */
+export function deployment({
+  replicas = 2,
+  redis = true,
+  env = {},
+  args = [],
+  secret = randomBytes(24).toString("hex"),
+  issuer,
+  audience,
+} = {}) {
+  return {
+    secret,
+    issuer,
+    audience,
+    redis: null,
+    servers: Array.from({ length: replicas }, (_, i) =>
+      fleetgateServer({ name: `replica-${REPLICA_NAMES[i] ?? i}`, args }),
+    ),
+    async start() {
+      try {
+        if (redis) this.redis = await startSharedRedis(typeof redis === "object" ? redis : {});
+        const fullEnv = {
+          FLEETGATE_JWT_SECRET: secret,
+          ...(issuer ? { FLEETGATE_JWT_ISSUER: issuer } : {}),
+          ...(audience ? { FLEETGATE_JWT_AUDIENCE: audience } : {}),
+          ...(this.redis ? this.redis.env : {}),
+          ...env,
+        };
+        for (const server of this.servers) await server.start(fullEnv);
+      } catch (err) {
+        await this.stop();
+        throw err;
+      }
+      return this;
+    },
+    async stop() {
+      closeAllSockets();
+      await Promise.all(this.servers.map((s) => s.stop()));
+      if (this.redis) await this.redis.stop();
+    },
+    /** A signed token for this deployment (HS256, its secret, iss/aud). */
+    token(claims, opts = {}) {
+      return signToken(claims, { secret, issuer, audience, ...opts });
+    },
+  };
+}
+
+/** Starts a deployment (options as for `deployment`) and resolves with it once every replica is ready. */
+export function startCluster(opts = {}) {
+  return deployment(opts).start();
+}
+
+/**
+ * A deployment (options as for `deployment`) started in a `before` hook of
+ * the enclosing file or `describe` and stopped in an `after` hook. It is
+ * returned at once, so the suite can name it and its replicas while it is
+ * declared; the processes run while its tests do.
+ */
+export function useDeployment(opts = {}) {
+  const d = deployment(opts);
+  before(() => d.start());
+  after(() => d.stop());
+  return d;
+}
+
+/** Two replicas sharing a private Redis (a Redis Cluster with `E2E_REDIS=cluster`), for the suite. */
+export function twoReplicas(opts = {}) {
+  return useDeployment({ ...opts, replicas: 2 });
+}
+
+/** One fleetgate node with everything in memory, for the suite. */
+export function singleNode(opts = {}) {
+  return useDeployment({ ...opts, replicas: 1, redis: false });
+}
