@@ -1,13 +1,8 @@
 // Deployments under test: replicas of fleetgate sharing one private Redis
-// (or a single in-memory node), the HS256 tokens they accept, and the
-// fixtures most files open with, which start a deployment before the tests
-// of the file (or of a `describe`) and stop it after them:
-//
-//     const cluster = twoReplicas();
-//     const [A, B] = cluster.servers;
+// (or a single in-memory node), started and stopped as one, and the HS256
+// tokens they accept. Suites declare theirs through `fixtures.mjs`.
 
 import { randomBytes } from "node:crypto";
-import { after, before } from "node:test";
 
 import { startSharedRedis } from "./redis-cluster.mjs";
 import { fleetgateServer } from "./server.mjs";
@@ -77,27 +72,4 @@ export function deployment({
 /** Starts a deployment (options as for `deployment`) and resolves with it once every replica is ready. */
 export function startCluster(opts = {}) {
   return deployment(opts).start();
-}
-
-/**
- * A deployment (options as for `deployment`) started in a `before` hook of
- * the enclosing file or `describe` and stopped in an `after` hook. It is
- * returned at once, so the suite can name it and its replicas while it is
- * declared; the processes run while its tests do.
- */
-export function useDeployment(opts = {}) {
-  const d = deployment(opts);
-  before(() => d.start());
-  after(() => d.stop());
-  return d;
-}
-
-/** Two replicas sharing a private Redis (a Redis Cluster with `E2E_REDIS=cluster`), for the suite. */
-export function twoReplicas(opts = {}) {
-  return useDeployment({ ...opts, replicas: 2 });
-}
-
-/** One fleetgate node with everything in memory, for the suite. */
-export function singleNode(opts = {}) {
-  return useDeployment({ ...opts, replicas: 1, redis: false });
 }

@@ -1,20 +1,7 @@
-// What the gateway answers, as tests read it: the `{ ok, data }` /
-// `{ ok: false, error }` envelope of acks and HTTP bodies, and HTTP
-// responses with their body as text and JSON.
+// The envelope the gateway answers in, acks and HTTP bodies alike:
+// `{ ok: true, data }` or `{ ok: false, error: { code, message } }`.
 
 import assert from "node:assert/strict";
-
-/** A fetch response as tests read it: status, body text, and the body as JSON (undefined when it is not JSON). */
-export async function readResponse(res) {
-  const text = await res.text();
-  let json;
-  try {
-    json = JSON.parse(text);
-  } catch {
-    json = undefined;
-  }
-  return { status: res.status, text, json };
-}
 
 /** Asserts a `{ ok: true, data }` envelope and returns `data`. */
 export function expectOk(ack, what = "ack") {

@@ -5,13 +5,14 @@
 // creates is stopped in `after()` hooks and, as a last resort, when the
 // test process exits. The modules beside it say where each part lives.
 
-export { freePort } from "./processes.mjs";
+export { freePort, stopChild, trackChild } from "./processes.mjs";
 export { sleep, until } from "./wait.mjs";
 export { redisCli, startRedis } from "./redis.mjs";
 export { clusterMode, startRedisCluster, startSharedRedis } from "./redis-cluster.mjs";
 export { BIN, fleetgateServer, serverLogs, startServer, test } from "./server.mjs";
-export { deployment, singleNode, startCluster, twoReplicas, useDeployment } from "./deployment.mjs";
-export { startProxy } from "./proxy.mjs";
+export { deployment, startCluster } from "./deployment.mjs";
+export { failoverProxy, startProxy } from "./proxy.mjs";
+export { singleNode, twoReplicas, useDeployment, useProxy, useServer } from "./fixtures.mjs";
 export { noneToken, nowSecs, signToken, wrongSecretToken } from "./tokens.mjs";
 export {
   NAMESPACE,
@@ -26,5 +27,6 @@ export {
   waitForDisconnect,
   waitForEvent,
 } from "./sockets.mjs";
-export { expectError, expectOk, readResponse } from "./envelopes.mjs";
+export { expectError, expectOk } from "./envelopes.mjs";
+export { answersOk, httpRequest, readResponse } from "./http.mjs";
 export { assertLocationShape, byVehicle, near, publish, publishAccepted, subscribe, tsAt, uid } from "./fleet.mjs";

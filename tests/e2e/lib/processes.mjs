@@ -1,7 +1,8 @@
-// Child processes and ports: every redis-server and fleetgate the tests start
-// is tracked here so that it is killed even when the test process exits
-// early (a failed hook, Ctrl-C), and keeps the tail of its output for
-// failure messages. Also hands out free ports on 127.0.0.1.
+// Child processes and ports: every process the tests start (redis-server,
+// fleetgate, nginx) is tracked here so that it is killed even when the test
+// process exits early (a failed hook, Ctrl-C); stopping one is SIGTERM, then
+// SIGKILL after a grace period. Also the tail of a process's output for
+// failure messages, and free ports on 127.0.0.1.
 
 import net from "node:net";
 
@@ -29,7 +30,7 @@ for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"]) {
 }
 
 /** Tracks `child` until it exits, so the exit hooks can kill it. */
-export function track(child) {
+export function trackChild(child) {
   children.add(child);
   child.on("exit", () => children.delete(child));
 }

@@ -6,16 +6,17 @@ import net from "node:net";
 
 /**
  * A tiny TCP load balancer in front of `targets` (servers, or anything with
- * `name` and `port`): each new connection goes to the first target, in
- * order, that accepts it, so while the first is up every client lands there
- * and once it is gone (refused) clients reconnecting through the proxy land
- * on the next. Bytes are relayed untouched (websocket and polling alike);
- * when either side closes, so does the other, which is what a client sees
- * of its replica dying. It looks like a server to `openSocket` and
- * `connect` (`name`, `url`); `targets` may be reassigned; `routed` lists the
- * target name of every connection made so far. `stop()` closes everything.
+ * `name` and `port`), not listening yet: `start()` listens on a free port.
+ * Each new connection goes to the first target, in order, that accepts it,
+ * so while the first is up every client lands there and once it is gone
+ * (refused) clients reconnecting through the proxy land on the next. Bytes
+ * are relayed untouched (websocket and polling alike); when either side
+ * closes, so does the other, which is what a client sees of its replica
+ * dying. It looks like a server to `openSocket` and `connect` (`name`,
+ * `url`); `targets` may be reassigned; `routed` lists the target name of
+ * every connection made so far. `stop()` closes everything.
  */
-export async function startProxy(targets, { name = "proxy" } = {}) {
+export function failoverProxy(targets, { name = "proxy" } = {}) {
   const open = new Set();
   const proxy = {
     name,
@@ -23,10 +24,22 @@ export async function startProxy(targets, { name = "proxy" } = {}) {
     routed: [],
     port: 0,
     url: "",
+    async start() {
+      await new Promise((resolve, reject) => {
+        srv.once("error", reject);
+        srv.listen(0, "127.0.0.1", () => {
+          srv.off("error", reject);
+          resolve();
+        });
+      });
+      proxy.port = srv.address().port;
+      proxy.url = `http://127.0.0.1:${proxy.port}`;
+      return proxy;
+    },
     async stop() {
       for (const s of open) s.destroy();
       open.clear();
-      await new Promise((resolve) => srv.close(() => resolve()));
+      if (srv.listening) await new Promise((resolve) => srv.close(() => resolve()));
     },
   };
   const track = (s) => {
@@ -73,14 +86,10 @@ export async function startProxy(targets, { name = "proxy" } = {}) {
     attempt(0);
   });
   srv.on("error", () => {});
-  await new Promise((resolve, reject) => {
-    srv.once("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      srv.off("error", reject);
-      resolve();
-    });
-  });
-  proxy.port = srv.address().port;
-  proxy.url = `http://127.0.0.1:${proxy.port}`;
   return proxy;
+}
+
+/** Starts a failover proxy (arguments as for `failoverProxy`) listening on a free port. */
+export function startProxy(targets, opts = {}) {
+  return failoverProxy(targets, opts).start();
 }

@@ -8,7 +8,7 @@ import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 
-import { freePort, isRunning, stopChild, tailBuffer, track, waitForExit } from "./processes.mjs";
+import { freePort, isRunning, stopChild, tailBuffer, trackChild, waitForExit } from "./processes.mjs";
 import { sleep } from "./wait.mjs";
 
 function redisPing(port) {
@@ -47,7 +47,7 @@ export async function redisProcess({ port, args, name = `redis-${port}` }) {
     child = spawn("redis-server", args, { stdio: ["ignore", "pipe", "pipe"] });
     paused = false;
     const current = child;
-    track(current);
+    trackChild(current);
     current.stdout.on("data", (d) => logs.push(d));
     current.stderr.on("data", (d) => logs.push(d));
     let spawnError = null;

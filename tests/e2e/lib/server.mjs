@@ -9,7 +9,8 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { test as nodeTest } from "node:test";
 
-import { freePort, isRunning, stopChild, tailBuffer, track, waitForExit } from "./processes.mjs";
+import { answersOk } from "./http.mjs";
+import { freePort, isRunning, stopChild, tailBuffer, trackChild, waitForExit } from "./processes.mjs";
 import { sleep } from "./wait.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -119,7 +120,7 @@ export function fleetgateServer({ name = "fleetgate", env = {}, args = [] } = {}
         env: fullEnv,
       });
       child = spawn(BIN, args, { env: fullEnv, stdio: ["ignore", "pipe", "pipe"] });
-      track(child);
+      trackChild(child);
       const echo = !!process.env.E2E_ECHO_LOGS;
       for (const stream of [child.stdout, child.stderr]) {
         stream.on("data", (d) => {
@@ -141,13 +142,7 @@ export function fleetgateServer({ name = "fleetgate", env = {}, args = [] } = {}
       for (;;) {
         if (spawnError) throw new Error(`cannot start ${BIN}: ${spawnError.message}`);
         if (server.exited) throw new Error(`${name} exited before it was ready (${server.exited}):\n${logs.text}`);
-        try {
-          const res = await fetch(`${server.url}/readyz`, { signal: AbortSignal.timeout(1_000) });
-          await res.arrayBuffer();
-          if (res.status === 200) break;
-        } catch {
-          // not listening yet
-        }
+        if (await answersOk(`${server.url}/readyz`)) break;
         if (Date.now() > deadline) {
           await stopChild(child);
           throw new Error(`${name} was not ready within ${READY_TIMEOUT_MS} ms:\n${logs.text}`);
