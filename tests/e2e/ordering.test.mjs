@@ -29,6 +29,8 @@ let viewer;
 let seen;
 
 before(async () => {
+  // Top-level `before` hooks may run side by side (Node 20): wait for the fixture's.
+  await cluster.start();
   dispA = (await connectWithSession(A, cluster.token({ sub: "disp-a", fleet, role: "dispatcher" }))).socket;
   dispB = (await connectWithSession(B, cluster.token({ sub: "disp-b", fleet, role: "dispatcher" }))).socket;
   viewer = (await connectWithSession(B, cluster.token({ sub: "viewer", fleet, role: "viewer" }))).socket;

@@ -34,6 +34,8 @@ let viewer; // on B, subscribed to the whole fleet
 let seen; // every locationupdate the viewer got
 
 before(async () => {
+  // Top-level `before` hooks may run side by side (Node 20): wait for the fixture's.
+  await cluster.start();
   dispatcher = (await connectWithSession(A, cluster.token({ sub: "disp", fleet, role: "dispatcher" }))).socket;
   viewer = (await connectWithSession(B, cluster.token({ sub: "watcher", fleet, role: "viewer" }))).socket;
   seen = record(viewer, "locationupdate");

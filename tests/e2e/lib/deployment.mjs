@@ -20,8 +20,9 @@ const REPLICA_NAMES = ["A", "B", "C", "D"];
  * settings are what tokens minted through `token()` carry.
  *
  * `servers` holds the replicas' handles from the start; `start()` starts
- * Redis and then them (stopping what it started if one fails), `stop()`
- * closes every socket the tests opened and stops everything.
+ * Redis and then them (stopping what it started if one fails) and resolves
+ * with the deployment, once however often it is called; `stop()` closes
+ * every socket the tests opened and stops everything.
  */
 export function deployment({
   replicas = 2,
@@ -32,7 +33,8 @@ export function deployment({
   issuer,
   audience,
 } = {}) {
-  return {
+  let started = null;
+  const d = {
     secret,
     issuer,
     audience,
@@ -40,33 +42,40 @@ export function deployment({
     servers: Array.from({ length: replicas }, (_, i) =>
       fleetgateServer({ name: `replica-${REPLICA_NAMES[i] ?? i}`, args }),
     ),
-    async start() {
-      try {
-        if (redis) this.redis = await startSharedRedis(typeof redis === "object" ? redis : {});
-        const fullEnv = {
-          FLEETGATE_JWT_SECRET: secret,
-          ...(issuer ? { FLEETGATE_JWT_ISSUER: issuer } : {}),
-          ...(audience ? { FLEETGATE_JWT_AUDIENCE: audience } : {}),
-          ...(this.redis ? this.redis.env : {}),
-          ...env,
-        };
-        for (const server of this.servers) await server.start(fullEnv);
-      } catch (err) {
-        await this.stop();
-        throw err;
-      }
-      return this;
+    start() {
+      started ??= launch();
+      return started;
     },
     async stop() {
       closeAllSockets();
-      await Promise.all(this.servers.map((s) => s.stop()));
-      if (this.redis) await this.redis.stop();
+      await Promise.all(d.servers.map((s) => s.stop()));
+      if (d.redis) await d.redis.stop();
     },
     /** A signed token for this deployment (HS256, its secret, iss/aud). */
     token(claims, opts = {}) {
       return signToken(claims, { secret, issuer, audience, ...opts });
     },
   };
+
+  async function launch() {
+    try {
+      if (redis) d.redis = await startSharedRedis(typeof redis === "object" ? redis : {});
+      const fullEnv = {
+        FLEETGATE_JWT_SECRET: secret,
+        ...(issuer ? { FLEETGATE_JWT_ISSUER: issuer } : {}),
+        ...(audience ? { FLEETGATE_JWT_AUDIENCE: audience } : {}),
+        ...(d.redis ? d.redis.env : {}),
+        ...env,
+      };
+      for (const server of d.servers) await server.start(fullEnv);
+    } catch (err) {
+      await d.stop();
+      throw err;
+    }
+    return d;
+  }
+
+  return d;
 }
 
 /** Starts a deployment (options as for `deployment`) and resolves with it once every replica is ready. */
