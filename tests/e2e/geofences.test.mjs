@@ -7,18 +7,7 @@
 import { describe } from "node:test";
 import assert from "node:assert/strict";
 
-import {
-  connectWithSession,
-  expectNoEvent,
-  httpRequest,
-  publish,
-  record,
-  subscribe,
-  test,
-  tsAt,
-  twoReplicas,
-  uid,
-} from "./lib/harness.mjs";
+import { connectWithSession, expectNoEvent, httpRequest, publish, record, subscribe, test, tsAt, twoReplicas, uid } from "./lib/harness.mjs";
 
 const cluster = twoReplicas();
 const [A, B] = cluster.servers;

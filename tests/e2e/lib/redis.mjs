@@ -11,6 +11,7 @@ import path from "node:path";
 import { freePort, isRunning, stopChild, tailBuffer, trackChild, waitForExit } from "./processes.mjs";
 import { sleep } from "./wait.mjs";
 
+/** Whether a Redis on `port` answers PING within half a second. */
 function redisPing(port) {
   return new Promise((resolve) => {
     const sock = net.connect({ host: "127.0.0.1", port });
