@@ -3,7 +3,7 @@
 // bus-app `provider` alias, `unauthenticated` in ack and `exception` form,
 // the auth timeout, and session resume across two replicas sharing a Redis.
 
-import { after, before, describe } from "node:test";
+import { describe } from "node:test";
 import assert from "node:assert/strict";
 
 import {
@@ -20,12 +20,12 @@ import {
   record,
   signToken,
   sleep,
-  startCluster,
-  startServer,
   subscribe,
   test,
   tsAt,
+  twoReplicas,
   uid,
+  useServer,
   waitForDisconnect,
   waitForEvent,
   wrongSecretToken,
@@ -34,18 +34,8 @@ import {
 const ISSUER = "fleet-auth";
 const AUDIENCE = "fleetgate";
 
-let cluster;
-let A;
-let B;
-
-before(async () => {
-  cluster = await startCluster({ replicas: 2, issuer: ISSUER, audience: AUDIENCE });
-  [A, B] = cluster.servers;
-});
-
-after(async () => {
-  await cluster?.stop();
-});
+const cluster = twoReplicas({ issuer: ISSUER, audience: AUDIENCE });
+const [A, B] = cluster.servers;
 
 function assertSession(session, { sub, fleet, role, vehicle, exp }) {
   assert.ok(session && typeof session === "object", `session must be an object: ${JSON.stringify(session)}`);
@@ -344,17 +334,9 @@ describe("session resume", () => {
 });
 
 describe("auth timeout", () => {
-  let server;
-
-  before(async () => {
-    server = await startServer({
-      name: "single-auth-timeout",
-      env: { FLEETGATE_JWT_SECRET: cluster.secret, FLEETGATE_AUTH_TIMEOUT_SECS: "1" },
-    });
-  });
-
-  after(async () => {
-    await server?.stop();
+  const server = useServer({
+    name: "single-auth-timeout",
+    env: { FLEETGATE_JWT_SECRET: cluster.secret, FLEETGATE_AUTH_TIMEOUT_SECS: "1" },
   });
 
   test("a socket that never authenticates is disconnected by the server", async () => {

@@ -6,7 +6,7 @@
 // These tests always start their own cluster; the rest of the suite runs
 // against a cluster too when E2E_REDIS=cluster.
 
-import { after, before, describe } from "node:test";
+import { describe } from "node:test";
 import assert from "node:assert/strict";
 
 import {
@@ -15,10 +15,10 @@ import {
   emitWithAck,
   publishAccepted,
   redisCli,
-  startCluster,
   subscribe,
   test,
   tsAt,
+  twoReplicas,
   uid,
   until,
   waitForEvent,
@@ -63,18 +63,8 @@ async function publishUntilAccepted(bus, vehicleId, ms = 20_000) {
 }
 
 describe("Redis Cluster: three primaries", () => {
-  let cluster;
-  let A;
-  let B;
-
-  before(async () => {
-    cluster = await startCluster({ replicas: 2, redis: { cluster: true } });
-    [A, B] = cluster.servers;
-  });
-
-  after(async () => {
-    await cluster?.stop();
-  });
+  const cluster = twoReplicas({ redis: { cluster: true } });
+  const [A, B] = cluster.servers;
 
   test("fleets on every shard: stored on their own shard, snapshot and live updates across replicas", async () => {
     const shards = await fleetsOnDistinctShards(cluster.redis, 3);
@@ -152,18 +142,8 @@ describe("Redis Cluster: three primaries", () => {
 });
 
 describe("Redis Cluster: failover to a replica", () => {
-  let cluster;
-  let A;
-  let B;
-
-  before(async () => {
-    cluster = await startCluster({ replicas: 2, redis: { cluster: true, replicasPerMaster: 1 } });
-    [A, B] = cluster.servers;
-  });
-
-  after(async () => {
-    await cluster?.stop();
-  });
+  const cluster = twoReplicas({ redis: { cluster: true, replicasPerMaster: 1 } });
+  const [A, B] = cluster.servers;
 
   test("a primary dies, its replica takes over: updates are accepted and delivered across replicas again", async () => {
     const fleet = uid("fleet");

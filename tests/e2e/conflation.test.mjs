@@ -4,7 +4,7 @@
 // events, and the newest position of every vehicle gets through — across two
 // replicas sharing a Redis.
 
-import { after, before, describe } from "node:test";
+import { describe } from "node:test";
 import assert from "node:assert/strict";
 
 import {
@@ -13,25 +13,15 @@ import {
   publishAccepted,
   record,
   sleep,
-  startCluster,
   subscribe,
   test,
   tsAt,
+  twoReplicas,
   uid,
 } from "./lib/harness.mjs";
 
-let cluster;
-let A;
-let B;
-
-before(async () => {
-  cluster = await startCluster({ replicas: 2, env: { FLEETGATE_BATCH_MS: "200" } });
-  [A, B] = cluster.servers;
-});
-
-after(async () => {
-  await cluster?.stop();
-});
+const cluster = twoReplicas({ env: { FLEETGATE_BATCH_MS: "200" } });
+const [A, B] = cluster.servers;
 
 describe("conflation with FLEETGATE_BATCH_MS=200", () => {
   test("batches carry the newest position per vehicle, never locationupdate", async () => {

@@ -3,7 +3,7 @@
 // on the same port), a replica killed with SIGKILL, and a rolling restart
 // with SIGTERM. Clients are the official socket.io-client; where one has to
 // move to the other replica its own reconnection does it, through a small
-// failover TCP proxy in front of both replicas (harness `startProxy`), and
+// failover TCP proxy in front of both replicas (harness `useProxy`), and
 // it resumes its session with `auth: { session }`.
 //
 // What users must see, whatever fails:
@@ -20,24 +20,24 @@
 //
 // No timing assertions: every wait is a bound on "never".
 
-import { after, before, describe } from "node:test";
+import { describe } from "node:test";
 import assert from "node:assert/strict";
 
 import {
   byVehicle,
   connectWithSession,
   emitWithAck,
+  httpRequest,
   near,
   openSocket,
   record,
   sleep,
-  startCluster,
-  startProxy,
   subscribe,
   test,
+  twoReplicas,
   uid,
   until,
-  readResponse,
+  useProxy,
 } from "./lib/harness.mjs";
 
 /** Bound for an ack: the server's own bound on a Redis call is 2 s. */
@@ -53,16 +53,13 @@ const EVENT_MS = 5_000;
 // Helpers
 // ---------------------------------------------------------------------------
 
+/** GET `url`; no answer (a replica gone, a stalled Redis behind it) is status 0, with the error as its text. */
 async function httpGet(url, token) {
-  try {
-    const res = await fetch(url, {
-      headers: token ? { authorization: `Bearer ${token}` } : {},
-      signal: AbortSignal.timeout(ACK_MS),
-    });
-    return await readResponse(res);
-  } catch (err) {
-    return { status: 0, text: String(err?.message ?? err), json: undefined };
-  }
+  return httpRequest(url, { token, timeoutMs: ACK_MS }).catch((err) => ({
+    status: 0,
+    text: String(err?.message ?? err),
+    json: undefined,
+  }));
 }
 
 async function waitReady(server, status, ms) {
@@ -256,21 +253,11 @@ function resumingClient(target, token, { onConnect } = {}) {
 // ---------------------------------------------------------------------------
 
 describe("Redis outage under two replicas (persistent Redis: appendfsync always)", () => {
-  let cluster;
-  let A;
-  let B;
-
-  before(async () => {
-    // Persistence, because what Redis acknowledged must survive its restart:
-    // a Redis without it forgets every session and position when restarted,
-    // and no gateway can undo that.
-    cluster = await startCluster({ replicas: 2, redis: { persist: true } });
-    [A, B] = cluster.servers;
-  });
-
-  after(async () => {
-    await cluster?.stop();
-  });
+  // Persistence, because what Redis acknowledged must survive its restart:
+  // a Redis without it forgets every session and position when restarted,
+  // and no gateway can undo that.
+  const cluster = twoReplicas({ redis: { persist: true } });
+  const [A, B] = cluster.servers;
 
   /**
    * The whole story around one outage; `down()` starts it, `up()` ends it.
@@ -454,22 +441,10 @@ describe("Redis outage under two replicas (persistent Redis: appendfsync always)
 // ---------------------------------------------------------------------------
 
 describe("a replica killed with SIGKILL (clients behind a failover proxy)", () => {
-  let cluster;
-  let A;
-  let B;
-  let proxy;
-
-  before(async () => {
-    // A dead replica's presence claims lapse after 2 s instead of 30.
-    cluster = await startCluster({ replicas: 2, env: { FLEETGATE_PRESENCE_TTL_SECS: "2" } });
-    [A, B] = cluster.servers;
-    proxy = await startProxy([A, B]);
-  });
-
-  after(async () => {
-    await proxy?.stop();
-    await cluster?.stop();
-  });
+  // A dead replica's presence claims lapse after 2 s instead of 30.
+  const cluster = twoReplicas({ env: { FLEETGATE_PRESENCE_TTL_SECS: "2" } });
+  const [A, B] = cluster.servers;
+  const proxy = useProxy([A, B]);
 
   test("its clients reconnect to the other replica, resume, re-subscribe and lose nothing", async () => {
     const fleet = uid("fleet");
@@ -588,30 +563,17 @@ describe("rolling restart: SIGTERM to the replica a vehicle is streaming to", ()
   const GRACE_SECS = 5;
   /** The first test's ledger, for the second. */
   let rolling;
-  let cluster;
-  let A;
-  let B;
-  let proxy;
-
-  before(async () => {
-    cluster = await startCluster({
-      replicas: 2,
-      env: {
-        FLEETGATE_SHUTDOWN_GRACE_SECS: String(GRACE_SECS),
-        // The stream is faster than a real tracker's; rate limits are not
-        // what this test is about.
-        FLEETGATE_RATE_EVENTS_PER_SEC: "0",
-        FLEETGATE_RATE_VEHICLE_PER_SEC: "0",
-      },
-    });
-    [A, B] = cluster.servers;
-    proxy = await startProxy([A, B]);
+  const cluster = twoReplicas({
+    env: {
+      FLEETGATE_SHUTDOWN_GRACE_SECS: String(GRACE_SECS),
+      // The stream is faster than a real tracker's; rate limits are not
+      // what this test is about.
+      FLEETGATE_RATE_EVENTS_PER_SEC: "0",
+      FLEETGATE_RATE_VEHICLE_PER_SEC: "0",
+    },
   });
-
-  after(async () => {
-    await proxy?.stop();
-    await cluster?.stop();
-  });
+  const [A, B] = cluster.servers;
+  const proxy = useProxy([A, B]);
 
   test("the replica exits 0, the vehicle moves on to the other, no acknowledged update is lost", async () => {
     const fleet = uid("fleet");

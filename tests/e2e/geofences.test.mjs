@@ -4,32 +4,17 @@
 // replicas, a stale update never entering, geofence-only subscriptions,
 // `inside`, and another fleet seeing nothing.
 
-import { after, before, describe } from "node:test";
+import { describe } from "node:test";
 import assert from "node:assert/strict";
 
-import { connectWithSession, expectNoEvent, publish, record, startCluster, subscribe, test, tsAt, uid } from "./lib/harness.mjs";
+import { connectWithSession, expectNoEvent, httpRequest, publish, record, subscribe, test, tsAt, twoReplicas, uid } from "./lib/harness.mjs";
 
-let cluster;
-let A;
-let B;
-
-before(async () => {
-  cluster = await startCluster({ replicas: 2 });
-  [A, B] = cluster.servers;
-});
-
-after(async () => {
-  await cluster?.stop();
-});
+const cluster = twoReplicas();
+const [A, B] = cluster.servers;
 
 async function api(server, method, path, token, body) {
-  const res = await fetch(`${server.url}${path}`, {
-    method,
-    headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
-    body: body === undefined ? undefined : JSON.stringify(body),
-    signal: AbortSignal.timeout(5_000),
-  });
-  return { status: res.status, body: await res.json() };
+  const res = await httpRequest(`${server.url}${path}`, { method, token, body });
+  return { status: res.status, body: res.json };
 }
 
 const square = [[[10, 10], [10.01, 10], [10.01, 10.01], [10, 10.01], [10, 10]]];

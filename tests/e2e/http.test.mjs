@@ -3,51 +3,31 @@
 // only under --demo (and usable tokens for the simulated `demo` fleet), and the
 // refusal to start without token configuration.
 
-import { after, before, describe } from "node:test";
+import { describe } from "node:test";
 import assert from "node:assert/strict";
 
 import {
   assertLocationShape,
   connectError,
   connectWithSession,
+  httpRequest,
+  publishAccepted,
   record,
   sleep,
-  startCluster,
-  startSharedRedis,
   startServer,
   subscribe,
   test,
   tsAt,
-  publishAccepted,
-  readResponse,
+  twoReplicas,
+  useDeployment,
+  useServer,
 } from "./lib/harness.mjs";
 
-async function get(url) {
-  const res = await fetch(url, { signal: AbortSignal.timeout(5_000) });
-  const text = await res.text();
-  return { status: res.status, text };
-}
-
-async function postJson(url, body) {
-  const res = await fetch(url, {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify(body),
-    signal: AbortSignal.timeout(5_000),
-  });
-  return readResponse(res);
-}
+const get = (url) => httpRequest(url);
+const postJson = (url, body) => httpRequest(url, { method: "POST", body });
 
 describe("health, readiness and metrics (two replicas with Redis)", () => {
-  let cluster;
-
-  before(async () => {
-    cluster = await startCluster({ replicas: 2 });
-  });
-
-  after(async () => {
-    await cluster?.stop();
-  });
+  const cluster = twoReplicas();
 
   test("/healthz and /readyz answer 200 on both replicas", async () => {
     for (const s of cluster.servers) {
@@ -69,25 +49,12 @@ describe("health, readiness and metrics (two replicas with Redis)", () => {
 });
 
 describe("readiness follows Redis", () => {
-  let redis;
-  let server;
-
-  before(async () => {
-    redis = await startSharedRedis();
-    server = await startServer({
-      name: "single-redis-readiness",
-      env: { FLEETGATE_JWT_SECRET: "readiness-secret", ...redis.env },
-    });
-  });
-
-  after(async () => {
-    await server?.stop();
-    await redis?.stop();
-  });
+  const cluster = useDeployment({ replicas: 1 });
+  const [server] = cluster.servers;
 
   test("/readyz turns 503 when Redis is unreachable, /healthz stays 200", async () => {
     assert.equal((await get(`${server.url}/readyz`)).status, 200);
-    await redis.stop();
+    await cluster.redis.stop();
     let status = 200;
     const deadline = Date.now() + 15_000;
     while (Date.now() < deadline) {
@@ -107,16 +74,8 @@ describe("readiness follows Redis", () => {
 });
 
 describe("--demo", () => {
-  let server;
-
-  before(async () => {
-    // No token configuration at all: --demo generates its own secret.
-    server = await startServer({ name: "single-demo", args: ["--demo"], env: { FLEETGATE_DEMO_VEHICLES: "5" } });
-  });
-
-  after(async () => {
-    await server?.stop();
-  });
+  // No token configuration at all: --demo generates its own secret.
+  const server = useServer({ name: "single-demo", args: ["--demo"], env: { FLEETGATE_DEMO_VEHICLES: "5" } });
 
   test("mints a viewer token for the demo fleet that the server accepts", async () => {
     const res = await postJson(`${server.url}/api/v1/demo/token`, { role: "viewer", sub: "visitor" });

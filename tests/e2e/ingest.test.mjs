@@ -5,7 +5,7 @@
 // vehicle, and coordinates delivered with exactly the digits they were sent
 // with.
 
-import { after, before, describe } from "node:test";
+import { describe } from "node:test";
 import assert from "node:assert/strict";
 
 import {
@@ -14,10 +14,10 @@ import {
   expectOk,
   publishAccepted,
   record,
-  startCluster,
   subscribe,
   test,
   tsAt,
+  twoReplicas,
   uid,
   until,
 } from "./lib/harness.mjs";
@@ -25,20 +25,9 @@ import {
 const VEHICLES_PER_REPLICA = 12;
 const UPDATES_PER_VEHICLE = 16;
 
-let cluster;
-let A;
-let B;
-let fleet;
-
-before(async () => {
-  cluster = await startCluster({ replicas: 2 });
-  [A, B] = cluster.servers;
-  fleet = uid("fleet");
-});
-
-after(async () => {
-  await cluster?.stop();
-});
+const cluster = twoReplicas();
+const [A, B] = cluster.servers;
+const fleet = uid("fleet");
 
 async function viewerOn(server) {
   const { socket } = await connectWithSession(server, cluster.token({ sub: uid("viewer"), fleet, role: "viewer" }));

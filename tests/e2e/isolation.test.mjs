@@ -3,7 +3,7 @@
 // the same vehicle id), cannot subscribe to fleet B, and snapshots never mix
 // fleets — across two replicas sharing one Redis.
 
-import { after, before, describe } from "node:test";
+import { describe } from "node:test";
 import assert from "node:assert/strict";
 
 import {
@@ -12,26 +12,16 @@ import {
   expectError,
   publishAccepted,
   record,
-  startCluster,
   subscribe,
   test,
   tsAt,
+  twoReplicas,
   uid,
   waitForEvent,
 } from "./lib/harness.mjs";
 
-let cluster;
-let A;
-let B;
-
-before(async () => {
-  cluster = await startCluster({ replicas: 2 });
-  [A, B] = cluster.servers;
-});
-
-after(async () => {
-  await cluster?.stop();
-});
+const cluster = twoReplicas();
+const [A, B] = cluster.servers;
 
 describe("tenant isolation", () => {
   test("a fleet A viewer never gets fleet B updates, even for the same vehicle id", async () => {

@@ -3,7 +3,7 @@
 // is not stored and is not broadcast — on one replica and across two replicas
 // sharing a Redis, where the compare-and-set must be atomic.
 
-import { after, before, describe } from "node:test";
+import { before, describe } from "node:test";
 import assert from "node:assert/strict";
 
 import {
@@ -11,37 +11,31 @@ import {
   publish,
   publishAccepted,
   record,
-  startCluster,
   subscribe,
   test,
   tsAt,
+  twoReplicas,
   uid,
 } from "./lib/harness.mjs";
 
 const STALE = { accepted: false, reason: "stale" };
 
-let cluster;
-let A;
-let B;
-let fleet;
+const cluster = twoReplicas();
+const [A, B] = cluster.servers;
+const fleet = uid("fleet");
 let dispA;
 let dispB;
 let viewer;
 let seen;
 
 before(async () => {
-  cluster = await startCluster({ replicas: 2 });
-  [A, B] = cluster.servers;
-  fleet = uid("fleet");
+  // Top-level `before` hooks may run side by side (Node 20): wait for the fixture's.
+  await cluster.start();
   dispA = (await connectWithSession(A, cluster.token({ sub: "disp-a", fleet, role: "dispatcher" }))).socket;
   dispB = (await connectWithSession(B, cluster.token({ sub: "disp-b", fleet, role: "dispatcher" }))).socket;
   viewer = (await connectWithSession(B, cluster.token({ sub: "viewer", fleet, role: "viewer" }))).socket;
   seen = record(viewer, "locationupdate");
   await subscribe(viewer, {});
-});
-
-after(async () => {
-  await cluster?.stop();
 });
 
 /** Publishes a marker update for a fresh vehicle and waits until the viewer saw it. */

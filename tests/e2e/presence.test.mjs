@@ -5,7 +5,7 @@
 // holding it dies. Events go once to every socket subscribed to the fleet or
 // to that vehicle, on both replicas, and never to another fleet.
 
-import { after, before, describe } from "node:test";
+import { describe } from "node:test";
 import assert from "node:assert/strict";
 
 import {
@@ -16,11 +16,12 @@ import {
   expectOk,
   publishAccepted,
   record,
+  singleNode,
   sleep,
-  startCluster,
   subscribe,
   test,
   tsAt,
+  twoReplicas,
   uid,
   waitForDisconnect,
 } from "./lib/harness.mjs";
@@ -73,18 +74,8 @@ async function nth(recorder, predicate, n, ms = 5_000) {
 }
 
 describe("presence across two replicas sharing Redis", () => {
-  let cluster;
-  let A;
-  let B;
-
-  before(async () => {
-    cluster = await startCluster({ replicas: 2 });
-    [A, B] = cluster.servers;
-  });
-
-  after(async () => {
-    await cluster?.stop();
-  });
+  const cluster = twoReplicas();
+  const [A, B] = cluster.servers;
 
   test("a vehicle is announced online and offline to fleet subscribers on both replicas", async () => {
     const since = Date.now();
@@ -262,18 +253,8 @@ describe("presence across two replicas sharing Redis", () => {
 });
 
 describe("stale vehicles (FLEETGATE_STALE_AFTER_SECS=2)", () => {
-  let cluster;
-  let A;
-  let B;
-
-  before(async () => {
-    cluster = await startCluster({ replicas: 2, env: { FLEETGATE_STALE_AFTER_SECS: "2" } });
-    [A, B] = cluster.servers;
-  });
-
-  after(async () => {
-    await cluster?.stop();
-  });
+  const cluster = twoReplicas({ env: { FLEETGATE_STALE_AFTER_SECS: "2" } });
+  const [A, B] = cluster.servers;
 
   test("a silent vehicle goes offline while connected, and its next update brings it back online", async () => {
     const since = Date.now();
@@ -319,18 +300,8 @@ describe("stale vehicles (FLEETGATE_STALE_AFTER_SECS=2)", () => {
 });
 
 describe("a replica killed with SIGKILL (FLEETGATE_PRESENCE_TTL_SECS=2)", () => {
-  let cluster;
-  let A;
-  let B;
-
-  before(async () => {
-    cluster = await startCluster({ replicas: 2, env: { FLEETGATE_PRESENCE_TTL_SECS: "2" } });
-    [A, B] = cluster.servers;
-  });
-
-  after(async () => {
-    await cluster?.stop();
-  });
+  const cluster = twoReplicas({ env: { FLEETGATE_PRESENCE_TTL_SECS: "2" } });
+  const [A, B] = cluster.servers;
 
   test("its vehicles go offline on the surviving replica; the others stay online", async () => {
     const since = Date.now();
@@ -356,17 +327,8 @@ describe("a replica killed with SIGKILL (FLEETGATE_PRESENCE_TTL_SECS=2)", () => 
 });
 
 describe("presence on a single in-memory node", () => {
-  let cluster;
-  let S;
-
-  before(async () => {
-    cluster = await startCluster({ replicas: 1, redis: false });
-    [S] = cluster.servers;
-  });
-
-  after(async () => {
-    await cluster?.stop();
-  });
+  const cluster = singleNode();
+  const [S] = cluster.servers;
 
   test("online, a second socket, offline after the last one", async () => {
     const since = Date.now();

@@ -14,6 +14,7 @@ import { after, before, describe } from "node:test";
 import assert from "node:assert/strict";
 
 import {
+  answersOk,
   assertLocationShape,
   connect,
   connectWithSession,
@@ -24,11 +25,13 @@ import {
   publishAccepted,
   record,
   sleep,
-  startCluster,
   startServer,
+  stopChild,
   subscribe,
   test,
+  trackChild,
   tsAt,
+  twoReplicas,
   uid,
   waitForEvent,
 } from "./lib/harness.mjs";
@@ -76,17 +79,6 @@ function proxyRules({ upstreams, listen }) {
   return lines.join("\n");
 }
 
-const running = new Set();
-process.on("exit", () => {
-  for (const child of running) {
-    try {
-      child.kill("SIGKILL");
-    } catch {
-      // already gone
-    }
-  }
-});
-
 /**
  * Runs nginx in the foreground as the current user, with every file it
  * writes inside a fresh temporary prefix, proxying to `upstreams`.
@@ -122,7 +114,7 @@ http {
   const child = spawn(NGINX, ["-p", `${dir}/`, "-e", `${dir}/error.log`, "-c", confPath, "-g", "daemon off;"], {
     stdio: ["ignore", "pipe", "pipe"],
   });
-  running.add(child);
+  trackChild(child);
   child.stdout.on("data", (d) => (output += d));
   child.stderr.on("data", (d) => (output += d));
   const errorLog = () => {
@@ -139,14 +131,7 @@ http {
     dir,
     errorLog,
     async stop() {
-      if (child.exitCode === null && child.signalCode === null) {
-        const exited = new Promise((r) => child.once("exit", r));
-        child.kill("SIGTERM");
-        const timer = setTimeout(() => child.kill("SIGKILL"), 5_000);
-        await exited;
-        clearTimeout(timer);
-      }
-      running.delete(child);
+      await stopChild(child);
       rmSync(dir, { recursive: true, force: true });
     },
   };
@@ -159,13 +144,7 @@ http {
       await proxy.stop();
       throw new Error(message);
     }
-    try {
-      const res = await fetch(`${proxy.url}/healthz`, { signal: AbortSignal.timeout(1_000) });
-      await res.arrayBuffer();
-      if (res.status === 200) break;
-    } catch {
-      // not listening yet
-    }
+    if (await answersOk(`${proxy.url}/healthz`)) break;
     if (Date.now() > deadline) {
       const message = `nginx did not proxy /healthz within 10 s:\n${output}\n${errorLog()}`;
       await proxy.stop();
@@ -189,18 +168,16 @@ const MODES = [
 ];
 
 describe("Socket.IO under /chat through nginx", { skip: skipNginx }, () => {
-  let cluster;
+  // Two replicas behind one upstream block, as in production: long-polling
+  // only works if the proxy keeps each client on one replica.
+  const cluster = twoReplicas();
   let proxy;
 
   before(async () => {
-    // Two replicas behind one upstream block, as in production: long-polling
-    // only works if the proxy keeps each client on one replica.
-    cluster = await startCluster({ replicas: 2 });
     proxy = await startNginx(cluster.servers.map((s) => `127.0.0.1:${s.port}`));
   });
 
   after(async () => {
-    await cluster?.stop();
     await proxy?.stop();
   });
 

@@ -6,7 +6,7 @@
 // cannot be recovered (too late, revoked) is a fresh socket. Clients that
 // did not opt in see no extra argument.
 
-import { after, before, describe } from "node:test";
+import { describe } from "node:test";
 import assert from "node:assert/strict";
 
 import {
@@ -18,13 +18,14 @@ import {
   publishAccepted,
   redisCli,
   sleep,
-  startCluster,
   startProxy,
   startServer,
   subscribe,
   test,
   tsAt,
+  twoReplicas,
   uid,
+  useDeployment,
 } from "./lib/harness.mjs";
 
 /** Every event of `name` with all its arguments. */
@@ -87,13 +88,7 @@ async function recoveringViewer(server, auth) {
 }
 
 describe("connection state recovery across two replicas", () => {
-  let cluster;
-  before(async () => {
-    cluster = await startCluster({ replicas: 2 });
-  });
-  after(async () => {
-    await cluster?.stop();
-  });
+  const cluster = twoReplicas();
 
   const tokens = (fleet) => ({
     viewer: cluster.token({ sub: uid("viewer"), fleet, role: "viewer" }),
@@ -281,13 +276,7 @@ describe("connection state recovery across two replicas", () => {
 });
 
 describe("connection state recovery: too late", () => {
-  let cluster;
-  before(async () => {
-    cluster = await startCluster({ replicas: 1, env: { FLEETGATE_RECOVERY_SECS: "1" } });
-  });
-  after(async () => {
-    await cluster?.stop();
-  });
+  const cluster = useDeployment({ replicas: 1, env: { FLEETGATE_RECOVERY_SECS: "1" } });
 
   test("past FLEETGATE_RECOVERY_SECS the client gets a fresh socket", async () => {
     const fleet = uid("fleet");
@@ -307,16 +296,10 @@ describe("connection state recovery: too late", () => {
 });
 
 describe("connection state recovery: Redis commands per position update", () => {
-  let cluster;
-  before(async () => {
-    cluster = await startCluster({
-      replicas: 1,
-      redis: { cluster: false },
-      env: { FLEETGATE_RATE_VEHICLE_PER_SEC: "0", FLEETGATE_RATE_EVENTS_PER_SEC: "0" },
-    });
-  });
-  after(async () => {
-    await cluster?.stop();
+  const cluster = useDeployment({
+    replicas: 1,
+    redis: { cluster: false },
+    env: { FLEETGATE_RATE_VEHICLE_PER_SEC: "0", FLEETGATE_RATE_EVENTS_PER_SEC: "0" },
   });
 
   /** Every command Redis ran so far (scripts' commands included). */
@@ -362,13 +345,7 @@ describe("connection state recovery: Redis commands per position update", () => 
 });
 
 describe("connection state recovery: rolling restart of both replicas under traffic", () => {
-  let cluster;
-  before(async () => {
-    cluster = await startCluster({ replicas: 2 });
-  });
-  after(async () => {
-    await cluster?.stop();
-  });
+  const cluster = twoReplicas();
 
   // Known gap: a position relayed between replicas and a chat message sent
   // through the adapter can reach a socket in the other order than their

@@ -5,7 +5,7 @@
 // bearer) leave the session working. FLEETGATE_SESSION_TTL_SECS ends sessions
 // and their sockets on its own.
 
-import { after, before, describe } from "node:test";
+import { describe } from "node:test";
 import assert from "node:assert/strict";
 
 import {
@@ -16,15 +16,15 @@ import {
   expectError,
   expectNoEvent,
   expectOk,
+  httpRequest,
   nowSecs,
   sleep,
-  startCluster,
   subscribe,
   test,
+  twoReplicas,
   uid,
   waitForDisconnect,
   wrongSecretToken,
-  readResponse,
 } from "./lib/harness.mjs";
 
 /** How long a refused revocation is given to (wrongly) take effect. */
@@ -33,13 +33,9 @@ const SURVIVE_MS = 1_500;
 const DROP_MS = 5_000;
 
 /** DELETE /api/v1/sessions/{id}; `token` undefined sends no Authorization. */
-async function revoke(server, sessionId, token, headers = {}) {
-  const res = await fetch(`${server.url}/api/v1/sessions/${encodeURIComponent(sessionId)}`, {
-    method: "DELETE",
-    headers: { ...(token === undefined ? {} : { authorization: `Bearer ${token}` }), ...headers },
-    signal: AbortSignal.timeout(5_000),
-  });
-  return readResponse(res);
+function revoke(server, sessionId, token, headers = {}) {
+  const url = `${server.url}/api/v1/sessions/${encodeURIComponent(sessionId)}`;
+  return httpRequest(url, { method: "DELETE", token, headers });
 }
 
 function assertRevoked(res) {
@@ -63,18 +59,8 @@ async function assertAlive(socket, sessionId, resumeOn) {
 }
 
 describe("revocation across two replicas sharing Redis", () => {
-  let cluster;
-  let A;
-  let B;
-
-  before(async () => {
-    cluster = await startCluster({ replicas: 2 });
-    [A, B] = cluster.servers;
-  });
-
-  after(async () => {
-    await cluster?.stop();
-  });
+  const cluster = twoReplicas();
+  const [A, B] = cluster.servers;
 
   test("the owner revokes its session: its sockets on both replicas drop and it cannot be resumed", async () => {
     const fleet = uid("fleet");
@@ -179,18 +165,8 @@ describe("revocation across two replicas sharing Redis", () => {
 });
 
 describe("session lifetime (FLEETGATE_SESSION_TTL_SECS=2)", () => {
-  let cluster;
-  let A;
-  let B;
-
-  before(async () => {
-    cluster = await startCluster({ replicas: 2, env: { FLEETGATE_SESSION_TTL_SECS: "2" } });
-    [A, B] = cluster.servers;
-  });
-
-  after(async () => {
-    await cluster?.stop();
-  });
+  const cluster = twoReplicas({ env: { FLEETGATE_SESSION_TTL_SECS: "2" } });
+  const [A, B] = cluster.servers;
 
   test("sockets of an expired session are disconnected everywhere and it cannot be resumed", async () => {
     const fleet = uid("fleet");

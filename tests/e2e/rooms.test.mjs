@@ -4,7 +4,7 @@
 // FLEETGATE_HISTORY_MAX cap, shared through Redis), membership checks, and
 // rooms scoped to their fleet. Ends with a smoke test on one in-memory node.
 
-import { after, before, describe } from "node:test";
+import { describe } from "node:test";
 import assert from "node:assert/strict";
 
 import {
@@ -14,9 +14,10 @@ import {
   expectError,
   expectOk,
   record,
+  singleNode,
   sleep,
-  startCluster,
   test,
+  twoReplicas,
   uid,
   waitForEvent,
 } from "./lib/harness.mjs";
@@ -69,18 +70,8 @@ const inRoom = (room) => (p) => p.room === room;
 const notice = (room, kind, sub) => (n) => n.room === room && n.kind === kind && n.sub === sub;
 
 describe("rooms across two replicas sharing Redis", () => {
-  let cluster;
-  let A;
-  let B;
-
-  before(async () => {
-    cluster = await startCluster({ replicas: 2, env: { FLEETGATE_HISTORY_MAX: String(HISTORY_MAX) } });
-    [A, B] = cluster.servers;
-  });
-
-  after(async () => {
-    await cluster?.stop();
-  });
+  const cluster = twoReplicas({ env: { FLEETGATE_HISTORY_MAX: String(HISTORY_MAX) } });
+  const [A, B] = cluster.servers;
 
   describe("join_room and leave_room", () => {
     test("joining notifies the other members on both replicas, never the joiner", async () => {
@@ -364,17 +355,8 @@ describe("rooms across two replicas sharing Redis", () => {
 });
 
 describe("rooms on a single in-memory node", () => {
-  let cluster;
-  let S;
-
-  before(async () => {
-    cluster = await startCluster({ replicas: 1, redis: false, env: { FLEETGATE_HISTORY_MAX: "3" } });
-    [S] = cluster.servers;
-  });
-
-  after(async () => {
-    await cluster?.stop();
-  });
+  const cluster = singleNode({ env: { FLEETGATE_HISTORY_MAX: "3" } });
+  const [S] = cluster.servers;
 
   test("join, notice, chat, history, leave", async () => {
     const since = Date.now();

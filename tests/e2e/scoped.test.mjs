@@ -7,7 +7,7 @@
 // and claims that do not check out. Run against two replicas sharing Redis
 // (a Redis Cluster with E2E_REDIS=cluster) and against one embedded node.
 
-import { after, before, describe } from "node:test";
+import { describe } from "node:test";
 import assert from "node:assert/strict";
 
 import {
@@ -16,15 +16,16 @@ import {
   emitWithAck,
   expectError,
   expectOk,
+  httpRequest,
   publishAccepted,
-  readResponse,
   record,
-  startCluster,
-  startServer,
+  singleNode,
   subscribe,
   test,
   tsAt,
   uid,
+  useDeployment,
+  useServer,
 } from "./lib/harness.mjs";
 
 const MODES = [
@@ -41,33 +42,15 @@ const SPOT = {
 };
 const BOX = [126.9, 37.4, 127.2, 37.7];
 
-async function http(server, method, path, token, body) {
-  const headers = { authorization: `Bearer ${token}` };
-  if (body !== undefined) headers["content-type"] = "application/json";
-  const res = await fetch(`${server.url}${path}`, {
-    method,
-    headers,
-    body: body === undefined ? undefined : JSON.stringify(body),
-    signal: AbortSignal.timeout(5_000),
-  });
-  return readResponse(res);
+function http(server, method, path, token, body) {
+  return httpRequest(`${server.url}${path}`, { method, token, body });
 }
 
 for (const mode of MODES) {
   describe(`scoped viewer tokens (${mode.name})`, () => {
-    let cluster;
-    let A;
-    let B;
-
-    before(async () => {
-      cluster = await startCluster({ replicas: mode.replicas, redis: mode.redis });
-      A = cluster.servers[0];
-      B = cluster.servers.at(-1);
-    });
-
-    after(async () => {
-      await cluster?.stop();
-    });
+    const cluster = useDeployment({ replicas: mode.replicas, redis: mode.redis });
+    const A = cluster.servers[0];
+    const B = cluster.servers.at(-1);
 
     /**
      * A fleet with a dispatcher on A that has published bus-1…bus-4, an
@@ -295,25 +278,9 @@ for (const mode of MODES) {
 }
 
 describe("scoped tokens from the --demo token endpoint", () => {
-  let server;
+  const server = useServer({ name: "demo", args: ["--demo"], env: { FLEETGATE_DEMO_VEHICLES: "3" } });
 
-  before(async () => {
-    server = await startServer({ name: "demo", args: ["--demo"], env: { FLEETGATE_DEMO_VEHICLES: "3" } });
-  });
-
-  after(async () => {
-    await server?.stop();
-  });
-
-  const mint = async (body) => {
-    const res = await fetch(`${server.url}/api/v1/demo/token`, {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify(body),
-      signal: AbortSignal.timeout(5_000),
-    });
-    return readResponse(res);
-  };
+  const mint = (body) => httpRequest(`${server.url}/api/v1/demo/token`, { method: "POST", body });
 
   test("mints a viewer token for some demo buses, which watches only them", async () => {
     const res = await mint({ role: "viewer", sub: "rider", vehicles: ["bus-02"] });
@@ -344,15 +311,7 @@ describe("scoped tokens from the --demo token endpoint", () => {
 });
 
 describe("scoped viewer tokens with conflation (FLEETGATE_BATCH_MS)", () => {
-  let cluster;
-
-  before(async () => {
-    cluster = await startCluster({ replicas: 1, redis: false, env: { FLEETGATE_BATCH_MS: "50" } });
-  });
-
-  after(async () => {
-    await cluster?.stop();
-  });
+  const cluster = singleNode({ env: { FLEETGATE_BATCH_MS: "50" } });
 
   test("a batch holds only the token's vehicles", async () => {
     const [server] = cluster.servers;

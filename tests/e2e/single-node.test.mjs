@@ -2,7 +2,7 @@
 // contract holds with everything in memory — handshake and resume, snapshot,
 // stale handling, filters, exactly-once delivery, tenant isolation, polling.
 
-import { after, before, describe } from "node:test";
+import { describe } from "node:test";
 import assert from "node:assert/strict";
 
 import {
@@ -16,25 +16,16 @@ import {
   publish,
   publishAccepted,
   record,
+  singleNode,
   sleep,
-  startCluster,
   subscribe,
   test,
   tsAt,
   uid,
 } from "./lib/harness.mjs";
 
-let cluster;
-let S;
-
-before(async () => {
-  cluster = await startCluster({ replicas: 1, redis: false });
-  [S] = cluster.servers;
-});
-
-after(async () => {
-  await cluster?.stop();
-});
+const cluster = singleNode();
+const [S] = cluster.servers;
 
 describe("single node in memory", () => {
   test("readyz is 200 without Redis", async () => {

@@ -3,7 +3,7 @@
 // or a bbox — as 5.2 objects, including positions published on the other
 // replica before the subscriber connected.
 
-import { after, before, describe } from "node:test";
+import { describe } from "node:test";
 import assert from "node:assert/strict";
 
 import {
@@ -12,25 +12,15 @@ import {
   connectWithSession,
   publish,
   publishAccepted,
-  startCluster,
   subscribe,
   test,
   tsAt,
+  twoReplicas,
   uid,
 } from "./lib/harness.mjs";
 
-let cluster;
-let A;
-let B;
-
-before(async () => {
-  cluster = await startCluster({ replicas: 2 });
-  [A, B] = cluster.servers;
-});
-
-after(async () => {
-  await cluster?.stop();
-});
+const cluster = twoReplicas();
+const [A, B] = cluster.servers;
 
 /** A fleet with three vehicles published on replica A (each by its own vehicle token). */
 async function fleetWithThree() {

@@ -4,7 +4,7 @@
 // forms, malformed subscribe requests, and the 5.2 event shape (fleet and
 // receivedAt present, absent optional fields omitted rather than null).
 
-import { after, before, describe } from "node:test";
+import { describe } from "node:test";
 import assert from "node:assert/strict";
 
 import {
@@ -16,25 +16,15 @@ import {
   publishAccepted,
   record,
   sleep,
-  startCluster,
   subscribe,
   test,
   tsAt,
+  twoReplicas,
   uid,
 } from "./lib/harness.mjs";
 
-let cluster;
-let A;
-let B;
-
-before(async () => {
-  cluster = await startCluster({ replicas: 2 });
-  [A, B] = cluster.servers;
-});
-
-after(async () => {
-  await cluster?.stop();
-});
+const cluster = twoReplicas();
+const [A, B] = cluster.servers;
 
 /** A fleet with a dispatcher on replica A, and a viewer factory. */
 async function setup() {

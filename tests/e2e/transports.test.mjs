@@ -2,7 +2,7 @@
 // default polling-then-upgrade client all connect, authenticate, publish and
 // receive across two replicas; the Socket.IO path is configurable.
 
-import { after, before, describe } from "node:test";
+import { describe } from "node:test";
 import assert from "node:assert/strict";
 
 import {
@@ -14,27 +14,17 @@ import {
   expectOk,
   publishAccepted,
   record,
-  startCluster,
-  startServer,
   subscribe,
   test,
   tsAt,
+  twoReplicas,
   uid,
+  useServer,
   waitForEvent,
 } from "./lib/harness.mjs";
 
-let cluster;
-let A;
-let B;
-
-before(async () => {
-  cluster = await startCluster({ replicas: 2 });
-  [A, B] = cluster.servers;
-});
-
-after(async () => {
-  await cluster?.stop();
-});
+const cluster = twoReplicas();
+const [A, B] = cluster.servers;
 
 const POLLING = { transports: ["polling"], upgrade: false };
 const WEBSOCKET = { transports: ["websocket"] };
@@ -150,17 +140,9 @@ describe("default client (polling, then upgrade)", () => {
 });
 
 describe("configurable Socket.IO path", () => {
-  let server;
-
-  before(async () => {
-    server = await startServer({
-      name: "single-custom-path",
-      env: { FLEETGATE_JWT_SECRET: cluster.secret, FLEETGATE_SOCKETIO_PATH: "/chat/socket.io/" },
-    });
-  });
-
-  after(async () => {
-    await server?.stop();
+  const server = useServer({
+    name: "single-custom-path",
+    env: { FLEETGATE_JWT_SECRET: cluster.secret, FLEETGATE_SOCKETIO_PATH: "/chat/socket.io/" },
   });
 
   for (const [name, opts] of [

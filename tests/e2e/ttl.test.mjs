@@ -3,17 +3,18 @@
 // it was published and gone from it a few seconds later — across two replicas
 // sharing a Redis and on a single in-memory node.
 
-import { after, before, describe } from "node:test";
+import { describe } from "node:test";
 import assert from "node:assert/strict";
 
 import {
   connectWithSession,
   publishAccepted,
+  singleNode,
   sleep,
-  startCluster,
   subscribe,
   test,
   tsAt,
+  twoReplicas,
   uid,
 } from "./lib/harness.mjs";
 
@@ -21,19 +22,9 @@ const TTL_ENV = { FLEETGATE_LOCATION_TTL_SECS: "1" };
 
 for (const mode of ["redis", "memory"]) {
   describe(`location TTL (${mode === "redis" ? "two replicas sharing Redis" : "single in-memory node"})`, () => {
-    let cluster;
-    let pub;
-    let sub;
-
-    before(async () => {
-      cluster = await startCluster({ replicas: mode === "redis" ? 2 : 1, redis: mode === "redis", env: TTL_ENV });
-      pub = cluster.servers[0];
-      sub = cluster.servers[cluster.servers.length - 1];
-    });
-
-    after(async () => {
-      await cluster?.stop();
-    });
+    const cluster = mode === "redis" ? twoReplicas({ env: TTL_ENV }) : singleNode({ env: TTL_ENV });
+    const pub = cluster.servers[0];
+    const sub = cluster.servers[cluster.servers.length - 1];
 
     test("a position leaves the snapshot after its TTL", async () => {
       const fleet = uid("fleet");

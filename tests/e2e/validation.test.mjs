@@ -5,7 +5,7 @@
 // on the other replica as plain 5.2 objects, and rejected updates are never
 // broadcast nor cost the socket its connection.
 
-import { after, before, describe } from "node:test";
+import { before, describe } from "node:test";
 import assert from "node:assert/strict";
 
 import {
@@ -16,36 +16,30 @@ import {
   near,
   publishAccepted,
   record,
-  startCluster,
   subscribe,
   test,
   tsAt,
+  twoReplicas,
   uid,
   waitForEvent,
 } from "./lib/harness.mjs";
 
 const DAY = 24 * 3600 * 1000;
 
-let cluster;
-let A;
-let B;
-let fleet;
+const cluster = twoReplicas();
+const [A, B] = cluster.servers;
+const fleet = uid("fleet");
 let dispatcher; // on A
 let viewer; // on B, subscribed to the whole fleet
 let seen; // every locationupdate the viewer got
 
 before(async () => {
-  cluster = await startCluster({ replicas: 2 });
-  [A, B] = cluster.servers;
-  fleet = uid("fleet");
+  // Top-level `before` hooks may run side by side (Node 20): wait for the fixture's.
+  await cluster.start();
   dispatcher = (await connectWithSession(A, cluster.token({ sub: "disp", fleet, role: "dispatcher" }))).socket;
   viewer = (await connectWithSession(B, cluster.token({ sub: "watcher", fleet, role: "viewer" }))).socket;
   seen = record(viewer, "locationupdate");
   await subscribe(viewer, {});
-});
-
-after(async () => {
-  await cluster?.stop();
 });
 
 /** Publishes from `socket` and asserts an invalid_payload ack whose message matches `field`. */
