@@ -60,6 +60,16 @@ impl Subscriptions {
     pub fn count(&self) -> usize {
         usize::from(self.whole_fleet) + self.vehicles.len() + self.boxes.len() + self.geofences.len()
     }
+
+    /// After a subscription went: whether the socket stops watching its
+    /// fleet's relay channel now (true once, with the last one).
+    pub fn stops_watching(&mut self) -> bool {
+        let stop = self.watching && self.count() == 0;
+        if stop {
+            self.watching = false;
+        }
+        stop
+    }
 }
 
 impl Conn {

@@ -33,33 +33,50 @@ pub struct Selection {
     pub geofences: Vec<String>,
 }
 
-/// A list of ids (`vehicles`, `geofences`): non-empty, at most `max`, each
-/// once, in order.
-fn id_list(field: &'static str, value: Option<&Value>, max: usize) -> Result<Vec<String>, ApiError> {
-    let items = match value {
-        None => return Ok(Vec::new()),
-        Some(Value::Array(items)) => items,
-        Some(_) => return Err(ApiError::invalid(format!("{field}: must be an array of ids"))),
-    };
-    if items.is_empty() {
-        return Err(ApiError::invalid(format!("{field}: must not be empty (omit it instead)")));
-    }
-    if items.len() > max {
-        return Err(ApiError::new(ErrorCode::PayloadTooLarge, format!("{field}: at most {max}")));
-    }
-    let mut seen = HashSet::with_capacity(items.len());
-    let mut out = Vec::with_capacity(items.len());
-    for item in items {
-        match item {
-            Value::String(v) if ids::is_valid_id(v) => {
-                if seen.insert(v.as_str()) {
-                    out.push(v.clone());
+/// A list of ids in a selection, as its error messages name it.
+struct IdList {
+    field: &'static str,
+    /// What its items are.
+    items: &'static str,
+    /// What leaving it out means.
+    omitted: &'static str,
+}
+
+const VEHICLES: IdList = IdList { field: "vehicles", items: "vehicle ids", omitted: "for the whole fleet" };
+const GEOFENCES: IdList = IdList { field: "geofences", items: "ids", omitted: "instead" };
+
+impl IdList {
+    /// Reads the list: non-empty, at most `max`, each id once, in order;
+    /// absent, an empty list.
+    fn read(&self, value: Option<&Value>, max: usize) -> Result<Vec<String>, ApiError> {
+        let Self { field, items: what, omitted } = self;
+        let items = match value {
+            None => return Ok(Vec::new()),
+            Some(Value::Array(items)) => items,
+            Some(_) => return Err(ApiError::invalid(format!("{field}: must be an array of {what}"))),
+        };
+        if items.is_empty() {
+            return Err(ApiError::invalid(format!("{field}: must not be empty (omit it {omitted})")));
+        }
+        if items.len() > max {
+            return Err(ApiError::new(ErrorCode::PayloadTooLarge, format!("{field}: at most {max}")));
+        }
+        let mut seen = HashSet::with_capacity(items.len());
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            match item {
+                Value::String(v) if ids::is_valid_id(v) => {
+                    if seen.insert(v.as_str()) {
+                        out.push(v.clone());
+                    }
+                }
+                _ => {
+                    return Err(ApiError::invalid(format!("{field}: items must be {what} (1–64 of [A-Za-z0-9._:-])")));
                 }
             }
-            _ => return Err(ApiError::invalid(format!("{field}: items must be ids (1–64 of [A-Za-z0-9._:-])"))),
         }
+        Ok(out)
     }
-    Ok(out)
 }
 
 impl Selection {
@@ -84,33 +101,9 @@ impl Selection {
             }
             Some(_) => return Err(ApiError::invalid("fleet: must be a fleet id")),
         };
-        let vehicles = match field("vehicles") {
-            None => Vec::new(),
-            Some(Value::Array(items)) => {
-                if items.is_empty() {
-                    return Err(ApiError::invalid("vehicles: must not be empty (omit it for the whole fleet)"));
-                }
-                if items.len() > max {
-                    return Err(ApiError::new(ErrorCode::PayloadTooLarge, format!("vehicles: at most {max}")));
-                }
-                let mut seen = HashSet::with_capacity(items.len());
-                let mut out = Vec::with_capacity(items.len());
-                for item in items {
-                    match item {
-                        Value::String(v) if ids::is_valid_id(v) => {
-                            if seen.insert(v.as_str()) {
-                                out.push(v.clone());
-                            }
-                        }
-                        _ => return Err(ApiError::invalid("vehicles: items must be vehicle ids")),
-                    }
-                }
-                out
-            }
-            Some(_) => return Err(ApiError::invalid("vehicles: must be an array of vehicle ids")),
-        };
+        let vehicles = VEHICLES.read(field("vehicles"), max)?;
         let bbox = field("bbox").map(|b| BBox::from_json(b, "bbox")).transpose()?;
-        let geofences = id_list("geofences", field("geofences"), max)?;
+        let geofences = GEOFENCES.read(field("geofences"), max)?;
         Ok(Self { fleet, vehicles, bbox, geofences })
     }
 
@@ -327,11 +320,7 @@ pub(super) async fn on_unsubscribe<A: Adapter>(req: ClientEvent<A>, conn: Arc<Co
             if subs.boxes.is_empty() {
                 req.socket.leave(socket_room(req.socket.id));
             }
-            let stop = subs.watching && subs.count() == 0;
-            if stop {
-                subs.watching = false;
-            }
-            stop
+            subs.stops_watching()
         };
         if stop_watching {
             gw.fanout.unwatch(&sel.fleet).await;
@@ -384,11 +373,7 @@ pub(super) async fn narrow_to_session<A: Adapter>(socket: &SocketRef<A>, conn: &
             metrics::gauge!(crate::metrics::names::SUBSCRIPTIONS, "kind" => crate::metrics::SubscriptionKind::Geofence)
                 .decrement(geofences as f64);
         }
-        let stop = subs.watching && subs.count() == 0;
-        if stop {
-            subs.watching = false;
-        }
-        stop
+        subs.stops_watching()
     };
     if stop_watching {
         gw.fanout.unwatch(&session.fleet).await;
