@@ -10,7 +10,52 @@
 
 use fred::types::config::{Config as FredConfig, ServerConfig};
 
-use crate::{config::Config, redis_tls::RedisTls};
+use crate::{
+    config::Config,
+    redis_tls::{RedisTls, TlsError},
+};
+
+/// Why the Redis settings name no usable target. Each names its setting.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error(
+        "set one of FLEETGATE_REDIS_URL (one Redis), FLEETGATE_REDIS_CLUSTER_NODES (a Redis Cluster) or \
+         FLEETGATE_REDIS_SENTINELS (Redis through Sentinel), not both {}",
+        .0.join(" and ")
+    )]
+    Modes(Vec<&'static str>),
+    #[error(
+        "{0} is for Sentinel mode (with FLEETGATE_REDIS_SENTINELS); with a URL or cluster nodes, put credentials \
+         in them (redis://user:password@host:port)"
+    )]
+    SentinelOnly(&'static str),
+    #[error("FLEETGATE_REDIS_URL: must start with redis:// or rediss:// (TLS)")]
+    Scheme,
+    #[error("{setting}: `{entry}` is not host:port, redis://host:port or rediss://host:port")]
+    NodeScheme { setting: &'static str, entry: String },
+    #[error("{setting}: `{entry}` is not host:port")]
+    NodeAddress { setting: &'static str, entry: String },
+    #[error("{0} names no node")]
+    NoNodes(&'static str),
+    #[error("{0}: mixes redis:// and rediss:// entries; TLS is all or nothing")]
+    MixedTls(&'static str),
+    #[error("FLEETGATE_REDIS_SENTINELS needs FLEETGATE_REDIS_SENTINEL_MASTER (the master set name, e.g. mymaster)")]
+    NoMaster,
+    #[error(
+        "FLEETGATE_REDIS_TLS_* is set but no Redis is (FLEETGATE_REDIS_URL, FLEETGATE_REDIS_CLUSTER_NODES or \
+         FLEETGATE_REDIS_SENTINELS)"
+    )]
+    TlsWithoutRedis,
+    #[error("FLEETGATE_REDIS_TLS_* is set but the Redis address is redis:// (plain text): use rediss:// for TLS")]
+    TlsInPlainText,
+    #[error("FLEETGATE_REDIS_WAIT_REPLICAS is for one Redis or Sentinel mode, not a Redis Cluster")]
+    WaitOnCluster,
+    /// fred's reading of `FLEETGATE_REDIS_URL`, its password taken out.
+    #[error("{0}")]
+    Url(String),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
 
 /// The Redis deployment a replica shares its state through, and how it
 /// is reached.
@@ -74,12 +119,12 @@ struct Nodes {
 
 impl RedisTarget {
     /// The target the configuration names: `None` for the embedded mode.
-    pub fn from_config(config: &Config) -> Result<Option<Self>, String> {
+    pub fn from_config(config: &Config) -> Result<Option<Self>, TargetError> {
         let trimmed = |list: &[String]| -> Vec<String> {
             list.iter().map(|n| n.trim().to_owned()).filter(|n| !n.is_empty()).collect()
         };
         let (cluster, sentinels) = (trimmed(&config.redis_cluster_nodes), trimmed(&config.redis_sentinels));
-        let named: Vec<&str> = [
+        let named: Vec<&'static str> = [
             config.redis_url.as_ref().map(|_| "FLEETGATE_REDIS_URL"),
             (!cluster.is_empty()).then_some("FLEETGATE_REDIS_CLUSTER_NODES"),
             (!sentinels.is_empty()).then_some("FLEETGATE_REDIS_SENTINELS"),
@@ -88,11 +133,7 @@ impl RedisTarget {
         .flatten()
         .collect();
         if named.len() > 1 {
-            return Err(format!(
-                "set one of FLEETGATE_REDIS_URL (one Redis), FLEETGATE_REDIS_CLUSTER_NODES (a Redis Cluster) or \
-                 FLEETGATE_REDIS_SENTINELS (Redis through Sentinel), not both {}",
-                named.join(" and ")
-            ));
+            return Err(TargetError::Modes(named));
         }
         if sentinels.is_empty() {
             for (value, name) in [
@@ -102,10 +143,7 @@ impl RedisTarget {
                 (config.redis_username.is_some(), "FLEETGATE_REDIS_USERNAME"),
             ] {
                 if value {
-                    return Err(format!(
-                        "{name} is for Sentinel mode (with FLEETGATE_REDIS_SENTINELS); with a URL or cluster \
-                         nodes, put credentials in them (redis://user:password@host:port)"
-                    ));
+                    return Err(TargetError::SentinelOnly(name));
                 }
             }
         }
@@ -118,7 +156,7 @@ impl RedisTarget {
             } else if url.starts_with("redis://") {
                 false
             } else {
-                return Err("FLEETGATE_REDIS_URL: must start with redis:// or rediss:// (TLS)".into());
+                return Err(TargetError::Scheme);
             };
             (RedisMode::Single { url: url.clone() }, tls)
         } else if !cluster.is_empty() {
@@ -134,10 +172,7 @@ impl RedisTarget {
                 .as_deref()
                 .map(str::trim)
                 .filter(|m| !m.is_empty())
-                .ok_or(
-                    "FLEETGATE_REDIS_SENTINELS needs FLEETGATE_REDIS_SENTINEL_MASTER (the master set name, \
-                        e.g. mymaster)",
-                )?
+                .ok_or(TargetError::NoMaster)?
                 .to_owned();
             let mode = RedisMode::Sentinel(SentinelTarget {
                 sentinels: parsed.nodes,
@@ -150,9 +185,7 @@ impl RedisTarget {
             (mode, parsed.tls)
         } else {
             if tls_files {
-                return Err("FLEETGATE_REDIS_TLS_* is set but no Redis is (FLEETGATE_REDIS_URL, \
-                            FLEETGATE_REDIS_CLUSTER_NODES or FLEETGATE_REDIS_SENTINELS)"
-                    .into());
+                return Err(TargetError::TlsWithoutRedis);
             }
             return Ok(None);
         };
@@ -160,23 +193,19 @@ impl RedisTarget {
             (true, _) => Some(RedisTls::from_config(config)?.unwrap_or_else(RedisTls::system_roots)),
             // Certificates configured for a plain-text target: a typo in
             // the scheme must not silently send everything in the clear.
-            (false, true) => {
-                return Err("FLEETGATE_REDIS_TLS_* is set but the Redis address is redis:// (plain text): use \
-                            rediss:// for TLS"
-                    .into());
-            }
+            (false, true) => return Err(TargetError::TlsInPlainText),
             (false, false) => None,
         };
         let wait_replicas =
             config.redis_wait_replicas.unwrap_or(if matches!(mode, RedisMode::Sentinel(_)) { 1 } else { 0 });
         if wait_replicas > 0 && matches!(mode, RedisMode::Cluster { .. }) {
-            return Err("FLEETGATE_REDIS_WAIT_REPLICAS is for one Redis or Sentinel mode, not a Redis Cluster".into());
+            return Err(TargetError::WaitOnCluster);
         }
         Ok(Some(Self { mode, tls, wait_replicas }))
     }
 
     /// Parses seed nodes given as `host:port` or `redis[s]://[user:pass@]host:port` (plain text).
-    pub fn cluster(entries: &[&str]) -> Result<Self, String> {
+    pub fn cluster(entries: &[&str]) -> Result<Self, TargetError> {
         let parsed = parse_nodes("FLEETGATE_REDIS_CLUSTER_NODES", entries)?;
         let mode = RedisMode::Cluster { nodes: parsed.nodes, username: parsed.username, password: parsed.password };
         Ok(Self { mode, tls: parsed.tls.then(RedisTls::system_roots), wait_replicas: 0 })
@@ -198,9 +227,11 @@ impl RedisTarget {
     }
 
     /// fred's configuration of this target (the pub/sub side).
-    pub fn fred_config(&self) -> Result<FredConfig, String> {
+    pub fn fred_config(&self) -> Result<FredConfig, TargetError> {
         let mut config = match &self.mode {
-            RedisMode::Single { url } => FredConfig::from_url(strip_query(url)).map_err(|e| redact_error(&e, url))?,
+            RedisMode::Single { url } => {
+                FredConfig::from_url(strip_query(url)).map_err(|e| TargetError::Url(redact_error(&e, url)))?
+            }
             RedisMode::Cluster { nodes, username, password } => FredConfig {
                 server: ServerConfig::new_clustered(nodes.iter().map(|n| (n.host.clone(), n.port)).collect()),
                 username: username.clone(),
@@ -251,7 +282,7 @@ impl SeedNode {
 
 /// Parses `host:port` or `redis[s]://[user:pass@]host:port` entries; bare
 /// entries follow the scheme of the others, which must agree.
-fn parse_nodes(setting: &str, entries: &[&str]) -> Result<Nodes, String> {
+fn parse_nodes(setting: &'static str, entries: &[&str]) -> Result<Nodes, TargetError> {
     let mut nodes = Vec::with_capacity(entries.len());
     let (mut username, mut password) = (None, None);
     let (mut plain, mut tls) = (false, false);
@@ -274,10 +305,7 @@ fn parse_nodes(setting: &str, entries: &[&str]) -> Result<Nodes, String> {
                 }
             }
             None if entry.contains("://") => {
-                return Err(format!(
-                    "{setting}: `{}` is not host:port, redis://host:port or rediss://host:port",
-                    redact(entry)
-                ));
+                return Err(TargetError::NodeScheme { setting, entry: redact(entry) });
             }
             None => (None, *entry),
         };
@@ -300,14 +328,14 @@ fn parse_nodes(setting: &str, entries: &[&str]) -> Result<Nodes, String> {
                 Some(SeedNode { host: host.to_owned(), port: port.parse().ok()? })
             })
             .filter(|n| !n.host.is_empty())
-            .ok_or_else(|| format!("{setting}: `{}` is not host:port", redact(entry)))?;
+            .ok_or_else(|| TargetError::NodeAddress { setting, entry: redact(entry) })?;
         nodes.push(node);
     }
     if nodes.is_empty() {
-        return Err(format!("{setting} names no node"));
+        return Err(TargetError::NoNodes(setting));
     }
     if plain && tls {
-        return Err(format!("{setting}: mixes redis:// and rediss:// entries; TLS is all or nothing"));
+        return Err(TargetError::MixedTls(setting));
     }
     Ok(Nodes { nodes, tls, username, password })
 }
@@ -354,10 +382,11 @@ mod tests {
         assert_eq!(nodes[0].url(true), "rediss://10.0.0.1:7000");
     }
 
+    /// The target of `args`, or the text of its error.
     fn target(args: &[&str]) -> Result<Option<RedisTarget>, String> {
         use clap::Parser;
         let args = std::iter::once("fleetgate").chain(args.iter().copied());
-        RedisTarget::from_config(&crate::config::Cli::parse_from(args).config)
+        RedisTarget::from_config(&crate::config::Cli::parse_from(args).config).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -376,7 +405,7 @@ mod tests {
         for bad in ["localhost", "host:notaport", ":7000", "http://h:1"] {
             assert!(RedisTarget::cluster(&[bad]).is_err(), "{bad}");
         }
-        let err = RedisTarget::cluster(&["redis://user:topsecret@host"]).unwrap_err();
+        let err = RedisTarget::cluster(&["redis://user:topsecret@host"]).unwrap_err().to_string();
         assert!(!err.contains("topsecret"), "{err}");
     }
 

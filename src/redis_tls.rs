@@ -16,6 +16,31 @@ use rustls::{
 
 use crate::config::Config;
 
+/// Why the TLS settings of Redis cannot be used. Each names its setting.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{setting}: cannot read {}: {err}", path.display())]
+    Read { setting: &'static str, path: std::path::PathBuf, err: std::io::Error },
+    #[error("{setting}: not PEM certificates: {err}")]
+    NotPem { setting: &'static str, err: rustls::pki_types::pem::Error },
+    #[error("{setting}: holds no PEM certificate")]
+    NoCertificate { setting: &'static str },
+    #[error("FLEETGATE_REDIS_TLS_CA_FILE: not a usable CA certificate: {0}")]
+    UnusableCa(rustls::Error),
+    #[error("no system root certificates found for TLS to Redis: set FLEETGATE_REDIS_TLS_CA_FILE")]
+    NoSystemRoots,
+    #[error("FLEETGATE_REDIS_TLS_CERT_FILE is set without FLEETGATE_REDIS_TLS_KEY_FILE")]
+    CertWithoutKey,
+    #[error("FLEETGATE_REDIS_TLS_KEY_FILE is set without FLEETGATE_REDIS_TLS_CERT_FILE")]
+    KeyWithoutCert,
+    #[error("FLEETGATE_REDIS_TLS_KEY_FILE: no PEM private key: {0}")]
+    NoKey(rustls::pki_types::pem::Error),
+    #[error("FLEETGATE_REDIS_TLS_CERT_FILE and FLEETGATE_REDIS_TLS_KEY_FILE do not make a pair: {0}")]
+    NotAPair(rustls::Error),
+    #[error("TLS to Redis: {0}")]
+    Protocol(rustls::Error),
+}
+
 /// The TLS settings of a Redis target: PEM as read from the files.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisTls {
@@ -51,7 +76,7 @@ impl RedisTls {
 
     /// The TLS files the configuration names, read and checked: `None` when
     /// none is set (a `rediss://` target then trusts the system roots).
-    pub fn from_config(config: &Config) -> Result<Option<Self>, String> {
+    pub fn from_config(config: &Config) -> Result<Option<Self>, TlsError> {
         let ca_file = config.redis_tls_ca_file.as_deref();
         let cert_file = config.redis_tls_cert_file.as_deref();
         let key_file = config.redis_tls_key_file.as_deref();
@@ -63,25 +88,18 @@ impl RedisTls {
             let roots = parse_certificates("FLEETGATE_REDIS_TLS_CA_FILE", pem)?;
             let mut store = RootCertStore::empty();
             for root in roots {
-                store
-                    .add(root)
-                    .map_err(|e| format!("FLEETGATE_REDIS_TLS_CA_FILE: not a usable CA certificate: {e}"))?;
+                store.add(root).map_err(TlsError::UnusableCa)?;
             }
         }
         let client = match (cert_file, key_file) {
             (None, None) => None,
-            (Some(_), None) => {
-                return Err("FLEETGATE_REDIS_TLS_CERT_FILE is set without FLEETGATE_REDIS_TLS_KEY_FILE".into());
-            }
-            (None, Some(_)) => {
-                return Err("FLEETGATE_REDIS_TLS_KEY_FILE is set without FLEETGATE_REDIS_TLS_CERT_FILE".into());
-            }
+            (Some(_), None) => return Err(TlsError::CertWithoutKey),
+            (None, Some(_)) => return Err(TlsError::KeyWithoutCert),
             (Some(cert), Some(key)) => {
                 let cert = read("FLEETGATE_REDIS_TLS_CERT_FILE", cert)?;
                 parse_certificates("FLEETGATE_REDIS_TLS_CERT_FILE", &cert)?;
                 let key = read("FLEETGATE_REDIS_TLS_KEY_FILE", key)?;
-                PrivateKeyDer::from_pem_slice(&key)
-                    .map_err(|e| format!("FLEETGATE_REDIS_TLS_KEY_FILE: no PEM private key: {e}"))?;
+                PrivateKeyDer::from_pem_slice(&key).map_err(TlsError::NoKey)?;
                 Some((cert, key))
             }
         };
@@ -93,44 +111,39 @@ impl RedisTls {
 
     /// The rustls configuration (fred's side): the given CA or the system
     /// roots, and the client certificate if any.
-    pub fn client_config(&self) -> Result<ClientConfig, String> {
+    pub fn client_config(&self) -> Result<ClientConfig, TlsError> {
         let mut roots = RootCertStore::empty();
         match &self.ca_pem {
             Some(pem) => {
                 for root in parse_certificates("FLEETGATE_REDIS_TLS_CA_FILE", pem)? {
-                    roots.add(root).map_err(|e| format!("FLEETGATE_REDIS_TLS_CA_FILE: {e}"))?;
+                    roots.add(root).map_err(TlsError::UnusableCa)?;
                 }
             }
             None => {
                 let native = rustls_native_certs::load_native_certs();
                 let (added, _) = roots.add_parsable_certificates(native.certs);
                 if added == 0 {
-                    return Err(
-                        "no system root certificates found for TLS to Redis: set FLEETGATE_REDIS_TLS_CA_FILE".into()
-                    );
+                    return Err(TlsError::NoSystemRoots);
                 }
             }
         }
         let builder = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS to Redis: {e}"))?
+            .map_err(TlsError::Protocol)?
             .with_root_certificates(roots);
         match &self.client {
             None => Ok(builder.with_no_client_auth()),
             Some((cert, key)) => {
                 let chain = parse_certificates("FLEETGATE_REDIS_TLS_CERT_FILE", cert)?;
-                let key = PrivateKeyDer::from_pem_slice(key)
-                    .map_err(|e| format!("FLEETGATE_REDIS_TLS_KEY_FILE: no PEM private key: {e}"))?;
-                builder.with_client_auth_cert(chain, key).map_err(|e| {
-                    format!("FLEETGATE_REDIS_TLS_CERT_FILE and FLEETGATE_REDIS_TLS_KEY_FILE do not make a pair: {e}")
-                })
+                let key = PrivateKeyDer::from_pem_slice(key).map_err(TlsError::NoKey)?;
+                builder.with_client_auth_cert(chain, key).map_err(TlsError::NotAPair)
             }
         }
     }
 
     /// fred's TLS settings. Certificates are checked against the host name
     /// or address each node is reached by (seeds, `CLUSTER SLOTS`, Sentinel).
-    pub fn fred_config(&self) -> Result<fred::types::config::TlsConfig, String> {
+    pub fn fred_config(&self) -> Result<fred::types::config::TlsConfig, TlsError> {
         Ok(fred::types::config::TlsConfig {
             connector: fred::types::config::TlsConnector::from(self.client_config()?),
             hostnames: fred::types::config::TlsHostMapping::None,
@@ -146,11 +159,6 @@ impl RedisTls {
                 .map(|(cert, key)| redis::ClientTlsConfig { client_cert: cert.clone(), client_key: key.clone() }),
             root_cert: self.ca_pem.clone(),
         }
-    }
-
-    /// Why a TLS connection that failed did, in terms of the settings.
-    pub fn explain(&self, target: &str, error: &str) -> String {
-        explain(Some(self), target, error)
     }
 }
 
@@ -199,16 +207,16 @@ pub fn explain(tls: Option<&RedisTls>, target: &str, error: &str) -> String {
     }
 }
 
-fn read(setting: &str, path: &Path) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("{setting}: cannot read {}: {e}", path.display()))
+fn read(setting: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|err| TlsError::Read { setting, path: path.to_owned(), err })
 }
 
-fn parse_certificates(setting: &str, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+fn parse_certificates(setting: &'static str, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{setting}: not PEM certificates: {e}"))?;
+        .map_err(|err| TlsError::NotPem { setting, err })?;
     if certs.is_empty() {
-        return Err(format!("{setting}: holds no PEM certificate"));
+        return Err(TlsError::NoCertificate { setting });
     }
     Ok(certs)
 }
@@ -225,14 +233,15 @@ mod tests {
     #[test]
     fn missing_or_unparsable_files_name_their_setting() {
         install_crypto_provider();
-        let err = RedisTls::from_config(&config(&["--redis-tls-ca-file", "/nonexistent/ca.pem"])).unwrap_err();
+        let err =
+            RedisTls::from_config(&config(&["--redis-tls-ca-file", "/nonexistent/ca.pem"])).unwrap_err().to_string();
         assert!(err.starts_with("FLEETGATE_REDIS_TLS_CA_FILE: cannot read"), "{err}");
         let junk = std::env::temp_dir().join(format!("fleetgate-junk-{}.pem", std::process::id()));
         std::fs::write(&junk, "not a certificate").unwrap();
         let junk_path = junk.to_str().unwrap();
-        let err = RedisTls::from_config(&config(&["--redis-tls-ca-file", junk_path])).unwrap_err();
+        let err = RedisTls::from_config(&config(&["--redis-tls-ca-file", junk_path])).unwrap_err().to_string();
         assert!(err.contains("FLEETGATE_REDIS_TLS_CA_FILE") && err.contains("no PEM certificate"), "{err}");
-        let err = RedisTls::from_config(&config(&["--redis-tls-cert-file", junk_path])).unwrap_err();
+        let err = RedisTls::from_config(&config(&["--redis-tls-cert-file", junk_path])).unwrap_err().to_string();
         assert!(err.contains("without FLEETGATE_REDIS_TLS_KEY_FILE"), "{err}");
         let _ = std::fs::remove_file(junk);
         assert_eq!(RedisTls::from_config(&config(&[])).unwrap(), None);

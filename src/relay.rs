@@ -13,8 +13,24 @@ use fred::{
 
 use crate::{
     metrics::{StoreOp, names},
-    redis_target::RedisTarget,
+    redis_target::{RedisTarget, TargetError},
 };
+
+/// Why a pub/sub client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    #[error(transparent)]
+    Client(#[from] fred::error::Error),
+}
+
+// Replication reports its start-up faults as text, this one among them.
+impl From<RelayError> for String {
+    fn from(e: RelayError) -> Self {
+        e.to_string()
+    }
+}
 
 /// Longest a pub/sub command (subscribe, publish by the adapter) may wait.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
@@ -22,7 +38,7 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
 /// Builds a pub/sub client that reconnects with backoff and re-subscribes
 /// after a Redis restart. It is not connected yet: `init` it (the adapter's
 /// driver does so itself).
-pub fn subscriber_client(target: &RedisTarget) -> Result<SubscriberClient, String> {
+pub fn subscriber_client(target: &RedisTarget) -> Result<SubscriberClient, RelayError> {
     let mut config = target.fred_config()?;
     // Under RESP2 a connection that has subscribed may not publish, and the
     // adapter does both on one client: every cross-replica emit would fail.
@@ -42,8 +58,7 @@ pub fn subscriber_client(target: &RedisTarget) -> Result<SubscriberClient, Strin
             c.connection_timeout = Duration::from_secs(5);
         })
         .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
-        .build_subscriber_client()
-        .map_err(|e| e.to_string())?;
+        .build_subscriber_client()?;
     resubscribe_on_reconnect(&client);
     Ok(client)
 }

@@ -45,6 +45,27 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// bound of a call, with room for the write itself.
 const WAIT_MS: u64 = 1000;
 
+/// Why the primary could not be found at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum SentinelError {
+    /// The Sentinel client could not be built from the settings.
+    #[error(transparent)]
+    Client(#[from] RedisError),
+    /// No Sentinel named a reachable primary: why, in terms of the
+    /// settings to look at (`redis_tls::explain`).
+    #[error("{0}")]
+    Unreachable(String),
+}
+
+/// Why one asking of the Sentinels found no primary.
+#[derive(Debug, thiserror::Error)]
+enum ResolveError {
+    #[error("no sentinel answered in time")]
+    Timeout,
+    #[error(transparent)]
+    Redis(#[from] RedisError),
+}
+
 /// The primary the Sentinels name.
 #[derive(Clone)]
 pub struct Primary {
@@ -62,14 +83,11 @@ pub struct PrimaryWatch {
 impl PrimaryWatch {
     /// Asks the Sentinels for the primary (an error here is a start-up
     /// error) and keeps asking in the background.
-    pub async fn start(target: &RedisTarget, sentinel: &SentinelTarget) -> Result<Arc<Self>, String> {
+    pub async fn start(target: &RedisTarget, sentinel: &SentinelTarget) -> Result<Arc<Self>, SentinelError> {
         let mut client = sentinel_client(target, sentinel)?;
         let first = resolve(&mut client).await.map_err(|e| {
             let what = format!("the Sentinels {} (master `{}`)", target.describe(), sentinel.master);
-            match target.tls.as_ref() {
-                Some(tls) => tls.explain(&what, &e),
-                None => redis_tls::explain(None, &what, &e),
-            }
+            SentinelError::Unreachable(redis_tls::explain(target.tls.as_ref(), &what, &e.to_string()))
         })?;
         tracing::info!(primary = %first.address, master = %sentinel.master, "redis primary found through sentinel");
         let (current, _) = watch::channel(first);
@@ -130,15 +148,13 @@ async fn follow(watch: Weak<PrimaryWatch>, mut client: SentinelClient) {
     }
 }
 
-async fn resolve(client: &mut SentinelClient) -> Result<Primary, String> {
-    let found = tokio::time::timeout(RESOLVE_TIMEOUT, client.async_get_client())
-        .await
-        .map_err(|_| "no sentinel answered in time".to_owned())?
-        .map_err(|e| e.to_string())?;
+async fn resolve(client: &mut SentinelClient) -> Result<Primary, ResolveError> {
+    let found =
+        tokio::time::timeout(RESOLVE_TIMEOUT, client.async_get_client()).await.map_err(|_| ResolveError::Timeout)??;
     Ok(Primary { address: found.get_connection_info().addr().to_string(), client: found })
 }
 
-fn sentinel_client(target: &RedisTarget, s: &SentinelTarget) -> Result<SentinelClient, String> {
+fn sentinel_client(target: &RedisTarget, s: &SentinelTarget) -> Result<SentinelClient, RedisError> {
     let tls = target.tls.is_some();
     let sentinels = s.sentinels.iter().map(|n| {
         if tls {
@@ -147,8 +163,7 @@ fn sentinel_client(target: &RedisTarget, s: &SentinelTarget) -> Result<SentinelC
             redis::ConnectionAddr::Tcp(n.host.clone(), n.port)
         }
     });
-    let mut builder = SentinelClientBuilder::new(sentinels, &s.master, SentinelServerType::Master)
-        .map_err(|e| e.to_string())?
+    let mut builder = SentinelClientBuilder::new(sentinels, &s.master, SentinelServerType::Master)?
         // RESP3, as on the other modes' connections: a connection hears
         // of its own loss and reconnects at once.
         .set_client_to_redis_protocol(redis::ProtocolVersion::RESP3);
@@ -170,7 +185,7 @@ fn sentinel_client(target: &RedisTarget, s: &SentinelTarget) -> Result<SentinelC
     if let Some(password) = &s.sentinel_password {
         builder = builder.set_client_to_sentinel_password(password);
     }
-    builder.build().map_err(|e| e.to_string())
+    builder.build()
 }
 
 /// A command connection to the primary that makes writes wait for

@@ -12,7 +12,7 @@ use std::{
 
 use axum::{Router, extract::DefaultBodyLimit};
 use socketioxide::{SocketIo, SocketIoBuilder, adapter::Adapter};
-use socketioxide_redis::{FredAdapter, RedisAdapterConfig, RedisAdapterCtr};
+use socketioxide_redis::{FredAdapter, RedisAdapterConfig, RedisAdapterCtr, drivers::fred::FredDriver};
 use tokio::sync::{mpsc, watch};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -23,10 +23,10 @@ use crate::{
     gateway::{self, Gateway},
     http::{self, HttpState},
     ids,
-    redis_target::{RedisMode, RedisTarget},
+    redis_target::{RedisMode, RedisTarget, TargetError},
     relay,
     replication::{self, Announcement, Relay},
-    sentinel::PrimaryWatch,
+    sentinel::{PrimaryWatch, SentinelError},
     store::{Retention, Store, memory::MemoryStore, redis::RedisStore},
 };
 
@@ -37,12 +37,27 @@ pub enum ServeError {
     Keys(#[from] crate::auth::KeyError),
     #[error("cannot listen on {addr}: {err}")]
     Bind { addr: std::net::SocketAddr, err: std::io::Error },
-    #[error("redis: {0}")]
-    Redis(String),
     #[error("metrics: {0}")]
-    Metrics(String),
-    #[error("{0}")]
-    Config(String),
+    Metrics(#[from] metrics_exporter_prometheus::BuildError),
+    /// The Redis settings name no usable target.
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    #[error("redis: {0}")]
+    Sentinel(#[from] SentinelError),
+    #[error("redis: {0}")]
+    PubSub(#[from] relay::RelayError),
+    /// The Socket.IO adapter's driver could not start.
+    #[error("redis: {0}")]
+    Adapter(#[from] fred::error::Error),
+    /// The `/fleet` namespace could not subscribe to its adapter channels.
+    #[error("redis: {0}")]
+    Namespace(#[from] socketioxide_redis::InitError<FredDriver>),
+    #[error("redis: {0}")]
+    Store(#[from] crate::store::redis::ConnectError),
+    /// Replication could not start on Redis: it gives its start-up faults
+    /// as text, explained in terms of the settings (`redis_tls::explain`).
+    #[error("redis: {0}")]
+    Replication(String),
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
     #[error(transparent)]
@@ -52,11 +67,11 @@ pub enum ServeError {
 }
 
 pub async fn serve(config: Config) -> Result<(), ServeError> {
-    let metrics = crate::metrics::install().map_err(ServeError::Metrics)?;
+    let metrics = crate::metrics::install()?;
     let upkeep = metrics.spawn_upkeep();
     let keys = Keys::from_config(&config)?;
     crate::redis_tls::install_crypto_provider();
-    let target = RedisTarget::from_config(&config).map_err(ServeError::Config)?;
+    let target = RedisTarget::from_config(&config)?;
     let remote = RemoteKeys::from_config(&config, &keys)?;
     // Fetches at once; until the first fetch succeeds /readyz answers 503.
     let jwks_refresh = remote.as_ref().map(RemoteKeys::spawn_refresh);
@@ -81,9 +96,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         Some(target) => {
             let node_id = ids::new_session_id();
             let primary = match &target.mode {
-                RedisMode::Sentinel(sentinel) => {
-                    Some(PrimaryWatch::start(&target, sentinel).await.map_err(ServeError::Redis)?)
-                }
+                RedisMode::Sentinel(sentinel) => Some(PrimaryWatch::start(&target, sentinel).await?),
                 _ => None,
             };
             let redis_store = RedisStore::new(
@@ -92,22 +105,19 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
                 Retention::from_config(&config),
                 node_id.clone(),
                 primary.clone(),
-            )
-            .map_err(|e| ServeError::Redis(e.to_string()))?;
-            redis_store.preflight(&target).await.map_err(|e| ServeError::Redis(e.to_string()))?;
+            )?;
+            redis_store.preflight(&target).await?;
             let store: Arc<dyn Store> = Arc::new(redis_store);
-            let (relay, inbox) = Relay::start(&target, node_id.clone()).await.map_err(ServeError::Redis)?;
-            let client = relay::subscriber_client(&target).map_err(ServeError::Redis)?;
+            let (relay, inbox) = Relay::start(&target, node_id.clone()).await.map_err(ServeError::Replication)?;
+            let client = relay::subscriber_client(&target)?;
             if let Some(primary) = &primary {
                 primary.reconnect_on_change(vec![relay.client(), client.clone()]);
             }
             let adapter =
-                RedisAdapterCtr::new_with_fred_config(client, RedisAdapterConfig::new().with_prefix("fg-sio"))
-                    .await
-                    .map_err(|e| ServeError::Redis(e.to_string()))?;
+                RedisAdapterCtr::new_with_fred_config(client, RedisAdapterConfig::new().with_prefix("fg-sio")).await?;
             let (layer, io) = socketio_builder(&config).with_adapter::<FredAdapter<_>>(adapter).build_layer();
             let gateway = Arc::new(Gateway::new(config.clone(), auth, store, io.clone(), Some(relay), node_id));
-            gateway::register(&io, gateway.clone()).await.map_err(|e| ServeError::Redis(e.to_string()))?;
+            gateway::register(&io, gateway.clone()).await?;
             let tls = target.tls.is_some();
             match &target.mode {
                 RedisMode::Cluster { .. } => {

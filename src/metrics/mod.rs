@@ -19,7 +19,7 @@ use std::{
 use async_trait::async_trait;
 use axum::{Router, extract::State, routing::get};
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub use self::labels::RecoveryFallback;
 pub use self::labels::{
@@ -95,15 +95,12 @@ impl Exporter {
 }
 
 /// Installs the global recorder. Fails if one is installed already.
-pub fn install() -> Result<Exporter, String> {
+pub fn install() -> Result<Exporter, BuildError> {
     // A full name's buckets are looked up before a suffix's.
     let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
-        .map_err(|e| e.to_string())?
-        .set_buckets_for_metric(Matcher::Full(names::OUTPUT_LAG_SECONDS.into()), &OUTPUT_LAG_BUCKETS)
-        .map_err(|e| e.to_string())?
-        .install_recorder()
-        .map_err(|e| e.to_string())?;
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(names::OUTPUT_LAG_SECONDS.into()), &OUTPUT_LAG_BUCKETS)?
+        .install_recorder()?;
     describe();
     preregister();
     metrics::gauge!(names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
