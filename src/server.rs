@@ -1,19 +1,26 @@
 //! Assembles a serving process from its [`Config`]: the store and adapter
 //! of the chosen mode, the gateway, the HTTP router with Socket.IO layered
-//! on, the metrics listener, and graceful shutdown.
+//! on (an [`App`]), the metrics listener, and graceful shutdown.
+//!
+//! Shutdown runs on two tokens and one set of tasks. `drain` is cancelled
+//! when shutdown begins (SIGTERM or SIGINT): readiness turns 503 at once,
+//! device ingest, the event outputs and the gateway's periodic work stop,
+//! and every socket is sent a disconnect while connections drain for up
+//! to the grace period. `end`, its parent, is cancelled once the drain is
+//! over: it stops what had to outlive the drain (fan-out, the metrics
+//! listener, the key refresh). Every background task is in one
+//! [`JoinSet`], so none outlives the process's parts.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use axum::{Router, extract::DefaultBodyLimit};
-use socketioxide::{SocketIo, SocketIoBuilder, adapter::Adapter};
+use socketioxide::{
+    SocketIo, SocketIoBuilder,
+    adapter::{Adapter, LocalAdapter},
+};
 use socketioxide_redis::{FredAdapter, RedisAdapterConfig, RedisAdapterCtr, drivers::fred::FredDriver};
-use tokio::sync::{mpsc, watch};
+use tokio::task::{AbortHandle, JoinHandle, JoinSet};
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::{
@@ -23,9 +30,10 @@ use crate::{
     gateway::{self, Gateway},
     http::{self, HttpState},
     ids,
+    outputs::Outputs,
     redis_target::{RedisMode, RedisTarget, TargetError},
-    relay,
-    replication::{self, Announcement, Relay},
+    redis_tls, relay,
+    replication::{self, Relay},
     sentinel::{PrimaryWatch, SentinelError},
     store::{Retention, Store, memory::MemoryStore, redis::RedisStore},
 };
@@ -66,81 +74,315 @@ pub enum ServeError {
     Outputs(#[from] crate::outputs::OutputError),
 }
 
+/// Serves until SIGTERM or SIGINT, then drains and returns.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
-    let metrics = crate::metrics::install()?;
-    let upkeep = metrics.spawn_upkeep();
-    let keys = Keys::from_config(&config)?;
-    crate::redis_tls::install_crypto_provider();
+    let exporter = crate::metrics::install()?;
+    let mut background = Background::new();
+    background.until_end(exporter.upkeep());
+    let auth = authenticator(&config, &mut background)?;
     let target = RedisTarget::from_config(&config)?;
-    let remote = RemoteKeys::from_config(&config, &keys)?;
-    // Fetches at once; until the first fetch succeeds /readyz answers 503.
-    let jwks_refresh = remote.as_ref().map(RemoteKeys::spawn_refresh);
-    let auth = Arc::new(Authenticator::new(keys, &config).with_remote(remote));
     let config = Arc::new(config);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let wait_stop = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let metrics_task =
-        tokio::spawn(crate::metrics::serve(config.metrics_addr, metrics.clone(), wait_stop(stop_rx.clone())));
-
-    let result = match target {
+    {
+        let (addr, exporter, end) = (config.metrics_addr, exporter.clone(), background.end.clone());
+        background.tasks.spawn(async move {
+            if let Err(e) = crate::metrics::serve(addr, exporter, end.cancelled_owned()).await {
+                tracing::warn!(error = %e, %addr, "metrics listener stopped");
+            }
+        });
+    }
+    match target {
         None => {
             tracing::info!("embedded mode: one node, state in memory");
-            let store: Arc<dyn Store> = MemoryStore::new(Retention::from_config(&config));
-            let (layer, io) = socketio_builder(&config).build_layer();
-            let gateway = Arc::new(Gateway::new(config.clone(), auth, store, io.clone(), None, ids::new_session_id()));
-            gateway::register(&io, gateway.clone());
-            run(config.clone(), gateway, io, layer, None, stop_tx, &metrics).await
+            let store = MemoryStore::new(Retention::from_config(&config));
+            App::local(config, auth, store, background).await?.serve(&exporter).await
         }
-        Some(target) => {
-            let node_id = ids::new_session_id();
-            let primary = match &target.mode {
-                RedisMode::Sentinel(sentinel) => Some(PrimaryWatch::start(&target, sentinel).await?),
-                _ => None,
-            };
-            let redis_store = RedisStore::new(
-                &target,
-                config.redis_pool_size,
-                Retention::from_config(&config),
-                node_id.clone(),
-                primary.clone(),
-            )?;
-            redis_store.preflight(&target).await?;
-            let store: Arc<dyn Store> = Arc::new(redis_store);
-            let (relay, inbox) = Relay::start(&target, node_id.clone()).await.map_err(ServeError::Replication)?;
-            let client = relay::subscriber_client(&target)?;
-            if let Some(primary) = &primary {
-                primary.reconnect_on_change(vec![relay.client(), client.clone()]);
-            }
-            let adapter =
-                RedisAdapterCtr::new_with_fred_config(client, RedisAdapterConfig::new().with_prefix("fg-sio")).await?;
-            let (layer, io) = socketio_builder(&config).with_adapter::<FredAdapter<_>>(adapter).build_layer();
-            let gateway = Arc::new(Gateway::new(config.clone(), auth, store, io.clone(), Some(relay), node_id));
-            gateway::register(&io, gateway.clone()).await?;
-            let tls = target.tls.is_some();
-            match &target.mode {
-                RedisMode::Cluster { .. } => {
-                    tracing::info!(
-                        tls,
-                        "replica mode: state and rooms shared through a redis cluster (sharded pub/sub)"
-                    )
-                }
-                RedisMode::Sentinel(s) => {
-                    tracing::info!(tls, master = %s.master, "replica mode: state and rooms shared through redis (sentinel)")
-                }
-                RedisMode::Single { .. } => tracing::info!(tls, "replica mode: state and rooms shared through redis"),
-            }
-            run(config.clone(), gateway, io, layer, Some(inbox), stop_tx, &metrics).await
-        }
-    };
-    let _ = metrics_task.await;
-    upkeep.abort();
-    if let Some(task) = jwks_refresh {
-        task.abort();
+        Some(target) => replica(config, auth, &target, background).await?.serve(&exporter).await,
     }
-    result
 }
+
+/// The token verifier of `config`; with a JWKS, its refresh runs until
+/// the process ends (until the first fetch, `/readyz` answers 503).
+fn authenticator(config: &Config, background: &mut Background) -> Result<Arc<Authenticator>, ServeError> {
+    let keys = Keys::from_config(config)?;
+    // The JWKS client and both Redis drivers build their TLS on it.
+    redis_tls::install_crypto_provider();
+    let remote = RemoteKeys::from_config(config, &keys)?;
+    if let Some(remote) = &remote {
+        background.until_end(remote.clone().keep_fresh());
+    }
+    Ok(Arc::new(Authenticator::new(keys, config).with_remote(remote)))
+}
+
+/// The process's background tasks and the tokens that stop them.
+struct Background {
+    /// Cancelled when the process ends, after the drain.
+    end: CancellationToken,
+    /// Cancelled when shutdown begins; a child of `end`.
+    drain: CancellationToken,
+    tasks: JoinSet<()>,
+    /// Cancels `end` when dropped, so what watches a token stops too.
+    _ended: DropGuard,
+}
+
+impl Background {
+    fn new() -> Self {
+        let end = CancellationToken::new();
+        Self { drain: end.child_token(), _ended: end.clone().drop_guard(), end, tasks: JoinSet::new() }
+    }
+
+    /// Runs `work` until shutdown begins.
+    fn until_drain(&mut self, work: impl Future<Output = ()> + Send + 'static) {
+        let drain = self.drain.clone();
+        self.tasks.spawn(async move {
+            drain.run_until_cancelled(work).await;
+        });
+    }
+
+    /// Runs `work` until the process ends.
+    fn until_end(&mut self, work: impl Future<Output = ()> + Send + 'static) {
+        let end = self.end.clone();
+        self.tasks.spawn(async move {
+            end.run_until_cancelled(work).await;
+        });
+    }
+
+    /// Keeps a task that was spawned elsewhere until the process ends:
+    /// it is aborted then, or when the set is dropped.
+    fn adopt_until_end(&mut self, task: JoinHandle<()>) {
+        let end = self.end.clone();
+        self.tasks.spawn(async move {
+            let _abort = AbortOnDrop(task.abort_handle());
+            end.run_until_cancelled(task).await;
+        });
+    }
+}
+
+struct AbortOnDrop(AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// One process's serving parts, assembled the same way in both modes: the
+/// gateway with its background work and the event outputs running, and
+/// the router the listener serves. Dropping it stops its background work.
+pub struct App<A: Adapter> {
+    router: Router,
+    gateway: Arc<Gateway<A>>,
+    io: SocketIo<A>,
+    background: Background,
+}
+
+impl App<LocalAdapter> {
+    /// The embedded mode's app on `store`, as `serve` runs it without
+    /// Redis, minus the listeners: for driving the router in process
+    /// (`tests/http_api.rs`).
+    pub async fn embedded(config: Config, store: Arc<MemoryStore>) -> Result<Self, ServeError> {
+        let mut background = Background::new();
+        let auth = authenticator(&config, &mut background)?;
+        Self::local(Arc::new(config), auth, store, background).await
+    }
+
+    async fn local(
+        config: Arc<Config>,
+        auth: Arc<Authenticator>,
+        store: Arc<MemoryStore>,
+        background: Background,
+    ) -> Result<Self, ServeError> {
+        let (layer, io) = socketio_builder(&config).build_layer();
+        let gateway = Arc::new(Gateway::new(config, auth, store, io.clone(), None, ids::new_session_id()));
+        gateway::register(&io, gateway.clone());
+        Self::assemble(gateway, io, layer, background).await
+    }
+}
+
+/// A replica's app: the store, replication and the Socket.IO adapter on
+/// `target`.
+async fn replica(
+    config: Arc<Config>,
+    auth: Arc<Authenticator>,
+    target: &RedisTarget,
+    mut background: Background,
+) -> Result<App<impl Adapter>, ServeError> {
+    let node_id = ids::new_session_id();
+    let primary = match &target.mode {
+        RedisMode::Sentinel(sentinel) => Some(PrimaryWatch::start(target, sentinel).await?),
+        _ => None,
+    };
+    let redis_store = RedisStore::new(
+        target,
+        config.redis_pool_size,
+        Retention::from_config(&config),
+        node_id.clone(),
+        primary.clone(),
+    )?;
+    redis_store.preflight(target).await?;
+    let store: Arc<dyn Store> = Arc::new(redis_store);
+    let (relay, inbox) = Relay::start(target, node_id.clone()).await.map_err(ServeError::Replication)?;
+    let client = relay::subscriber_client(target)?;
+    if let Some(primary) = &primary {
+        primary.reconnect_on_change(vec![relay.client(), client.clone()]);
+    }
+    let adapter =
+        RedisAdapterCtr::new_with_fred_config(client, RedisAdapterConfig::new().with_prefix("fg-sio")).await?;
+    let (layer, io) = socketio_builder(&config).with_adapter::<FredAdapter<_>>(adapter).build_layer();
+    let gateway = Arc::new(Gateway::new(config, auth, store, io.clone(), Some(relay), node_id));
+    gateway::register(&io, gateway.clone()).await?;
+    background.until_end(replication::run_inbox(gateway.clone(), inbox));
+    let tls = target.tls.is_some();
+    match &target.mode {
+        RedisMode::Cluster { .. } => {
+            tracing::info!(tls, "replica mode: state and rooms shared through a redis cluster (sharded pub/sub)")
+        }
+        RedisMode::Sentinel(s) => {
+            tracing::info!(tls, master = %s.master, "replica mode: state and rooms shared through redis (sentinel)")
+        }
+        RedisMode::Single { .. } => tracing::info!(tls, "replica mode: state and rooms shared through redis"),
+    }
+    App::assemble(gateway, io, layer, background).await
+}
+
+impl<A: Adapter> App<A> {
+    /// Starts the gateway's background work and the event outputs, and
+    /// builds the router.
+    async fn assemble(
+        gateway: Arc<Gateway<A>>,
+        io: SocketIo<A>,
+        layer: socketioxide::layer::SocketIoLayer<A>,
+        mut background: Background,
+    ) -> Result<Self, ServeError> {
+        let config = gateway.config.clone();
+        if config.demo {
+            background.until_drain(demo::run(gateway.clone(), config.demo_vehicles));
+        }
+        background.until_drain(gateway::presence::run(gateway.clone()));
+        background.until_drain(gateway::recovery::run(gateway.clone()));
+        background.until_drain(gateway::deadline::run(gateway.clone()));
+        background.until_drain(crate::geofence::sync::run(gateway.geofences.clone()));
+        let limits = gateway.limits.clone();
+        background.until_drain(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                limits.sweep();
+            }
+        });
+        if config.batch_ms > 0 {
+            let every = Duration::from_millis(config.batch_ms);
+            background.until_drain(gateway::fanout::run_conflation(gateway.clone(), every));
+        }
+        // Fan-out delivers what is accepted while connections drain.
+        for task in gateway::fanout::spawn(&gateway) {
+            background.adopt_until_end(task);
+        }
+
+        // Event outputs (section 12): webhooks and NATS, from the fleets'
+        // streams. Their leases are given up as soon as shutdown begins,
+        // so another replica delivers at once.
+        let outputs =
+            Outputs::start(gateway.store.clone(), &config, gateway.node_id.clone(), background.drain.child_token())
+                .await?;
+
+        let state = HttpState {
+            backend: gateway.clone(),
+            draining: background.drain.clone(),
+            webhooks: outputs.webhooks.clone(),
+        };
+        let router = http::router(Arc::new(state))
+            .layer(layer)
+            .layer(cors(&config))
+            .layer(DefaultBodyLimit::max(config.max_message_bytes));
+        let drain = background.drain.clone();
+        background.tasks.spawn(async move {
+            drain.cancelled().await;
+            outputs.stop(OUTPUTS_STOP_WITHIN).await;
+        });
+        Ok(Self { router, gateway, io, background })
+    }
+
+    /// The router the listener serves: the HTTP API, probes and pages,
+    /// with Socket.IO layered on.
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+
+    /// Begins shutdown, as SIGTERM does: `/readyz` answers 503 from now
+    /// on, and what stops with the drain stops (when serving, the sockets
+    /// are closed and the connections drain).
+    pub fn begin_shutdown(&self) {
+        self.background.drain.cancel();
+    }
+
+    /// Listens on `FLEETGATE_ADDR` (and the device listeners) until
+    /// shutdown, then drains within the grace period and stops the rest.
+    async fn serve(self, exporter: &crate::metrics::Exporter) -> Result<(), ServeError> {
+        let Self { router, gateway, io, mut background } = self;
+        let config = gateway.config.clone();
+        let drain = background.drain.clone();
+        exporter.sample_with(Arc::new(Sampler { gateway: gateway.clone(), draining: drain.clone() }));
+
+        let listener = tokio::net::TcpListener::bind(config.addr)
+            .await
+            .map_err(|err| ServeError::Bind { addr: config.addr, err })?;
+        // Device ingest (section 13), off unless configured.
+        let devices = crate::device::start(&config, gateway.clone()).await?;
+        {
+            let drain = drain.clone();
+            background.tasks.spawn(async move {
+                drain.cancelled().await;
+                devices.stop();
+            });
+        }
+        tracing::info!(addr = %config.addr, path = %config.socketio_req_path(), "listening");
+        {
+            let drain = drain.clone();
+            background.until_end(async move {
+                shutdown_signal().await;
+                drain.cancel();
+            });
+        }
+
+        let grace = config.shutdown_grace();
+        let closing = {
+            let (drain, io) = (drain.clone(), io.clone());
+            async move {
+                drain.cancelled().await;
+                tracing::info!("shutting down: closing sockets");
+                // Disconnect packets first, so clients reconnect elsewhere at once.
+                // With Redis down the adapter's part of closing cannot finish:
+                // bound it by the grace period.
+                if tokio::time::timeout(grace, io.close()).await.is_err() {
+                    tracing::warn!("sockets did not close within the grace period");
+                }
+            }
+        };
+        let listener = crate::net::Listener::new(listener, Duration::from_secs(config.write_timeout_secs.max(1)));
+        let server = axum::serve(listener, router.into_make_service_with_connect_info::<crate::net::PeerAddr>())
+            .with_graceful_shutdown(closing);
+        tokio::select! {
+            r = server => r?,
+            // The whole drain must end within the grace period.
+            () = async {
+                drain.cancelled().await;
+                tokio::time::sleep(grace).await;
+            } => tracing::warn!("grace period over; closing remaining connections"),
+        }
+
+        background.end.cancel();
+        if let Some(relay) = gateway.fanout.relay() {
+            relay.close().await;
+        }
+        // What is left: the event outputs giving their leases up, bounded
+        // by their own limit, and the metrics listener's last scrape.
+        while background.tasks.join_next().await.is_some() {}
+        Ok(())
+    }
+}
+
+/// How long the event outputs may take to give their leases up at shutdown.
+const OUTPUTS_STOP_WITHIN: Duration = Duration::from_secs(5);
 
 fn socketio_builder(config: &Config) -> SocketIoBuilder {
     let max = config.max_message_bytes;
@@ -160,119 +402,10 @@ fn socketio_builder(config: &Config) -> SocketIoBuilder {
         .ping_timeout(Duration::from_secs(config.ping_timeout_secs.max(1)))
 }
 
-async fn run<A: Adapter>(
-    config: Arc<Config>,
-    gateway: Arc<Gateway<A>>,
-    io: SocketIo<A>,
-    layer: socketioxide::layer::SocketIoLayer<A>,
-    inbox: Option<mpsc::Receiver<Announcement>>,
-    stop: watch::Sender<bool>,
-    exporter: &crate::metrics::Exporter,
-) -> Result<(), ServeError> {
-    if let Some(inbox) = inbox {
-        tokio::spawn(replication::run_inbox(gateway.clone(), inbox));
-    }
-    let demo_task = config.demo.then(|| tokio::spawn(demo::run(gateway.clone(), config.demo_vehicles)));
-    let presence_task = tokio::spawn(gateway::presence::run(gateway.clone()));
-    let recovery_task = tokio::spawn(gateway::recovery::run(gateway.clone()));
-    let deadline_task = tokio::spawn(gateway::deadline::run(gateway.clone()));
-    let fanout_tasks = gateway::fanout::spawn(&gateway);
-    let geofence_task = tokio::spawn(crate::geofence::sync::run(gateway.geofences.clone()));
-    let limits_task = {
-        let limits = gateway.limits.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(60));
-            loop {
-                tick.tick().await;
-                limits.sweep();
-            }
-        })
-    };
-    let conflation_task = (config.batch_ms > 0).then(|| {
-        tokio::spawn(gateway::fanout::run_conflation(gateway.clone(), Duration::from_millis(config.batch_ms)))
-    });
-
-    // Event outputs (section 12): webhooks and NATS, from the fleets' streams.
-    let outputs = crate::outputs::Outputs::start(gateway.store.clone(), &config, gateway.node_id.clone()).await?;
-    let outputs_stop = outputs.stopper();
-
-    let accepting = Arc::new(AtomicBool::new(true));
-    exporter.sample_with(Arc::new(Sampler { gateway: gateway.clone(), accepting: accepting.clone() }));
-    let state =
-        HttpState { backend: gateway.clone(), accepting: accepting.clone(), webhooks: outputs.webhooks.clone() };
-    let app: Router = http::router(Arc::new(state))
-        .layer(layer)
-        .layer(cors(&config))
-        .layer(DefaultBodyLimit::max(config.max_message_bytes));
-
-    let listener =
-        tokio::net::TcpListener::bind(config.addr).await.map_err(|err| ServeError::Bind { addr: config.addr, err })?;
-    // Device ingest (section 13), off unless configured.
-    let devices = crate::device::start(&config, gateway.clone()).await?;
-    tracing::info!(addr = %config.addr, path = %config.socketio_req_path(), "listening");
-
-    let grace = config.shutdown_grace();
-    // Set when shutdown begins: the whole drain must end by then.
-    let (deadline_tx, deadline_rx) = tokio::sync::oneshot::channel::<tokio::time::Instant>();
-    let shutdown = {
-        let io = io.clone();
-        let accepting = accepting.clone();
-        async move {
-            shutdown_signal().await;
-            tracing::info!("shutting down: closing sockets");
-            let deadline = tokio::time::Instant::now() + grace;
-            let _ = deadline_tx.send(deadline);
-            accepting.store(false, Ordering::Relaxed);
-            devices.stop();
-            // Leases given up now, so another replica delivers at once.
-            outputs_stop.cancel();
-            if let Some(t) = demo_task {
-                t.abort();
-            }
-            presence_task.abort();
-            recovery_task.abort();
-            deadline_task.abort();
-            limits_task.abort();
-            geofence_task.abort();
-            if let Some(t) = conflation_task {
-                t.abort();
-            }
-            // Disconnect packets first, so clients reconnect elsewhere at once.
-            // With Redis down the adapter's part of closing cannot finish:
-            // bound it by the grace period.
-            if tokio::time::timeout_at(deadline, io.close()).await.is_err() {
-                tracing::warn!("sockets did not close within the grace period");
-            }
-        }
-    };
-    let listener = crate::net::Listener::new(listener, Duration::from_secs(config.write_timeout_secs.max(1)));
-    let server = axum::serve(listener, app.into_make_service_with_connect_info::<crate::net::PeerAddr>())
-        .with_graceful_shutdown(shutdown);
-    tokio::select! {
-        r = server => r?,
-        _ = async {
-            match deadline_rx.await {
-                Ok(deadline) => tokio::time::sleep_until(deadline).await,
-                Err(_) => std::future::pending().await,
-            }
-        } => tracing::warn!("grace period over; closing remaining connections"),
-    }
-    outputs.stop(OUTPUTS_STOP_WITHIN).await;
-    fanout_tasks.iter().for_each(tokio::task::JoinHandle::abort);
-    if let Some(relay) = gateway.fanout.relay() {
-        relay.close().await;
-    }
-    let _ = stop.send(true);
-    Ok(())
-}
-
-/// How long the event outputs may take to give their leases up at shutdown.
-const OUTPUTS_STOP_WITHIN: Duration = Duration::from_secs(5);
-
 /// The gauges read at each scrape.
 struct Sampler<A: Adapter> {
     gateway: Arc<Gateway<A>>,
-    accepting: Arc<AtomicBool>,
+    draining: CancellationToken,
 }
 
 #[async_trait::async_trait]
@@ -280,9 +413,8 @@ impl<A: Adapter> crate::metrics::Sample for Sampler<A> {
     async fn sample(&self) {
         self.gateway.sample_gauges();
         // The same answer /readyz would give now.
-        let ready = self.accepting.load(Ordering::Relaxed)
-            && self.gateway.auth.is_ready()
-            && self.gateway.store.ping().await.is_ok();
+        let ready =
+            !self.draining.is_cancelled() && self.gateway.auth.is_ready() && self.gateway.store.ping().await.is_ok();
         metrics::gauge!(crate::metrics::names::READY).set(f64::from(u8::from(ready)));
     }
 }

@@ -62,7 +62,7 @@ pub struct RemoteKeys {
 
 impl RemoteKeys {
     /// The provider's set when `FLEETGATE_JWT_JWKS_URL` is set, checked but
-    /// not fetched yet (see [`RemoteKeys::spawn_refresh`]).
+    /// not fetched yet (see [`RemoteKeys::keep_fresh`]).
     pub fn from_config(config: &Config, local: &Keys) -> Result<Option<Arc<Self>>, KeyError> {
         let Some(value) = &config.jwt_jwks_url else { return Ok(None) };
         let url = fetch::jwks_url(value)?;
@@ -97,27 +97,24 @@ impl RemoteKeys {
 
     /// Fetches now, first thing, then every FLEETGATE_JWT_JWKS_REFRESH_SECS;
     /// after a failure sooner, backing off, until a fetch succeeds.
-    pub fn spawn_refresh(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
-        let this = self.clone();
-        tokio::spawn(async move {
-            let mut retry = RETRY_FIRST;
-            loop {
-                let ok = {
-                    let mut last = this.last_attempt.lock().await;
-                    *last = Some(Instant::now());
-                    this.refresh().await
-                };
-                let wait = if ok {
-                    retry = RETRY_FIRST;
-                    this.every
-                } else {
-                    let wait = retry.min(this.every);
-                    retry = (retry * 2).min(RETRY_MAX);
-                    wait
-                };
-                tokio::time::sleep(wait).await;
-            }
-        })
+    pub async fn keep_fresh(self: Arc<Self>) {
+        let mut retry = RETRY_FIRST;
+        loop {
+            let ok = {
+                let mut last = self.last_attempt.lock().await;
+                *last = Some(Instant::now());
+                self.refresh().await
+            };
+            let wait = if ok {
+                retry = RETRY_FIRST;
+                self.every
+            } else {
+                let wait = retry.min(self.every);
+                retry = (retry * 2).min(RETRY_MAX);
+                wait
+            };
+            tokio::time::sleep(wait).await;
+        }
     }
 
     /// A token named `kid`, which the set does not hold: fetch again,

@@ -12,10 +12,7 @@ mod pages;
 mod telemetry;
 mod webhooks;
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, Ordering},
-};
+use std::sync::Arc;
 
 use axum::{
     Router,
@@ -25,6 +22,7 @@ use axum::{
     routing::{delete, get, post, put},
 };
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 
 pub use backend::Backend;
 pub use json::JsonBody;
@@ -38,8 +36,8 @@ use crate::{
 /// Shared by the HTTP handlers.
 pub struct HttpState {
     pub backend: Arc<dyn Backend>,
-    /// Cleared when shutdown begins, so load balancers stop sending traffic.
-    pub accepting: Arc<AtomicBool>,
+    /// Cancelled when shutdown begins, so load balancers stop sending traffic.
+    pub draining: CancellationToken,
     /// Section 12's webhook registrations.
     pub webhooks: Arc<crate::outputs::Webhooks>,
 }
@@ -112,7 +110,7 @@ async fn healthz() -> Reply<Status> {
 }
 
 async fn readyz(State(state): State<Arc<HttpState>>) -> Result<Reply<Status>, ApiError> {
-    if !state.accepting.load(Ordering::Relaxed) {
+    if state.draining.is_cancelled() {
         return Err(ApiError::new(ErrorCode::Unavailable, "shutting down"));
     }
     if !state.backend.authenticator().is_ready() {

@@ -70,16 +70,16 @@ impl Exporter {
     /// scrapes (the demo, a cluster without Prometheus, a stalled scraper)
     /// would otherwise hold every latency it ever recorded: several per
     /// position, megabytes per minute.
-    pub fn spawn_upkeep(&self) -> tokio::task::JoinHandle<()> {
+    pub fn upkeep(&self) -> impl Future<Output = ()> + Send + 'static {
         let handle = self.handle.clone();
-        tokio::spawn(async move {
+        async move {
             let mut tick = tokio::time::interval(UPKEEP_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
                 handle.run_upkeep();
             }
-        })
+        }
     }
 
     /// The exposition text, as served on `/metrics`.

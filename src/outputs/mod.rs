@@ -79,8 +79,14 @@ pub struct Outputs {
 
 impl Outputs {
     /// Starts the supervisor. `node` is this replica's id (its leases'
-    /// holder).
-    pub async fn start(store: Arc<dyn Store>, config: &Config, node: String) -> Result<Self, OutputError> {
+    /// holder); cancelling `cancel` starts stopping the outputs
+    /// ([`Outputs::stop`] waits for them).
+    pub async fn start(
+        store: Arc<dyn Store>,
+        config: &Config,
+        node: String,
+        cancel: CancellationToken,
+    ) -> Result<Self, OutputError> {
         let settings = Settings::from_config(config)?;
         let nudge = Arc::new(Notify::new());
         let webhooks =
@@ -90,15 +96,9 @@ impl Outputs {
             Some(s) => Some(nats::Publisher::connect(s).await?),
             None => None,
         };
-        let cancel = CancellationToken::new();
-        let supervisor = supervisor::Supervisor::new(store, settings, node, client, nats, nudge, cancel.clone());
+        let supervisor = supervisor::Supervisor { store, settings, node, client, nats, nudge, stop: cancel.clone() };
         let task = tokio::spawn(supervisor.run());
         Ok(Self { webhooks, cancel, task })
-    }
-
-    /// A token that, cancelled, starts stopping the outputs ([`Outputs::stop`] waits for them).
-    pub fn stopper(&self) -> CancellationToken {
-        self.cancel.clone()
     }
 
     /// Stops every runner, each giving its lease up so another replica

@@ -46,34 +46,25 @@ enum Found {
     Nats,
 }
 
+/// What the supervisor works with; the runners it keeps are its own.
 pub struct Supervisor {
-    store: Arc<dyn Store>,
-    settings: Settings,
-    node: String,
-    client: webhook::Client,
-    nats: Option<Arc<nats::Publisher>>,
-    nudge: Arc<Notify>,
-    stop: CancellationToken,
-    running: HashMap<Key, Running>,
+    pub store: Arc<dyn Store>,
+    pub settings: Settings,
+    /// This replica's id: the holder of the leases its runners take.
+    pub node: String,
+    pub client: webhook::Client,
+    pub nats: Option<Arc<nats::Publisher>>,
+    /// Notified when a webhook is registered or deleted here.
+    pub nudge: Arc<Notify>,
+    pub stop: CancellationToken,
 }
 
 impl Supervisor {
-    pub fn new(
-        store: Arc<dyn Store>,
-        settings: Settings,
-        node: String,
-        client: webhook::Client,
-        nats: Option<Arc<nats::Publisher>>,
-        nudge: Arc<Notify>,
-        stop: CancellationToken,
-    ) -> Self {
-        Self { store, settings, node, client, nats, nudge, stop, running: HashMap::new() }
-    }
-
-    pub async fn run(mut self) {
+    pub async fn run(self) {
+        let mut running = HashMap::new();
         loop {
             match self.discover().await {
-                Ok(found) => self.reconcile(found),
+                Ok(found) => self.reconcile(&mut running, found),
                 Err(e) => tracing::warn!(error = %e, "event outputs not listed; keeping those running"),
             }
             tokio::select! {
@@ -82,10 +73,10 @@ impl Supervisor {
                 () = tokio::time::sleep(DISCOVER_EVERY) => {}
             }
         }
-        for running in self.running.values() {
-            running.stop.cancel();
+        for r in running.values() {
+            r.stop.cancel();
         }
-        let tasks = self.running.drain().map(|(_, r)| r.task);
+        let tasks = running.into_values().map(|r| r.task);
         let _ = tokio::time::timeout(STOP_WITHIN, futures_util::future::join_all(tasks)).await;
     }
 
@@ -112,18 +103,21 @@ impl Supervisor {
         Ok(found)
     }
 
-    fn reconcile(&mut self, found: Vec<(Key, Found)>) {
+    /// Keeps one runner per output found: starts the new ones, stops
+    /// those no longer found (or finished), and hands a changed webhook
+    /// registration to its runner.
+    fn reconcile(&self, running: &mut HashMap<Key, Running>, found: Vec<(Key, Found)>) {
         let wanted: HashSet<Key> = found.iter().map(|(k, _)| k.clone()).collect();
-        self.running.retain(|key, running| {
-            let keep = wanted.contains(key) && !running.task.is_finished();
+        running.retain(|key, r| {
+            let keep = wanted.contains(key) && !r.task.is_finished();
             if !keep {
-                running.stop.cancel();
+                r.stop.cancel();
             }
             keep
         });
         for (key, output) in found {
-            if let Some(running) = self.running.get_mut(&key) {
-                if let (Found::Webhook { record, registration, .. }, Some((seen, tx))) = (&output, &mut running.record)
+            if let Some(r) = running.get_mut(&key) {
+                if let (Found::Webhook { record, registration, .. }, Some((seen, tx))) = (&output, &mut r.record)
                     && record != seen
                 {
                     record.clone_into(seen);
@@ -131,8 +125,8 @@ impl Supervisor {
                 }
                 continue;
             }
-            let running = self.start(&key, output);
-            self.running.insert(key, running);
+            let started = self.start(&key, output);
+            running.insert(key, started);
         }
     }
 
