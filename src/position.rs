@@ -9,11 +9,22 @@ use crate::{error::ApiError, ids};
 
 /// A validated update as the client sent it, before the server decides the
 /// vehicle id (from the token) and the fix time (server time when absent).
-#[derive(Debug, Clone, PartialEq)]
+/// Its schema is the HTTP API's position body; [`PositionUpdate::parse`]
+/// reads the other forms too.
+#[derive(Debug, Clone, PartialEq, utoipa::ToSchema)]
+#[schema(
+    rename_all = "camelCase",
+    description = "A position body (section 5.1). For the single-vehicle route the vehicle comes from the path; \
+                   `lat`/`lon` may instead be a GeoJSON `location`."
+)]
 pub struct PositionUpdate {
+    /// Only in batches (or equal to the path's vehicle).
     pub vehicle_id: Option<String>,
+    #[schema(value_type = Option<f64>, required = false, example = 37.5665)]
     pub lat: f64,
+    #[schema(value_type = Option<f64>, required = false, example = 126.978)]
     pub lon: f64,
+    /// Fix time, ms since epoch; server time when absent.
     pub ts: Option<i64>,
     pub heading: Option<f64>,
     pub speed: Option<f64>,

@@ -47,10 +47,12 @@ pub const MAX_BATCH: usize = 256;
 /// Where an update came from, for metrics.
 pub use crate::metrics::UpdateSource as Source;
 
-/// The `data` of a `locationupdate` ack.
-#[derive(Debug, Serialize, PartialEq, Eq)]
+/// The `data` of a `locationupdate` ack, and the result of one position
+/// sent over HTTP.
+#[derive(Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Accepted {
     pub accepted: bool,
+    /// `stale` when not newer than the stored position.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'static str>,
 }

@@ -21,7 +21,7 @@ use crate::{
     gateway::{Accepted, rooms},
     geo::BBox,
     ids,
-    position::Position,
+    position::{Position, PositionUpdate},
     store::{ChatMessage, Scope},
 };
 
@@ -52,42 +52,14 @@ pub(super) fn check_id(kind: &'static str, id: &str) -> Result<(), ApiError> {
     }
 }
 
-/// A position body (section 5.1). For the single-vehicle route the vehicle
-/// comes from the path; `lat`/`lon` may instead be a GeoJSON `location`.
-#[derive(Deserialize, Serialize, ToSchema)]
-#[allow(dead_code)]
-pub struct LocationBody {
-    #[schema(example = 37.5665)]
-    lat: Option<f64>,
-    #[schema(example = 126.978)]
-    lon: Option<f64>,
-    /// Fix time, ms since epoch; server time when absent.
-    ts: Option<i64>,
-    heading: Option<f64>,
-    speed: Option<f64>,
-    accuracy: Option<f64>,
-    /// Only in batches (or equal to the path's vehicle).
-    #[serde(rename = "vehicleId")]
-    vehicle_id: Option<String>,
-}
-
-/// The result of one position.
-#[derive(Serialize, ToSchema)]
-#[allow(dead_code)]
-struct AcceptedDoc {
-    accepted: bool,
-    /// `stale` when not newer than the stored position.
-    reason: Option<String>,
-}
-
 /// Stores and broadcasts one vehicle's position, exactly like a socket `locationupdate`.
 #[utoipa::path(
     put,
     path = "/api/v1/fleets/{fleet}/vehicles/{vehicle}/location",
     params(("fleet" = String, Path), ("vehicle" = String, Path)),
-    request_body = LocationBody,
+    request_body = PositionUpdate,
     responses(
-        (status = 200, description = "`{ ok: true, data: { accepted, reason? } }`", body = AcceptedDoc),
+        (status = 200, description = "`{ ok: true, data: { accepted, reason? } }`", body = Accepted),
         (status = 400, description = "invalid_payload"), (status = 401, description = "unauthenticated, invalid_token, token_expired"),
         (status = 403, description = "forbidden"), (status = 413, description = "payload_too_large"), (status = 503, description = "unavailable"),
     ),
@@ -118,10 +90,20 @@ pub async fn put_location(
 }
 
 /// A batch of positions.
-#[derive(Deserialize, Serialize, ToSchema)]
+#[derive(Deserialize, ToSchema)]
+#[serde(from = "Value")]
 pub struct BatchBody {
     /// At most 1000 positions, each with `vehicleId`.
-    items: Vec<Value>,
+    #[schema(value_type = Vec<Value>)]
+    items: Value,
+}
+
+// Any JSON reads as a batch: the route checks `items` after the caller,
+// so a body without an array there is refused naming the field.
+impl From<Value> for BatchBody {
+    fn from(mut body: Value) -> Self {
+        Self { items: body.get_mut("items").map(Value::take).unwrap_or_default() }
+    }
 }
 
 #[derive(Serialize, ToSchema)]
@@ -148,14 +130,13 @@ pub async fn post_locations(
     State(state): State<Arc<HttpState>>,
     caller: Caller,
     p: Result<Path<String>, PathRejection>,
-    JsonBody(body): JsonBody<Value>,
+    JsonBody(body): JsonBody<BatchBody>,
 ) -> Result<Reply<BatchResult>, ApiError> {
     let fleet = path(p)?;
     check_id("fleet", &fleet)?;
     caller.require(&fleet, &[Role::Dispatcher])?;
-    let items = match body.get("items") {
-        Some(Value::Array(items)) => items,
-        _ => return Err(ApiError::invalid("items: required array of positions")),
+    let Value::Array(items) = &body.items else {
+        return Err(ApiError::invalid("items: required array of positions"));
     };
     if items.len() > MAX_BATCH {
         return Err(ApiError::new(ErrorCode::PayloadTooLarge, format!("items: at most {MAX_BATCH}")));
@@ -242,10 +223,10 @@ pub async fn get_vehicles(
     // A scoped viewer's listing holds its own vehicles only (read as
     // such, not filtered out of the fleet), whatever the box.
     let encoded = match &caller.0.vehicles {
-        None => state.backend.positions(&fleet, Scope::Fleet).await,
+        None => state.backend.store().positions(&fleet, Scope::Fleet).await,
         Some(scope) => {
             let ids: Vec<String> = scope.iter().map(str::to_owned).collect();
-            state.backend.positions(&fleet, Scope::Vehicles(&ids)).await
+            state.backend.store().positions(&fleet, Scope::Vehicles(&ids)).await
         }
     }?;
     let features: Vec<Value> = encoded
@@ -285,7 +266,7 @@ pub async fn get_vehicle(
         return Err(ApiError::forbidden("vehicle: outside this token's vehicles"));
     }
     let ids = [vehicle];
-    let encoded = state.backend.positions(&fleet, Scope::Vehicles(&ids)).await?;
+    let encoded = state.backend.store().positions(&fleet, Scope::Vehicles(&ids)).await?;
     let position = encoded
         .first()
         .and_then(|e| serde_json::from_str::<Position>(e).ok())
@@ -293,20 +274,18 @@ pub async fn get_vehicle(
     Ok(geojson(&headers, feature(&position)))
 }
 
-#[derive(Deserialize, Serialize, ToSchema)]
+#[derive(Deserialize, ToSchema)]
+#[serde(from = "Value")]
 pub struct MessageBody {
     /// 1–2000 characters.
     text: Value,
 }
 
-#[derive(Serialize, ToSchema)]
-#[allow(dead_code)]
-struct MessageDoc {
-    id: String,
-    room: String,
-    from: String,
-    text: String,
-    ts: i64,
+// Any JSON reads as a message: the route checks `text` after the caller.
+impl From<Value> for MessageBody {
+    fn from(mut body: Value) -> Self {
+        Self { text: body.get_mut("text").map(Value::take).unwrap_or_default() }
+    }
 }
 
 /// Sends a chat message from the server to a room (stored in its history).
@@ -316,7 +295,7 @@ struct MessageDoc {
     params(("fleet" = String, Path), ("room" = String, Path)),
     request_body = MessageBody,
     responses(
-        (status = 200, description = "the stored message", body = MessageDoc),
+        (status = 200, description = "the stored message", body = ChatMessage),
         (status = 400, description = "invalid_payload"), (status = 401, description = "unauthenticated"), (status = 403, description = "forbidden"),
         (status = 413, description = "payload_too_large"), (status = 503, description = "unavailable"),
     ),
@@ -326,14 +305,14 @@ pub async fn post_message(
     State(state): State<Arc<HttpState>>,
     caller: Caller,
     p: Result<Path<(String, String)>, PathRejection>,
-    JsonBody(body): JsonBody<Value>,
+    JsonBody(body): JsonBody<MessageBody>,
 ) -> Result<Reply<ChatMessage>, ApiError> {
     let (fleet, room) = path(p)?;
     check_id("fleet", &fleet)?;
     let room = rooms::room_name(Some(&Value::String(room)))?;
     caller.require(&fleet, &[Role::Dispatcher])?;
-    let text = rooms::message_text(body.get("text"))?;
-    let message = state.backend.post_message(&fleet, room, "server".into(), text).await?;
+    let text = rooms::message_text(Some(&body.text))?;
+    let message = state.backend.post_message(&fleet, room, text).await?;
     Ok(Reply(message))
 }
 
@@ -363,7 +342,7 @@ pub async fn delete_session(
     if !ids::is_plausible_session_id(&id) {
         return Err(not_found());
     }
-    let session = state.backend.session(&id).await?.ok_or_else(not_found)?;
+    let session = state.backend.store().session(&id).await?.ok_or_else(not_found)?;
     let c = &caller.0;
     let owner = c.fleet == session.fleet && c.sub == session.sub;
     let dispatcher = c.fleet == session.fleet && c.role == Role::Dispatcher;

@@ -9,12 +9,18 @@ use axum::{
     http::HeaderMap,
     response::Response,
 };
-use serde::Serialize;
-use serde_json::Value;
-use utoipa::ToSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use utoipa::{
+    PartialSchema, ToSchema,
+    openapi::{
+        ObjectBuilder, RefOr, Schema,
+        schema::{SchemaType, Type},
+    },
+};
 
 use super::{
-    HttpState, JsonBody, Reply,
+    Deleted, HttpState, JsonBody, Reply,
     api::{check_id, fleet_and_id, geojson, path},
     caller::Caller,
 };
@@ -22,35 +28,48 @@ use crate::{auth::Role, error::ApiError};
 
 const READERS: &[Role] = &[Role::Vehicle, Role::Viewer, Role::Dispatcher];
 
-/// A geofence: a GeoJSON Feature (RFC 7946) whose geometry is a
-/// `Polygon` or `MultiPolygon` (holes allowed), or a `Point` with
-/// `properties.radius` in metres.
-#[derive(Serialize, ToSchema)]
-#[allow(dead_code)]
-struct GeofenceDoc {
-    #[schema(example = "Feature")]
-    r#type: String,
-    #[schema(example = "depot")]
-    id: Option<String>,
-    #[schema(value_type = Object)]
-    geometry: Value,
-    #[schema(value_type = Object)]
-    properties: Option<Value>,
+/// A geofence as the routes take and give it: a GeoJSON Feature, kept as
+/// JSON since `geofence::shape` reads it member by member, so a fault
+/// names its member.
+#[derive(Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct Feature(Value);
+
+// Written out rather than derived, the members being read by hand.
+impl PartialSchema for Feature {
+    fn schema() -> RefOr<Schema> {
+        let object = || ObjectBuilder::new().schema_type(Type::Object);
+        ObjectBuilder::new()
+            .description(Some(
+                "A geofence: a GeoJSON Feature (RFC 7946) whose geometry is a `Polygon` or `MultiPolygon` (holes \
+                 allowed), or a `Point` with `properties.radius` in metres.",
+            ))
+            .property("type", ObjectBuilder::new().schema_type(Type::String).examples([json!("Feature")]))
+            .property(
+                "id",
+                ObjectBuilder::new()
+                    .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+                    .examples([json!("depot")]),
+            )
+            .property("geometry", object())
+            .property("properties", object())
+            .required("type")
+            .required("geometry")
+            .required("properties")
+            .into()
+    }
 }
 
-#[derive(Serialize, ToSchema)]
-pub struct Deleted {
-    deleted: bool,
-}
+impl ToSchema for Feature {}
 
 /// Creates or replaces a geofence.
 #[utoipa::path(
     put,
     path = "/api/v1/fleets/{fleet}/geofences/{id}",
     params(("fleet" = String, Path), ("id" = String, Path)),
-    request_body = GeofenceDoc,
+    request_body = Feature,
     responses(
-        (status = 200, description = "`{ ok: true, data: Feature }`: the geofence as stored", body = GeofenceDoc),
+        (status = 200, description = "`{ ok: true, data: Feature }`: the geofence as stored", body = Feature),
         (status = 400, description = "invalid_payload (the message names the field)"), (status = 401, description = "unauthenticated"),
         (status = 403, description = "forbidden"), (status = 413, description = "payload_too_large: over FLEETGATE_GEOFENCES_MAX"),
         (status = 503, description = "unavailable"),
@@ -61,14 +80,14 @@ pub async fn put_geofence(
     State(state): State<Arc<HttpState>>,
     caller: Caller,
     p: Result<Path<(String, String)>, PathRejection>,
-    JsonBody(body): JsonBody<Value>,
-) -> Result<Reply<Value>, ApiError> {
+    JsonBody(Feature(body)): JsonBody<Feature>,
+) -> Result<Reply<Feature>, ApiError> {
     let (fleet, id) = fleet_and_id("geofence", p)?;
     caller.require(&fleet, &[Role::Dispatcher])?;
     let geofences = state.backend.geofences();
     geofences.put(&fleet, &id, &body).await?;
     let (feature, _) = geofences.get(&fleet, &id).await?;
-    Ok(Reply(feature))
+    Ok(Reply(Feature(feature)))
 }
 
 /// The fleet's geofences as a GeoJSON FeatureCollection.
@@ -101,7 +120,7 @@ pub async fn list_geofences(
     path = "/api/v1/fleets/{fleet}/geofences/{id}",
     params(("fleet" = String, Path), ("id" = String, Path)),
     responses(
-        (status = 200, description = "`{ ok: true, data: Feature }` with `properties.inside`", body = GeofenceDoc),
+        (status = 200, description = "`{ ok: true, data: Feature }` with `properties.inside`", body = Feature),
         (status = 400, description = "invalid_payload"), (status = 401, description = "unauthenticated"), (status = 403, description = "forbidden"), (status = 404, description = "not_found"),
         (status = 503, description = "unavailable"),
     ),
@@ -143,5 +162,5 @@ pub async fn delete_geofence(
     let (fleet, id) = fleet_and_id("geofence", p)?;
     caller.require(&fleet, &[Role::Dispatcher])?;
     state.backend.geofences().delete(&fleet, &id).await?;
-    Ok(Reply(Deleted { deleted: true }))
+    Ok(Reply(Deleted::YES))
 }

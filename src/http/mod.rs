@@ -53,6 +53,16 @@ impl IntoResponse for ApiError {
 /// A successful reply in the envelope.
 pub struct Reply<T>(pub T);
 
+/// What a `DELETE` answers.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Deleted {
+    deleted: bool,
+}
+
+impl Deleted {
+    const YES: Self = Self { deleted: true };
+}
+
 impl<T: Serialize> IntoResponse for Reply<T> {
     fn into_response(self) -> Response {
         let result: Result<T, ApiError> = Ok(self.0);
@@ -116,7 +126,7 @@ async fn readyz(State(state): State<Arc<HttpState>>) -> Result<Reply<Status>, Ap
     if !state.backend.authenticator().is_ready() {
         return Err(ApiError::new(ErrorCode::Unavailable, "token keys not fetched yet (FLEETGATE_JWT_JWKS_URL)"));
     }
-    state.backend.ping().await.map_err(|e| {
+    state.backend.store().ping().await.map_err(|e| {
         tracing::debug!(error = %e, "not ready");
         ApiError::unavailable()
     })?;

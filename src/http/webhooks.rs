@@ -9,26 +9,15 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::{
-    HttpState, JsonBody, Reply,
+    Deleted, HttpState, JsonBody, Reply,
     api::{check_id, fleet_and_id, path},
     caller::Caller,
 };
-use crate::{auth::Role, error::ApiError, outputs::registration::WebhookView};
-
-/// A webhook registration.
-#[derive(Serialize, ToSchema)]
-#[allow(dead_code)]
-struct WebhookBody {
-    /// `http://` or `https://`; must not resolve to a loopback, link-local
-    /// or private address unless `FLEETGATE_WEBHOOK_ALLOW_PRIVATE=true`.
-    #[schema(example = "https://crm.example.com/hooks/fleetgate")]
-    url: String,
-    /// Event types to deliver (`position`, `vehicle_online`,
-    /// `vehicle_offline`, `geofence`, `chat`); absent: every type.
-    types: Option<Vec<String>>,
-    /// 16 to 256 characters; signs every POST (`X-Fleetgate-Signature`).
-    secret: String,
-}
+use crate::{
+    auth::Role,
+    error::ApiError,
+    outputs::registration::{Registration, WebhookView},
+};
 
 #[derive(Serialize, ToSchema)]
 pub struct Registered {
@@ -38,18 +27,13 @@ pub struct Registered {
     created: bool,
 }
 
-#[derive(Serialize, ToSchema)]
-pub struct Deleted {
-    deleted: bool,
-}
-
 /// Registers a webhook (or replaces one, which keeps its place in the
 /// stream). A new webhook gets every event from its registration on.
 #[utoipa::path(
     put,
     path = "/api/v1/fleets/{fleet}/webhooks/{id}",
     params(("fleet" = String, Path), ("id" = String, Path)),
-    request_body = WebhookBody,
+    request_body = Registration,
     responses(
         (status = 200, description = "`{ ok: true, data: { id, url, types?, created } }` (no secret)", body = Registered),
         (status = 400, description = "invalid_payload (the message names the field)"), (status = 401, description = "unauthenticated"),
@@ -113,5 +97,5 @@ pub async fn delete_webhook(
     let (fleet, id) = fleet_and_id("webhook", p)?;
     caller.require(&fleet, &[Role::Dispatcher])?;
     state.webhooks.delete(&fleet, &id).await?;
-    Ok(Reply(Deleted { deleted: true }))
+    Ok(Reply(Deleted::YES))
 }

@@ -38,13 +38,20 @@ pub enum WebhookError {
     Store(#[from] StoreError),
 }
 
-/// One webhook as stored: what it was registered with.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One webhook as stored: what it was registered with. Its schema is the
+/// body of a `PUT` ([`Registration::from_body`] reads it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(description = "A webhook registration.")]
 pub struct Registration {
+    /// `http://` or `https://`; must not resolve to a loopback, link-local
+    /// or private address unless `FLEETGATE_WEBHOOK_ALLOW_PRIVATE=true`.
+    #[schema(example = "https://crm.example.com/hooks/fleetgate")]
     pub url: String,
-    /// The event types it gets; `None`: every type.
+    /// Event types to deliver (`position`, `vehicle_online`,
+    /// `vehicle_offline`, `geofence`, `chat`); absent: every type.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub types: Option<Vec<String>>,
+    /// 16 to 256 characters; signs every POST (`X-Fleetgate-Signature`).
     pub secret: String,
 }
 
