@@ -4,16 +4,11 @@
 
 use axum::Json;
 use utoipa::{
-    Modify, OpenApi, PartialSchema, ToSchema,
-    openapi::{
-        KnownFormat, ObjectBuilder, RefOr, Schema, SchemaFormat,
-        schema::Type,
-        security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
-    },
+    Modify, OpenApi,
+    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
 use super::{api, geofences, webhooks};
-use crate::store::ChatMessage;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -42,56 +37,4 @@ impl Modify for Bearer {
 
 pub async fn document() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
-}
-
-// The store's types carry no documentation attributes: the schema of the
-// one the API answers with is written here, and the test below keeps it
-// to the type's serialized fields.
-impl PartialSchema for ChatMessage {
-    fn schema() -> RefOr<Schema> {
-        let string = || ObjectBuilder::new().schema_type(Type::String);
-        ObjectBuilder::new()
-            .property("id", string())
-            .property("room", string())
-            .property("from", string())
-            .property("text", string())
-            .property(
-                "ts",
-                ObjectBuilder::new()
-                    .schema_type(Type::Integer)
-                    .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64))),
-            )
-            .required("id")
-            .required("room")
-            .required("from")
-            .required("text")
-            .required("ts")
-            .into()
-    }
-}
-
-impl ToSchema for ChatMessage {}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::BTreeSet;
-
-    use utoipa::openapi::RefOr;
-
-    use super::*;
-
-    #[test]
-    fn the_chat_message_schema_lists_the_fields_it_serializes() {
-        let message =
-            ChatMessage { id: "1-1".into(), room: "ops".into(), from: "server".into(), text: "hi".into(), ts: 1 };
-        let serde_json::Value::Object(fields) = serde_json::to_value(&message).unwrap() else {
-            panic!("not an object")
-        };
-        let serialized: BTreeSet<&str> = fields.keys().map(String::as_str).collect();
-        let RefOr::T(Schema::Object(schema)) = ChatMessage::schema() else { panic!("not an object schema") };
-        let documented: BTreeSet<&str> = schema.properties.keys().map(String::as_str).collect();
-        let required: BTreeSet<&str> = schema.required.iter().map(String::as_str).collect();
-        assert_eq!(documented, serialized);
-        assert_eq!(required, serialized);
-    }
 }

@@ -111,7 +111,7 @@ pub enum Scope<'a> {
 }
 
 /// A stored room message (section 6).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ChatMessage {
     /// Opaque, increasing within a room: `<ms>-<seq>`.
     pub id: String,
