@@ -71,7 +71,7 @@ impl Cap {
         if let Ok(place) = places.clone().try_acquire_owned() {
             return Some(place);
         }
-        metrics::counter!(names::LISTENER_CAP_WAITS, "listener" => self.kind).increment(1);
+        metrics::counter!(names::LISTENER_CAP_REACHED, "listener" => self.kind).increment(1);
         tracing::debug!(listener = self.kind.as_str(), "connection cap reached: accepting when one closes");
         places.clone().acquire_owned().await.ok()
     }

@@ -282,7 +282,7 @@ async fn a_device_position_reaches_a_viewer_on_another_replica() {
 }
 
 const OPEN: &str = "fleetgate_listener_connections{listener=\"osmand\"}";
-const WAITS: &str = "fleetgate_listener_cap_waits_total{listener=\"osmand\"}";
+const CAP_REACHED: &str = "fleetgate_listener_cap_reached_total{listener=\"osmand\"}";
 const IDLE_TIMEOUTS: &str = "fleetgate_listener_idle_timeouts_total{listener=\"osmand\"}";
 
 /// Polls `series` until it reads `want`, for up to five seconds.
@@ -358,7 +358,7 @@ fn past_the_connection_cap_a_phone_waits_for_a_connection_to_close() {
     let waiting = fourth.read(&mut byte).map_err(|e| e.kind());
     assert!(matches!(waiting, Err(ErrorKind::WouldBlock | ErrorKind::TimedOut)), "answered at the cap: {waiting:?}");
     assert_eq!(o.server.metric(OPEN), 3.0);
-    assert!(o.server.metric(WAITS) >= 1.0, "the wait is counted");
+    assert!(o.server.metric(CAP_REACHED) >= 1.0, "reaching the cap is counted");
     assert_eq!(stored(&o.server, "f", "bus-6"), None);
 
     // One idle connection goes away: the waiting request is taken and answered.

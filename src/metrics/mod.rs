@@ -160,8 +160,8 @@ fn describe() {
         "Open connections on a listener with a connection cap (osmand: FLEETGATE_OSMAND_MAX_CONNECTIONS), by listener."
     );
     describe_counter!(
-        names::LISTENER_CAP_WAITS,
-        "Times a capped listener had its cap of connections open and left the next one waiting in the kernel's accept queue until one closed, by listener."
+        names::LISTENER_CAP_REACHED,
+        "Times a listener reached its connection cap and stopped accepting until a connection closed (new ones wait in the kernel's accept queue meanwhile), by listener."
     );
     describe_counter!(
         names::LISTENER_IDLE_TIMEOUTS,
@@ -304,7 +304,7 @@ fn preregister() {
     }
     for listener in ListenerKind::ALL {
         metrics::gauge!(names::LISTENER_CONNECTIONS, "listener" => *listener).set(0.0);
-        metrics::counter!(names::LISTENER_CAP_WAITS, "listener" => *listener).increment(0);
+        metrics::counter!(names::LISTENER_CAP_REACHED, "listener" => *listener).increment(0);
         metrics::counter!(names::LISTENER_IDLE_TIMEOUTS, "listener" => *listener).increment(0);
     }
     for op in AdapterOp::ALL {
