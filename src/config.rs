@@ -320,6 +320,22 @@ pub struct Config {
     #[arg(long, env = "FLEETGATE_OSMAND_ADDR", global = true)]
     pub osmand_addr: Option<SocketAddr>,
 
+    /// Connections the OsmAnd listener holds open at once (0 = no limit);
+    /// at the cap, new ones wait in the kernel's accept queue until one
+    /// closes. Bounds the descriptors phones (or a flood) can take from the
+    /// rest of the process.
+    #[arg(long, env = "FLEETGATE_OSMAND_MAX_CONNECTIONS", default_value_t = 10_000, global = true)]
+    pub osmand_max_connections: usize,
+
+    /// Seconds an OsmAnd connection may go without delivering a request
+    /// (1 to 3600): one that sends no complete request head within them of
+    /// opening, or of the answer to its previous request (an idle
+    /// kept-alive connection), is closed, and a body must arrive within
+    /// them of its head.
+    #[arg(long, env = "FLEETGATE_OSMAND_IDLE_TIMEOUT_SECS", default_value_t = 30, global = true,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub osmand_idle_timeout_secs: u64,
+
     /// MQTT broker to take positions from, `mqtt://[user:password@]host[:port]`
     /// or `mqtts://…` (TLS); unset = off.
     // The URL carries a password: `--help` must not print the environment's value.

@@ -1,5 +1,6 @@
-//! Accepted TCP connections: the listener that sets `TCP_NODELAY` and
-//! guards every connection against a peer that stops reading.
+//! Accepted TCP connections: the listener that sets `TCP_NODELAY`, guards
+//! every connection against a peer that stops reading and, where asked,
+//! holds at most so many connections open at once.
 //!
 //! A write that makes no progress for `FLEETGATE_WRITE_TIMEOUT_SECS` ends
 //! the connection (both directions shut down, so its reader sees the end
@@ -7,11 +8,20 @@
 //! stopped reading and only notices a closed session between writes, so
 //! without this such a connection, its buffers and its session would live
 //! until the peer went away by itself.
+//!
+//! A capped listener takes a place before it accepts, and the connection
+//! gives it back when it closes: at the cap, new connections wait in the
+//! kernel's accept queue instead of taking a descriptor each, so a flood
+//! on one listener cannot starve the process's other listeners. While the
+//! queue has room a waiting peer's connect succeeds and its request is
+//! read once a place frees up; past that the kernel drops new attempts
+//! and the peer's TCP retries them.
 
 use std::{
     io,
     net::SocketAddr,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll, ready},
     time::Duration,
 };
@@ -20,18 +30,70 @@ use axum::{extract::connect_info::Connected, serve::IncomingStream};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
+    sync::{OwnedSemaphorePermit, Semaphore},
     time::Sleep,
 };
+
+use crate::metrics::{ListenerKind, names};
 
 /// The gateway's listener (see the module docs).
 pub struct Listener {
     inner: TcpListener,
     write_timeout: Duration,
+    cap: Option<Cap>,
+}
+
+/// A listener's bound on open connections, and the label they count under.
+struct Cap {
+    /// `None`: counted, not bounded. Never closed, so acquiring only waits.
+    places: Option<Arc<Semaphore>>,
+    kind: ListenerKind,
 }
 
 impl Listener {
     pub fn new(inner: TcpListener, write_timeout: Duration) -> Self {
-        Self { inner, write_timeout }
+        Self { inner, write_timeout, cap: None }
+    }
+
+    /// Holds at most `max` connections open at once (0 = no bound), counted
+    /// in `fleetgate_listener_connections{listener}`.
+    pub fn capped(mut self, max: usize, kind: ListenerKind) -> Self {
+        let places = (max > 0).then(|| Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))));
+        self.cap = Some(Cap { places, kind });
+        self
+    }
+}
+
+impl Cap {
+    /// A place for the next connection, waiting for one to close at the cap.
+    async fn place(&self) -> Option<OwnedSemaphorePermit> {
+        let places = self.places.as_ref()?;
+        if let Ok(place) = places.clone().try_acquire_owned() {
+            return Some(place);
+        }
+        metrics::counter!(names::LISTENER_CAP_REACHED, "listener" => self.kind).increment(1);
+        tracing::debug!(listener = self.kind.as_str(), "connection cap reached: accepting when one closes");
+        places.clone().acquire_owned().await.ok()
+    }
+}
+
+/// An accepted connection's share of its listener's cap: the place goes
+/// back, and the gauge down, when the connection is dropped.
+struct Open {
+    _place: Option<OwnedSemaphorePermit>,
+    kind: ListenerKind,
+}
+
+impl Open {
+    fn new(place: Option<OwnedSemaphorePermit>, kind: ListenerKind) -> Self {
+        metrics::gauge!(names::LISTENER_CONNECTIONS, "listener" => kind).increment(1.0);
+        Self { _place: place, kind }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        metrics::gauge!(names::LISTENER_CONNECTIONS, "listener" => self.kind).decrement(1.0);
     }
 }
 
@@ -40,6 +102,12 @@ impl axum::serve::Listener for Listener {
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Guarded, SocketAddr) {
+        // Taken before accepting: at the cap the connection stays queued in
+        // the kernel, where it costs this process nothing.
+        let mut place = match &self.cap {
+            Some(cap) => cap.place().await,
+            None => None,
+        };
         loop {
             match self.inner.accept().await {
                 Ok((tcp, addr)) => {
@@ -49,7 +117,9 @@ impl axum::serve::Listener for Listener {
                     if let Err(e) = tcp.set_nodelay(true) {
                         tracing::debug!(error = %e, "TCP_NODELAY not set");
                     }
-                    return (Guarded { tcp, timeout: self.write_timeout, stalled: None, dead: false }, addr);
+                    let open = self.cap.as_ref().map(|cap| Open::new(place.take(), cap.kind));
+                    let guarded = Guarded { tcp, timeout: self.write_timeout, stalled: None, dead: false, _open: open };
+                    return (guarded, addr);
                 }
                 // Out of descriptors and the like: wait a little rather than spin.
                 Err(e) => {
@@ -82,6 +152,8 @@ pub struct Guarded {
     /// Armed while writes are blocked.
     stalled: Option<Pin<Box<Sleep>>>,
     dead: bool,
+    /// Its place under the listener's cap, if the listener has one.
+    _open: Option<Open>,
 }
 
 impl Guarded {
@@ -100,7 +172,7 @@ impl Guarded {
         ready!(timer.as_mut().poll(cx));
         self.dead = true;
         self.stalled = None;
-        metrics::counter!(crate::metrics::names::WRITE_TIMEOUTS).increment(1);
+        metrics::counter!(names::WRITE_TIMEOUTS).increment(1);
         // Wakes the connection's reader as well, which then ends the session.
         let _ = socket2::SockRef::from(&self.tcp).shutdown(std::net::Shutdown::Both);
         Poll::Ready(Err(Self::timed_out()))

@@ -1,14 +1,15 @@
 //! The OsmAnd listener (contract section 13) against a real process: the
 //! requests the Traccar Client apps and OsmAnd send, byte for byte, every
-//! unit and timestamp form, refused tokens and values, the rate limit, and
-//! a position reaching a viewer on another replica.
+//! unit and timestamp form, refused tokens and values, the rate limit, a
+//! position reaching a viewer on another replica, and the bounds on the
+//! listener's connections (the cap, the idle timeout).
 
 mod support;
 
 use std::{
-    io::{Read, Write},
+    io::{ErrorKind, Read, Write},
     net::{SocketAddr, TcpStream},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use serde_json::{Value, json};
@@ -278,4 +279,153 @@ async fn a_device_position_reaches_a_viewer_on_another_replica() {
     assert_eq!(got["heading"], 45.5);
     assert!(viewer.collect("locationupdate", Duration::from_millis(400)).await.is_empty(), "exactly once");
     drop(a);
+}
+
+const OPEN: &str = "fleetgate_listener_connections{listener=\"osmand\"}";
+const CAP_REACHED: &str = "fleetgate_listener_cap_reached_total{listener=\"osmand\"}";
+const IDLE_TIMEOUTS: &str = "fleetgate_listener_idle_timeouts_total{listener=\"osmand\"}";
+
+/// Polls `series` until it reads `want`, for up to five seconds.
+fn metric_reaches(server: &Server, series: &str, want: f64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if server.metric(series) == want {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// Reads until the server closes `s` (an end of stream or a reset), for up
+/// to `limit`: how long that took and what was read meanwhile; `None` if
+/// it was still open.
+fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<(Duration, Vec<u8>)> {
+    let start = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while start.elapsed() < limit {
+        s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => return Some((start.elapsed(), got)),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe) => {
+                return Some((start.elapsed(), got));
+            }
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    None
+}
+
+/// Reads one response off a kept-alive connection: its status and body.
+fn read_response(s: &mut TcpStream) -> (u16, Value) {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed before the response ended: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).into_owned();
+        let Some((head, body)) = text.split_once("\r\n\r\n") else { continue };
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+            .expect("content-length");
+        if body.len() >= length {
+            let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+            return (status, serde_json::from_str(&body[..length]).unwrap_or(Value::Null));
+        }
+    }
+}
+
+#[test]
+fn past_the_connection_cap_a_phone_waits_for_a_connection_to_close() {
+    let o = start(&[("FLEETGATE_OSMAND_MAX_CONNECTIONS", "3".into())]);
+    assert_eq!(o.server.metric(OPEN), 0.0, "registered at zero");
+    let mut idle: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(o.addr).unwrap()).collect();
+    assert!(metric_reaches(&o.server, OPEN, 3.0), "three idle connections open: {}", o.server.metric(OPEN));
+
+    // The fourth connects (the kernel queues it) but is not served.
+    let t = vehicle_token("f", "bus-6");
+    let mut fourth = TcpStream::connect(o.addr).unwrap();
+    let request = format!("GET /?id={t}&lat=37.5&lon=127 HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", o.addr);
+    fourth.write_all(request.as_bytes()).unwrap();
+    fourth.set_read_timeout(Some(Duration::from_millis(800))).unwrap();
+    let mut byte = [0u8; 1];
+    let waiting = fourth.read(&mut byte).map_err(|e| e.kind());
+    assert!(matches!(waiting, Err(ErrorKind::WouldBlock | ErrorKind::TimedOut)), "answered at the cap: {waiting:?}");
+    assert_eq!(o.server.metric(OPEN), 3.0);
+    assert!(o.server.metric(CAP_REACHED) >= 1.0, "reaching the cap is counted");
+    assert_eq!(stored(&o.server, "f", "bus-6"), None);
+
+    // One idle connection goes away: the waiting request is taken and answered.
+    drop(idle.remove(0));
+    fourth.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut answer = String::new();
+    fourth.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert!(stored(&o.server, "f", "bus-6").is_some());
+    drop(fourth);
+    assert!(metric_reaches(&o.server, OPEN, 2.0), "closed connections give their place back");
+    drop(idle);
+    assert!(metric_reaches(&o.server, OPEN, 0.0));
+}
+
+#[test]
+fn silent_slow_and_idle_connections_are_closed_after_the_idle_timeout() {
+    let o = start(&[("FLEETGATE_OSMAND_IDLE_TIMEOUT_SECS", "1".into())]);
+    let t = vehicle_token("f", "bus-7");
+    let limit = Duration::from_secs(5);
+
+    // A peer that connects and sends nothing.
+    let mut silent = TcpStream::connect(o.addr).unwrap();
+    let (after, got) = closed_within(&mut silent, limit).expect("a silent connection is closed");
+    assert!(after >= Duration::from_millis(900), "closed after the timeout, not at once: {after:?}");
+    assert!(got.is_empty(), "closed without an answer: {}", String::from_utf8_lossy(&got));
+
+    // One that drips its request head, a byte at a time.
+    let mut drip = TcpStream::connect(o.addr).unwrap();
+    let start = Instant::now();
+    let mut closed = false;
+    for byte in format!("GET /?id={t}&lat=37.5&lon=127&x=").bytes().chain(std::iter::repeat(b'0')) {
+        if drip.write_all(&[byte]).is_err() || closed_within(&mut drip, Duration::from_millis(150)).is_some() {
+            closed = true;
+            break;
+        }
+        if start.elapsed() > limit {
+            break;
+        }
+    }
+    assert!(closed, "a dripped head keeps its connection for no longer than the timeout");
+    assert!(start.elapsed() < Duration::from_secs(3), "{:?}", start.elapsed());
+
+    // A phone's kept-alive connection: answered, closed once idle, and the
+    // next report, on a new connection, is taken.
+    let mut phone = TcpStream::connect(o.addr).unwrap();
+    let report = |ts: i64| format!("GET /?id={t}&lat=37.5&lon=127&timestamp={ts} HTTP/1.1\r\nHost: {}\r\n\r\n", o.addr);
+    phone.write_all(report(now_ms() - 2000).as_bytes()).unwrap();
+    assert_eq!(read_response(&mut phone).0, 200);
+    let (after, got) = closed_within(&mut phone, limit).expect("an idle kept-alive connection is closed");
+    assert!(after >= Duration::from_millis(800) && got.is_empty(), "{after:?} {}", String::from_utf8_lossy(&got));
+    let mut phone = TcpStream::connect(o.addr).unwrap();
+    phone.write_all(report(now_ms() - 1000).as_bytes()).unwrap();
+    assert_eq!(read_response(&mut phone), (200, json!({"ok": true, "data": {"accepted": true}})));
+    drop(phone);
+
+    // A body that does not arrive: answered 400 and closed.
+    let mut slow = TcpStream::connect(o.addr).unwrap();
+    let head =
+        format!("POST / HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n", o.addr);
+    slow.write_all(head.as_bytes()).unwrap();
+    slow.write_all(format!("{{\"device_id\":\"{t}\",").as_bytes()).unwrap();
+    let (status, body) = read_response(&mut slow);
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_payload")), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().starts_with("body"), "{body}");
+    assert!(closed_within(&mut slow, limit).is_some(), "closed after the answer");
+
+    assert!(metric_reaches(&o.server, IDLE_TIMEOUTS, 4.0), "each counted once: {}", o.server.metric(IDLE_TIMEOUTS));
+    assert!(metric_reaches(&o.server, OPEN, 0.0));
 }

@@ -77,10 +77,14 @@ pub async fn start(config: &Config, ingest: Arc<dyn Ingest>) -> Result<Devices, 
     let mut tasks = Vec::new();
     if let Some(addr) = config.osmand_addr {
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|err| DeviceError::Bind { addr, err })?;
-        // The main listener's guard against peers that stop reading.
-        let listener = crate::net::Listener::new(listener, Duration::from_secs(config.write_timeout_secs.max(1)));
-        tracing::info!(%addr, "osmand listening");
-        tasks.push(tokio::spawn(osmand::serve(listener, ingest.clone(), config.max_message_bytes, stopped.clone())));
+        // The main listener's guard against peers that stop reading, and a
+        // cap of its own so phones cannot take the main listener's descriptors.
+        let listener = crate::net::Listener::new(listener, Duration::from_secs(config.write_timeout_secs.max(1)))
+            .capped(config.osmand_max_connections, crate::metrics::ListenerKind::Osmand);
+        tracing::info!(%addr, max_connections = config.osmand_max_connections, "osmand listening");
+        let idle = Duration::from_secs(config.osmand_idle_timeout_secs);
+        let serve = osmand::serve(listener, ingest.clone(), config.max_message_bytes, idle, stopped.clone());
+        tasks.push(tokio::spawn(serve));
     }
     if let Some(settings) = mqtt::Settings::from_config(config)? {
         tracing::info!(broker = %settings.redacted_url(), client_id = %settings.client_id, "mqtt ingest on");

@@ -7,15 +7,20 @@
 //! The identifier is a credential: no log line, span or metric here
 //! carries the request's query, body or `id`.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use axum::{
     Router,
     body::Bytes,
-    extract::{DefaultBodyLimit, RawQuery, State},
-    http::{HeaderMap, header},
+    extract::{DefaultBodyLimit, FromRequest, RawQuery, Request, State},
+    http::{HeaderMap, HeaderValue, header},
     response::{IntoResponse, Response},
     routing::any,
+    serve::Listener as _,
+};
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    service::TowerToHyperService,
 };
 use serde_json::{Map, Value};
 use tokio::sync::watch;
@@ -25,6 +30,7 @@ use crate::{
     error::{ApiError, ErrorCode},
     gateway::{Accepted, Source},
     http::Reply,
+    metrics::{ListenerKind, names},
 };
 
 /// One knot in m/s (1852 m per hour).
@@ -37,30 +43,76 @@ const SOURCE: Source = Source::Osmand;
 
 struct OsmandState {
     ingest: Arc<dyn Ingest>,
+    /// How long a request's body may take to arrive after its head.
+    body_timeout: Duration,
 }
 
-/// Serves the listener until `stop` turns true.
+/// Serves the listener until `stop` turns true, then lets the requests in
+/// progress finish.
+///
+/// HTTP/1 only, with hyper's header read timeout, which axum's `serve`
+/// leaves off (it sets no timer): a connection must deliver a request head
+/// within `idle_timeout` of opening or of its previous answer, so neither
+/// an idle kept-alive connection nor a peer that sends nothing (or drips
+/// its head) holds a place under the listener's cap for longer. A phone
+/// whose connection was closed between reports opens a new one, as HTTP
+/// clients do. (HTTP/2 over cleartext is not offered: the apps do not
+/// speak it, and its connections have no such bound.)
 pub async fn serve(
-    listener: crate::net::Listener,
+    mut listener: crate::net::Listener,
     ingest: Arc<dyn Ingest>,
     max_body: usize,
+    idle_timeout: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
-    let app = router(ingest, max_body);
-    let shutdown = async move {
-        let _ = stop.wait_for(|s| *s).await;
-    };
-    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
-        tracing::error!(error = %e, "osmand listener failed");
+    let app = router(ingest, max_body, idle_timeout);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(idle_timeout);
+    // Each connection holds a receiver; the sender sees them all gone.
+    let (connections, open) = watch::channel(());
+    loop {
+        let (io, _) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = stopped(&mut stop) => break,
+        };
+        let conn = http.serve_connection(TokioIo::new(io), TowerToHyperService::new(app.clone()));
+        let (mut stop, open) = (stop.clone(), open.clone());
+        tokio::spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            let ended = tokio::select! {
+                ended = conn.as_mut() => ended,
+                () = stopped(&mut stop) => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            match ended {
+                Err(e) if e.is_timeout() => count_idle_timeout(),
+                Err(e) => tracing::trace!(error = %e, "osmand connection ended"),
+                Ok(()) => {}
+            }
+            drop(open);
+        });
     }
+    drop((listener, open));
+    connections.closed().await;
 }
 
-pub fn router(ingest: Arc<dyn Ingest>, max_body: usize) -> Router {
+pub fn router(ingest: Arc<dyn Ingest>, max_body: usize, body_timeout: Duration) -> Router {
     Router::new()
         .route("/", any(receive))
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "positions go to /") })
         .layer(DefaultBodyLimit::max(max_body))
-        .with_state(Arc::new(OsmandState { ingest }))
+        .with_state(Arc::new(OsmandState { ingest, body_timeout }))
+}
+
+/// Resolves once `stop` turns true (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+fn count_idle_timeout() {
+    metrics::counter!(names::LISTENER_IDLE_TIMEOUTS, "listener" => ListenerKind::Osmand).increment(1);
 }
 
 /// A device's request, whichever form it took.
@@ -77,8 +129,19 @@ async fn receive(
     State(state): State<Arc<OsmandState>>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-    body: Bytes,
+    request: Request,
 ) -> Response {
+    // The header timeout ends with the head: a body dripped a byte at a
+    // time would otherwise hold the connection for as long as it lasts.
+    let body = match tokio::time::timeout(state.body_timeout, Bytes::from_request(request, &())).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(rejection)) => return rejection.into_response(),
+        Err(_) => {
+            count_idle_timeout();
+            let e = ApiError::invalid(format!("body: not received within {} s", state.body_timeout.as_secs()));
+            return ([(header::CONNECTION, HeaderValue::from_static("close"))], e).into_response();
+        }
+    };
     match handle(&state, query.as_deref().unwrap_or(""), &headers, &body).await {
         Ok(accepted) => Reply(accepted).into_response(),
         Err(e) => {

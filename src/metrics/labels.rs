@@ -115,6 +115,15 @@ label_set! {
 }
 
 label_set! {
+    /// A listener whose connections are capped and counted (`listener` of
+    /// the `fleetgate_listener_*` metrics).
+    ListenerKind {
+        /// The OsmAnd listener (`FLEETGATE_OSMAND_ADDR`).
+        Osmand => "osmand",
+    }
+}
+
+label_set! {
     /// A live subscription's kind (`kind` of `fleetgate_subscriptions`).
     SubscriptionKind {
         Fleet => "fleet",
@@ -251,7 +260,8 @@ mod tests {
 
     #[test]
     fn label_values_are_distinct_prometheus_label_values() {
-        let sets: [Vec<&str>; 13] = [
+        let sets: [Vec<&str>; 14] = [
+            ListenerKind::ALL.iter().map(|l| l.as_str()).collect(),
             RecoveryFallback::ALL.iter().map(|l| l.as_str()).collect(),
             StoreOp::ALL.iter().map(|l| l.as_str()).collect(),
             UpdateSource::ALL.iter().map(|l| l.as_str()).collect(),

@@ -23,8 +23,8 @@ use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, Promet
 
 pub use self::labels::RecoveryFallback;
 pub use self::labels::{
-    AdapterOp, AuthStage, CloseReason, DeliveryPath, HandshakeOutcome, Limit, Output, OutputOutcome, PresenceState,
-    StoreOp, SubscriptionKind, Transport, UpdateOutcome, UpdateSource,
+    AdapterOp, AuthStage, CloseReason, DeliveryPath, HandshakeOutcome, Limit, ListenerKind, Output, OutputOutcome,
+    PresenceState, StoreOp, SubscriptionKind, Transport, UpdateOutcome, UpdateSource,
 };
 use crate::{auth::Role, error::ErrorCode};
 
@@ -152,6 +152,18 @@ fn describe() {
         "Connections closed because writes to them made no progress for FLEETGATE_WRITE_TIMEOUT_SECS."
     );
     describe_counter!(names::RATE_LIMITED, "Events and connections refused by a limit, by limit.");
+    describe_gauge!(
+        names::LISTENER_CONNECTIONS,
+        "Open connections on a listener with a connection cap (osmand: FLEETGATE_OSMAND_MAX_CONNECTIONS), by listener."
+    );
+    describe_counter!(
+        names::LISTENER_CAP_REACHED,
+        "Times a listener reached its connection cap and stopped accepting until a connection closed (new ones wait in the kernel's accept queue meanwhile), by listener."
+    );
+    describe_counter!(
+        names::LISTENER_IDLE_TIMEOUTS,
+        "Connections closed for sending no complete request within the idle timeout (osmand: FLEETGATE_OSMAND_IDLE_TIMEOUT_SECS): kept-alive connections left idle, and silent or slow peers, by listener."
+    );
     describe_counter!(names::RELAY_RECEIVED, "Positions received from other replicas.");
     describe_counter!(
         names::RELAY_DROPPED,
@@ -286,6 +298,11 @@ fn preregister() {
     }
     for limit in Limit::ALL {
         metrics::counter!(names::RATE_LIMITED, "limit" => *limit).increment(0);
+    }
+    for listener in ListenerKind::ALL {
+        metrics::gauge!(names::LISTENER_CONNECTIONS, "listener" => *listener).set(0.0);
+        metrics::counter!(names::LISTENER_CAP_REACHED, "listener" => *listener).increment(0);
+        metrics::counter!(names::LISTENER_IDLE_TIMEOUTS, "listener" => *listener).increment(0);
     }
     for op in AdapterOp::ALL {
         metrics::counter!(names::ADAPTER_ERRORS, "op" => *op).increment(0);

@@ -62,6 +62,9 @@ pub const MQTT_SUBSCRIBED: &str = "fleetgate_mqtt_subscribed";
 pub const MQTT_MESSAGES: &str = "fleetgate_mqtt_messages_total";
 pub const MQTT_CONNECTION_ERRORS: &str = "fleetgate_mqtt_connection_errors_total";
 pub const MQTT_REPLIES_DROPPED: &str = "fleetgate_mqtt_replies_dropped_total";
+pub const LISTENER_CONNECTIONS: &str = "fleetgate_listener_connections";
+pub const LISTENER_CAP_REACHED: &str = "fleetgate_listener_cap_reached_total";
+pub const LISTENER_IDLE_TIMEOUTS: &str = "fleetgate_listener_idle_timeouts_total";
 
 // Geofences (contract section 11).
 pub const GEOFENCE_EVENTS: &str = "fleetgate_geofence_events_total";

@@ -719,8 +719,9 @@ def test_demo_mode_needs_no_key(chart):
         {"jwt": {"rotatingSecrets": {"existingSecret": "s", "key": ""}}},
         {"jwt": {"keysDir": {"existingSecret": "k", "mountPath": "keys"}}},
         {"jwt": {"keysDir": {"secret": "k"}}},
+        {"devices": {"osmand": {"idleTimeoutSecs": 0}}},
     ],
-    ids=["top-level", "redis", "jwt", "ingress", "log-format", "number", "url-scheme", "rotation-key", "keys-dir-path", "keys-dir-field"],
+    ids=["top-level", "redis", "jwt", "ingress", "log-format", "number", "url-scheme", "rotation-key", "keys-dir-path", "keys-dir-field", "osmand-idle"],
 )
 def test_schema_rejects_mistakes(chart, values):
     values = {"jwt": {"secret": SECRET}} | values if "jwt" not in values else values
@@ -867,6 +868,7 @@ def test_device_ingest_is_off_by_default_and_wired_when_on(chart, rendered):
     assert {p["name"]: p["containerPort"] for p in c["ports"]}["osmand"] == 5055
     env = env_of(c)
     assert env["FLEETGATE_OSMAND_ADDR"]["value"] == "0.0.0.0:5055"
+    assert "FLEETGATE_OSMAND_MAX_CONNECTIONS" not in env and "FLEETGATE_OSMAND_IDLE_TIMEOUT_SECS" not in env
     assert env["FLEETGATE_MQTT_URL"]["valueFrom"]["secretKeyRef"] == {"name": FULLNAME, "key": "mqtt-url"}
     assert env["FLEETGATE_MQTT_FLEETS"]["value"] == "north,south"
     assert secret_data(docs)["mqtt-url"] == mqtt_url
@@ -874,6 +876,12 @@ def test_device_ingest_is_off_by_default_and_wired_when_on(chart, rendered):
     service = next(d for d in kinds(docs, "Service") if d["metadata"]["name"] == f"{FULLNAME}-osmand")
     assert service["spec"]["type"] == "LoadBalancer"
     assert service["spec"]["ports"] == [{"name": "osmand", "port": 5055, "targetPort": "osmand", "protocol": "TCP", "appProtocol": "http"}]
+
+    # The listener's bounds, 0 (no cap) included.
+    bounded = {"jwt": {"secret": SECRET}, "devices": {"osmand": {"enabled": True, "maxConnections": 0, "idleTimeoutSecs": 15}}}
+    env = env_of(container(documents(render(chart, bounded))))
+    assert env["FLEETGATE_OSMAND_MAX_CONNECTIONS"]["value"] == "0"
+    assert env["FLEETGATE_OSMAND_IDLE_TIMEOUT_SECS"]["value"] == "15"
 
     existing = {"jwt": {"secret": SECRET}, "devices": {"mqtt": {"existingSecret": "broker", "existingSecretKey": "url"}}}
     env = env_of(container(documents(render(chart, existing))))
