@@ -22,6 +22,8 @@ COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY bench/Cargo.toml ./bench/Cargo.toml
 COPY bench/src ./bench/src
+COPY testkit/Cargo.toml ./testkit/Cargo.toml
+COPY testkit/src ./testkit/src
 RUN cargo chef prepare --bin fleetgate --recipe-path recipe.json
 
 FROM chef AS builder
@@ -31,6 +33,8 @@ COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY bench/Cargo.toml ./bench/Cargo.toml
 COPY bench/src ./bench/src
+COPY testkit/Cargo.toml ./testkit/Cargo.toml
+COPY testkit/src ./testkit/src
 # The map page and the Socket.IO client are compiled in with include_str!.
 COPY static ./static
 RUN cargo build --release --locked --bin fleetgate

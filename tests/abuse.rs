@@ -5,53 +5,28 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use fleetgate_testkit::Client;
+use fleetgate_testkit::sio::{self, Ws};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use support::{Client, Server, http_request_as, now_ms, token_for};
+use support::{Server, api::code, http_request_as, now_ms, token_for};
 use tokio_tungstenite::tungstenite::Message;
 
-fn code(reply: &Value) -> &str {
-    reply["error"]["code"].as_str().unwrap_or("<none>")
-}
-
 /// A connected viewer over a bare websocket: dropping it closes the connection.
-async fn raw_viewer(server: &Server, fleet: &str) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
-    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let (mut ws, _) = tokio_tungstenite::client_async(server.url(), tcp).await.unwrap();
-    ws.next().await.unwrap().unwrap();
+async fn raw_viewer(server: &Server, fleet: &str) -> Ws {
     let auth = json!({ "token": token_for(fleet, "viewer", "raw") });
-    ws.send(Message::text(format!("40/fleet,{auth}"))).await.unwrap();
-    expect_connected(&mut ws).await;
-    ws
-}
-
-/// Reads up to the namespace's connect reply, answering pings on the way.
-async fn expect_connected(ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>) {
-    loop {
-        let frame = ws.next().await.unwrap().unwrap();
-        match frame.to_text().unwrap() {
-            "2" => ws.send(Message::text("3")).await.unwrap(),
-            t => {
-                assert!(t.starts_with("40/fleet,"), "{t}");
-                return;
-            }
-        }
-    }
+    sio::open(&server.into(), &auth.to_string(), Duration::from_secs(10)).await.unwrap()
 }
 
 /// A viewer of `fleet` that subscribes and then never reads again, on a
 /// socket with a tiny receive buffer so the server's side fills quickly.
-async fn stalled_viewer(server: &Server, fleet: &str) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+async fn stalled_viewer(server: &Server, fleet: &str) -> Ws {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let tcp = socket.connect(server.addr).await.unwrap();
-    let (mut ws, _) = tokio_tungstenite::client_async(server.url(), tcp).await.unwrap();
-    let open = ws.next().await.unwrap().unwrap();
-    assert!(open.to_text().unwrap().starts_with('0'));
     let auth = json!({ "token": token_for(fleet, "viewer", "stalled") });
-    ws.send(Message::text(format!("40/fleet,{auth}"))).await.unwrap();
-    expect_connected(&mut ws).await;
-    ws.send(Message::text(r#"42/fleet,1["subscribe",{}]"#)).await.unwrap();
+    let mut ws = sio::handshake(tcp, &server.into(), &auth.to_string()).await.unwrap();
+    ws.send(Message::text(sio::event(Some(1), "subscribe", "{}"))).await.unwrap();
     // From here on nothing is read: the websocket is only kept open.
     ws
 }

@@ -12,8 +12,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use fleetgate_testkit::Client;
 use serde_json::{Value, json};
-use support::{Client, Redis, Server, free_port, http_request_as, now_ms, token, token_for};
+use support::{Redis, Server, free_port, http_request_as, now_ms, token, token_for};
 
 const KNOT: f64 = 1852.0 / 3600.0;
 

@@ -5,15 +5,12 @@ mod support;
 
 use std::time::Duration;
 
+use fleetgate_testkit::Client;
 use serde_json::{Value, json};
-use support::{Client, Server, now_ms, token, token_for};
+use support::{Server, api::code, now_ms, token, token_for};
 
 const SHORT: Duration = Duration::from_millis(400);
 const LONG: Duration = Duration::from_secs(5);
-
-fn code(reply: &Value) -> &str {
-    reply["error"]["code"].as_str().unwrap_or("<none>")
-}
 
 #[tokio::test]
 async fn handshake_failures_carry_the_contract_codes() {

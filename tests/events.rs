@@ -17,7 +17,7 @@ use std::{
 
 use fleetgate::{
     position::Position,
-    redis_target::{RedisMode, RedisTarget},
+    redis_target::RedisTarget,
     store::{
         ChatMessage, CrossingKind, FenceWrite, PositionWrite, PutOutcome, Retention, Store, StoreError,
         events::{Cursor, Event, EventKind, Lease, StreamId},
@@ -25,29 +25,15 @@ use fleetgate::{
         redis::RedisStore,
     },
 };
+use fleetgate_testkit::Client;
 use serde_json::{Value, json};
-use support::{Client, Redis, RedisCluster, Server, token_for};
+use support::{Redis, RedisCluster, Server, store::retention, token_for};
 
 const FLEET: &str = "events-fleet";
 const NODE: &str = "node-under-test";
 
-fn retention(events_max: usize) -> Retention {
-    Retention {
-        location_ttl_ms: 60_000,
-        stale_after_ms: 60_000,
-        presence_ttl_ms: 60_000,
-        history_max: 10,
-        history_ttl_ms: 60_000,
-        events_max,
-    }
-}
-
-fn single(url: String) -> RedisTarget {
-    RedisTarget { mode: RedisMode::Single { url }, tls: None, wait_replicas: 0 }
-}
-
 fn redis_store(redis: &Redis, retention: Retention) -> RedisStore {
-    RedisStore::new(&single(redis.url()), 1, retention, NODE.into(), None).unwrap()
+    RedisStore::new(&redis.target(), 1, retention, NODE.into(), None).unwrap()
 }
 
 fn cluster_store(cluster: &RedisCluster, retention: Retention) -> RedisStore {

@@ -8,8 +8,9 @@ mod support;
 
 use std::{net::SocketAddr, time::Duration};
 
+use fleetgate_testkit::Client;
 use serde_json::{Value, json};
-use support::{Client, Redis, RedisCluster, Server, SharedRedis, http_request_as, now_ms, token, token_for};
+use support::{Redis, RedisCluster, Server, SharedRedis, api::http_json, now_ms, token, token_for};
 
 const FLEET: &str = "acme";
 /// Long enough for an event to cross replicas; events are awaited, and
@@ -21,16 +22,8 @@ fn dispatcher() -> String {
     token_for(FLEET, "dispatcher", "ops")
 }
 
-fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&Value>, bearer: &str) -> (u16, Value) {
-    let body = body.map(Value::to_string);
-    let reply = http_request_as(addr, method, path, body.as_deref(), Some(bearer));
-    let (status, text) =
-        reply.unwrap_or_else(|| panic!("no reply to {method} {path} ({} bytes)", body.map_or(0, |b| b.len())));
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
 fn put_fence(addr: SocketAddr, id: &str, feature: &Value) -> (u16, Value) {
-    http(addr, "PUT", &format!("/api/v1/fleets/{FLEET}/geofences/{id}"), Some(feature), &dispatcher())
+    http_json(addr, "PUT", &format!("/api/v1/fleets/{FLEET}/geofences/{id}"), Some(feature), &dispatcher())
 }
 
 /// The square [0.10, 0.20]² in degrees, with a hole [0.14, 0.16]².
@@ -51,7 +44,7 @@ fn stop() -> Value {
 }
 
 async fn connect(server: &Server, token: &str) -> Client {
-    Client::connect(server, json!({ "token": token })).await.expect("connect")
+    Client::with_token(server, token).await.expect("connect")
 }
 
 async fn watcher(server: &Server, token: &str, subscribe: Value) -> Client {
@@ -156,7 +149,7 @@ async fn inside_and_delete(a: &Server, b: &Server) {
     )
     .await;
     let path = format!("/api/v1/fleets/{FLEET}/geofences/depot");
-    let (status, one) = http(a.addr, "GET", &path, None, &token_for(FLEET, "viewer", "v"));
+    let (status, one) = http_json(a.addr, "GET", &path, None, &token_for(FLEET, "viewer", "v"));
     assert_eq!(status, 200, "{one}");
     assert_eq!(one["data"]["properties"]["inside"], json!(["bus-1", "bus-2"]));
     assert_eq!(one["data"]["properties"]["name"], "Main depot");
@@ -165,16 +158,16 @@ async fn inside_and_delete(a: &Server, b: &Server) {
     let rider = token(
         json!({ "sub": "r", "fleet": FLEET, "role": "viewer", "vehicles": ["bus-2"], "exp": now_ms() / 1000 + 600 }),
     );
-    assert_eq!(http(a.addr, "GET", &path, None, &rider).1["data"]["properties"]["inside"], json!(["bus-2"]));
-    let (status, list) = http(b.addr, "GET", &format!("/api/v1/fleets/{FLEET}/geofences"), None, &rider);
+    assert_eq!(http_json(a.addr, "GET", &path, None, &rider).1["data"]["properties"]["inside"], json!(["bus-2"]));
+    let (status, list) = http_json(b.addr, "GET", &format!("/api/v1/fleets/{FLEET}/geofences"), None, &rider);
     assert_eq!(status, 200);
     assert_eq!(list["data"]["type"], "FeatureCollection");
     assert_eq!(list["data"]["features"][0]["id"], "depot");
     assert!(list["data"]["features"][0]["properties"].get("inside").is_none());
 
-    assert_eq!(http(a.addr, "DELETE", &path, None, &dispatcher()).0, 200);
-    assert_eq!(http(a.addr, "DELETE", &path, None, &dispatcher()).0, 404);
-    assert_eq!(http(b.addr, "GET", &path, None, &dispatcher()).0, 404);
+    assert_eq!(http_json(a.addr, "DELETE", &path, None, &dispatcher()).0, 200);
+    assert_eq!(http_json(a.addr, "DELETE", &path, None, &dispatcher()).0, 404);
+    assert_eq!(http_json(b.addr, "GET", &path, None, &dispatcher()).0, 404);
     update(&mut p, "bus-1", 0.5, 0.5, t + 1).await;
     expect_events(&mut viewer, &[]).await;
     // Created again: bus-2, still inside, enters with its next fix.
@@ -187,13 +180,13 @@ async fn inside_and_delete(a: &Server, b: &Server) {
 /// write; a scoped viewer hears only its own vehicles' crossings.
 async fn tenants_and_roles(a: &Server, b: &Server) {
     let path = format!("/api/v1/fleets/{FLEET}/geofences/depot");
-    assert_eq!(http(a.addr, "PUT", &path, Some(&depot()), &token_for(FLEET, "viewer", "v")).0, 403);
-    assert_eq!(http(a.addr, "PUT", &path, Some(&depot()), &token_for(FLEET, "vehicle", "bus-1")).0, 403);
-    assert_eq!(http(a.addr, "PUT", &path, Some(&depot()), &token_for("other", "dispatcher", "x")).0, 403);
-    assert_eq!(http(a.addr, "GET", &path, None, &dispatcher()).0, 404, "nothing was stored");
+    assert_eq!(http_json(a.addr, "PUT", &path, Some(&depot()), &token_for(FLEET, "viewer", "v")).0, 403);
+    assert_eq!(http_json(a.addr, "PUT", &path, Some(&depot()), &token_for(FLEET, "vehicle", "bus-1")).0, 403);
+    assert_eq!(http_json(a.addr, "PUT", &path, Some(&depot()), &token_for("other", "dispatcher", "x")).0, 403);
+    assert_eq!(http_json(a.addr, "GET", &path, None, &dispatcher()).0, 404, "nothing was stored");
     assert_eq!(put_fence(a.addr, "depot", &depot()).0, 200);
-    assert_eq!(http(b.addr, "GET", &path, None, &token_for("other", "dispatcher", "x")).0, 403);
-    assert_eq!(http(b.addr, "DELETE", &path, None, &token_for(FLEET, "viewer", "v")).0, 403);
+    assert_eq!(http_json(b.addr, "GET", &path, None, &token_for("other", "dispatcher", "x")).0, 403);
+    assert_eq!(http_json(b.addr, "DELETE", &path, None, &token_for(FLEET, "viewer", "v")).0, 403);
 
     let mut stranger = watcher(b, &token_for("other", "viewer", "s"), json!({})).await;
     let mut refused = connect(b, &token_for("other", "viewer", "s")).await;
@@ -261,9 +254,9 @@ async fn bad_input(a: &Server, _b: &Server) {
         assert!(message.contains(field), "{message} should name {field}");
     }
     let (status, reply) =
-        http(a.addr, "PUT", &format!("/api/v1/fleets/{FLEET}/geofences/bad%20id"), Some(&stop()), &dispatcher());
+        http_json(a.addr, "PUT", &format!("/api/v1/fleets/{FLEET}/geofences/bad%20id"), Some(&stop()), &dispatcher());
     assert_eq!(status, 400, "{reply}");
-    let list = http(a.addr, "GET", &format!("/api/v1/fleets/{FLEET}/geofences"), None, &dispatcher()).1;
+    let list = http_json(a.addr, "GET", &format!("/api/v1/fleets/{FLEET}/geofences"), None, &dispatcher()).1;
     assert_eq!(list["data"]["features"], json!([]), "nothing invalid stored");
     // A large valid polygon fits the geofence routes' body limit.
     let mut ring: Vec<Value> = (0..2_500)
@@ -281,7 +274,10 @@ async fn bad_input(a: &Server, _b: &Server) {
     let (status, reply) = put_fence(a.addr, "three", &stop());
     assert_eq!((status, reply["error"]["code"].clone()), (413, json!("payload_too_large")), "{reply}");
     assert_eq!(put_fence(a.addr, "two", &depot()).0, 200);
-    assert_eq!(http(a.addr, "GET", &format!("/api/v1/fleets/{FLEET}/geofences/three"), None, &dispatcher()).0, 404);
+    assert_eq!(
+        http_json(a.addr, "GET", &format!("/api/v1/fleets/{FLEET}/geofences/three"), None, &dispatcher()).0,
+        404
+    );
 }
 
 fn pair(redis: &impl SharedRedis) -> (Server, Server) {

@@ -20,9 +20,14 @@ use std::{
 
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use jsonwebtoken::{Algorithm, EncodingKey, Header, jwk::Jwk};
+use fleetgate_testkit::Client;
+use jsonwebtoken::{Algorithm, EncodingKey, jwk::Jwk};
 use serde_json::{Value, json};
-use support::{Client, Server, http_get, http_request_as, now_ms};
+use support::{
+    Server, http_get, http_request_as,
+    keys::{forge, openssl, scratch},
+    now_ms,
+};
 
 /// What the JWKS server answers.
 #[derive(Clone)]
@@ -83,19 +88,6 @@ async fn certs(State(p): State<Arc<Provider>>) -> axum::response::Response {
     }
 }
 
-fn openssl(args: &[&str]) -> Vec<u8> {
-    let out = Command::new("openssl").args(args).output().expect("openssl is installed");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    out.stdout
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("fleetgate-jwks-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// A key pair made by openssl: signs tokens, and is published as a JWK.
 struct Signer {
     kid: String,
@@ -142,13 +134,6 @@ impl Signer {
     }
 }
 
-fn forge(alg: Algorithm, key: &EncodingKey, kid: Option<&str>, role: &str) -> String {
-    let mut header = Header::new(alg);
-    header.kid = kid.map(str::to_owned);
-    let claims = json!({"sub": "bus-1", "fleet": "f", "role": role, "exp": now_ms() / 1000 + 600});
-    jsonwebtoken::encode(&header, &claims, key).unwrap()
-}
-
 fn jwks(keys: &[&Signer]) -> Answer {
     Answer::Keys(json!({ "keys": keys.iter().map(|s| s.jwk.clone()).collect::<Vec<_>>() }))
 }
@@ -165,10 +150,6 @@ fn gateway(provider: &Provider, extra: &[(&str, String)]) -> Vec<(&'static str, 
 
 fn leak(s: &str) -> &'static str {
     Box::leak(s.to_owned().into_boxed_str())
-}
-
-async fn connect(server: &Server, token: &str) -> Result<Client, String> {
-    Client::connect(server, json!({ "token": token })).await
 }
 
 /// The HTTP API's answer to a bearer token: status and error code.
@@ -206,13 +187,14 @@ async fn kid_selects_among_rs256_es256_and_eddsa_keys() {
     let server = Server::start(&gateway(&provider, &[]));
 
     for signer in [&rsa1, &rsa2, &ec, &ed] {
-        let mut c = connect(&server, &signer.token()).await.unwrap_or_else(|e| panic!("{}: {e}", signer.kid));
+        let mut c =
+            Client::with_token(&server, &signer.token()).await.unwrap_or_else(|e| panic!("{}: {e}", signer.kid));
         let reply = c.call("locationupdate", json!({"vehicleId": "bus-1", "lat": 1, "lon": 2})).await;
         assert_eq!(reply["ok"], true, "{}: {reply}", signer.kid);
         assert_eq!(http_as(&server, &signer.token()).0, 200, "{} over HTTP", signer.kid);
     }
     // Without a kid any key of the token's algorithm may verify it.
-    connect(&server, &ec.token_as(None, "viewer")).await.expect("kid-less ES256 token");
+    Client::with_token(&server, &ec.token_as(None, "viewer")).await.expect("kid-less ES256 token");
     // The bus-app flow: connect first, then `authenticate`.
     let mut c = Client::connect(&server, Value::Null).await.unwrap();
     let reply = c.call("authenticate", json!({ "token": rsa2.token_as(Some("rsa-2"), "viewer") })).await;
@@ -253,7 +235,7 @@ async fn kid_selects_among_rs256_es256_and_eddsa_keys() {
         ("alg none", none),
     ];
     for (what, token) in &refused {
-        assert_eq!(connect(&server, token).await.err().as_deref(), Some("invalid_token"), "{what}");
+        assert_eq!(Client::with_token(&server, token).await.err().as_deref(), Some("invalid_token"), "{what}");
         assert_eq!(http_as(&server, token), (401, Some("invalid_token".into())), "{what} over HTTP");
     }
     assert_eq!(server.metric("fleetgate_jwks_keys"), 4.0, "rsa-1, rsa-2, ec-1, ed-1");
@@ -270,7 +252,7 @@ async fn rotation_without_restart_and_the_refresh_rate_limit() {
     let provider = Provider::start(jwks(&[&old]));
     let server = Server::start(&gateway(&provider, &[]));
     let started = Instant::now();
-    let mut kept = connect(&server, &old.token()).await.expect("the current key");
+    let mut kept = Client::with_token(&server, &old.token()).await.expect("the current key");
     assert_eq!(provider.requests(), 1, "one fetch at start");
 
     // The provider publishes the next key; the last fetch was under 10 s ago.
@@ -279,7 +261,7 @@ async fn rotation_without_restart_and_the_refresh_rate_limit() {
         let server = &server;
         futures_util::future::join_all((0..20).map(move |_| {
             let token = token.clone();
-            async move { connect(server, &token).await.map(|_| ()) }
+            async move { Client::with_token(server, &token).await.map(|_| ()) }
         }))
     };
     let early = burst(new.token()).await;
@@ -317,7 +299,7 @@ async fn provider_down() {
     let provider = Provider::start(jwks(&[&key]));
     let refresh = [("FLEETGATE_JWT_JWKS_REFRESH_SECS", "1".to_owned())];
     let server = Server::start(&gateway(&provider, &refresh));
-    connect(&server, &key.token()).await.expect("key fetched");
+    Client::with_token(&server, &key.token()).await.expect("key fetched");
 
     for (answer, failures) in [(Answer::Down, 1.0), (Answer::Garbage, 2.0)] {
         let before = server.metric("fleetgate_jwks_refreshes_total{outcome=\"error\"}");
@@ -326,7 +308,7 @@ async fn provider_down() {
             server.metric("fleetgate_jwks_refreshes_total{outcome=\"error\"}") >= before + 1.0
         });
         assert!(server.metric("fleetgate_jwks_refreshes_total{outcome=\"error\"}") >= failures);
-        connect(&server, &key.token()).await.expect("the last good set still serves");
+        Client::with_token(&server, &key.token()).await.expect("the last good set still serves");
         assert_eq!(http_as(&server, &key.token()).0, 200);
         assert_eq!(http_get(server.addr, "/readyz").map(|(s, _)| s), Some(200), "still ready");
         assert_eq!(server.metric("fleetgate_jwks_keys"), 1.0);
@@ -343,12 +325,12 @@ async fn provider_down() {
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("unavailable"), "{body}");
     assert_eq!(cold.metric("fleetgate_ready"), 0.0);
-    assert_eq!(connect(&cold, &key.token()).await.err().as_deref(), Some("invalid_token"));
+    assert_eq!(Client::with_token(&cold, &key.token()).await.err().as_deref(), Some("invalid_token"));
     assert_eq!(http_as(&cold, &key.token()), (401, Some("invalid_token".into())));
 
     provider.set(jwks(&[&key]));
     cold.wait_ready();
-    connect(&cold, &key.token()).await.expect("ready once the provider is back");
+    Client::with_token(&cold, &key.token()).await.expect("ready once the provider is back");
     assert_eq!(cold.metric("fleetgate_ready"), 1.0);
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -361,10 +343,10 @@ async fn combines_with_configured_keys() {
     let key = Signer::new(&dir, "rsa", "idp-1");
     let provider = Provider::start(jwks(&[&key]));
     let server = Server::start(&gateway(&provider, &[("FLEETGATE_JWT_SECRET", support::SECRET.to_owned())]));
-    connect(&server, &support::token_for("f", "viewer", "v1")).await.expect("the configured secret");
-    connect(&server, &key.token()).await.expect("the provider's key");
+    Client::with_token(&server, &support::token_for("f", "viewer", "v1")).await.expect("the configured secret");
+    Client::with_token(&server, &key.token()).await.expect("the provider's key");
     let confused = forge(Algorithm::HS256, &EncodingKey::from_secret(&key.public_pem), Some("idp-1"), "viewer");
-    assert_eq!(connect(&server, &confused).await.err().as_deref(), Some("invalid_token"));
+    assert_eq!(Client::with_token(&server, &confused).await.err().as_deref(), Some("invalid_token"));
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -522,7 +504,7 @@ async fn https_with_a_verified_certificate() {
         e
     };
     let trusted = Server::start(&envs(Some(&ca)));
-    connect(&trusted, &key.token()).await.expect("key fetched over https");
+    Client::with_token(&trusted, &key.token()).await.expect("key fetched over https");
     assert_eq!(trusted.metric("fleetgate_jwks_keys"), 1.0);
 
     let before = handshakes.load(Ordering::SeqCst);
@@ -531,7 +513,7 @@ async fn https_with_a_verified_certificate() {
         untrusted.metric("fleetgate_jwks_refreshes_total{outcome=\"error\"}") >= 1.0
     });
     assert_eq!(http_get(untrusted.addr, "/readyz").map(|(s, _)| s), Some(503));
-    assert_eq!(connect(&untrusted, &key.token()).await.err().as_deref(), Some("invalid_token"));
+    assert_eq!(Client::with_token(&untrusted, &key.token()).await.err().as_deref(), Some("invalid_token"));
     assert_eq!(handshakes.load(Ordering::SeqCst), before, "no TLS session completed with an unknown CA");
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -6,10 +6,7 @@
 
 mod support;
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{path::Path, process::Command};
 
 use clap::Parser;
 use fleetgate::{
@@ -17,23 +14,13 @@ use fleetgate::{
     config::{Cli, Config},
     error::ErrorCode,
 };
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use fleetgate_testkit::Client;
+use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::json;
-use support::{Client, Server, now_ms};
-
-fn openssl(args: &[&str]) {
-    // Output captured: key generation draws progress dots on stderr.
-    let out = Command::new("openssl").args(args).output().expect("openssl is installed");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// A fresh directory for one test's key files.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("fleetgate-keys-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use support::{
+    Server,
+    keys::{forge, openssl, scratch},
+};
 
 /// Writes `<name>.key` (private) and `<name>.<public_ext>` (public) into `dir`.
 fn keypair_as(dir: &Path, kind: &str, name: &str, public_ext: &str) -> (String, String) {
@@ -42,7 +29,7 @@ fn keypair_as(dir: &Path, kind: &str, name: &str, public_ext: &str) -> (String, 
     match kind {
         "rsa" => openssl(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", &private]),
         _ => openssl(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", &private]),
-    }
+    };
     openssl(&["pkey", "-in", &private, "-pubout", "-out", &public]);
     (private, public)
 }
@@ -75,24 +62,12 @@ fn kid(token: &str) -> Option<String> {
     jsonwebtoken::decode_header(token).unwrap().kid
 }
 
-/// A token signed by hand: any algorithm, key and `kid`.
-fn forge(alg: Algorithm, key: &EncodingKey, kid: Option<&str>) -> String {
-    let mut header = Header::new(alg);
-    header.kid = kid.map(str::to_owned);
-    let claims = json!({"sub": "x", "fleet": "f", "role": "dispatcher", "exp": now_ms() / 1000 + 600});
-    jsonwebtoken::encode(&header, &claims, key).unwrap()
-}
-
 fn private_pem(path: &str, alg: Algorithm) -> EncodingKey {
     let pem = std::fs::read(path).unwrap();
     match alg {
         Algorithm::RS256 => EncodingKey::from_rsa_pem(&pem).unwrap(),
         _ => EncodingKey::from_ec_pem(&pem).unwrap(),
     }
-}
-
-async fn connect(server: &Server, token: &str) -> Result<Client, String> {
-    Client::connect(server, json!({ "token": token })).await
 }
 
 async fn check(kind: &str) {
@@ -103,14 +78,14 @@ async fn check(kind: &str) {
 
     let token = mint(&private, &public, "vehicle");
     assert_eq!(kid(&token).as_deref(), Some(kind), "the kid is the public key file's stem");
-    let mut c = connect(&server, &token).await.expect("valid token");
+    let mut c = Client::with_token(&server, &token).await.expect("valid token");
     assert_eq!(c.call("locationupdate", json!({"lat": 1, "lon": 1})).await["data"]["accepted"], true);
 
     // HS256 with the public key bytes as the secret must not verify, with or without the kid.
     let pem = std::fs::read(&public).unwrap();
     for kid in [None, Some(kind)] {
-        let forged = forge(Algorithm::HS256, &EncodingKey::from_secret(&pem), kid);
-        assert_eq!(connect(&server, &forged).await.err().as_deref(), Some("invalid_token"));
+        let forged = forge(Algorithm::HS256, &EncodingKey::from_secret(&pem), kid, "dispatcher");
+        assert_eq!(Client::with_token(&server, &forged).await.err().as_deref(), Some("invalid_token"));
     }
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -151,26 +126,33 @@ async fn rotation_through_a_keys_dir() {
     assert_eq!(kid(&new).as_deref(), Some("2026-11"));
 
     let during = Server::start(&[("FLEETGATE_JWT_SECRET", String::new()), ("FLEETGATE_JWT_KEYS_DIR", dir.clone())]);
-    connect(&during, &old).await.expect("the old key is valid during the rotation");
-    connect(&during, &new).await.expect("the new key is valid");
+    Client::with_token(&during, &old).await.expect("the old key is valid during the rotation");
+    Client::with_token(&during, &new).await.expect("the new key is valid");
     let new_signer = private_pem(&new_private, Algorithm::ES256);
     let old_signer = private_pem(&old_private, Algorithm::RS256);
     // Without a kid any configured key may have signed it.
-    connect(&during, &forge(Algorithm::ES256, &new_signer, None)).await.expect("kid-less token of a known key");
+    Client::with_token(&during, &forge(Algorithm::ES256, &new_signer, None, "dispatcher"))
+        .await
+        .expect("kid-less token of a known key");
     for refused in [
-        forge(Algorithm::ES256, &new_signer, Some("2027-01")),
-        forge(Algorithm::RS256, &old_signer, Some("2026-11")),
-        forge(Algorithm::ES256, &new_signer, Some("2026-05")),
-        forge(Algorithm::HS256, &EncodingKey::from_secret(&std::fs::read(&new_pub).unwrap()), Some("2026-11")),
+        forge(Algorithm::ES256, &new_signer, Some("2027-01"), "dispatcher"),
+        forge(Algorithm::RS256, &old_signer, Some("2026-11"), "dispatcher"),
+        forge(Algorithm::ES256, &new_signer, Some("2026-05"), "dispatcher"),
+        forge(
+            Algorithm::HS256,
+            &EncodingKey::from_secret(&std::fs::read(&new_pub).unwrap()),
+            Some("2026-11"),
+            "dispatcher",
+        ),
     ] {
-        assert_eq!(connect(&during, &refused).await.err().as_deref(), Some("invalid_token"));
+        assert_eq!(Client::with_token(&during, &refused).await.err().as_deref(), Some("invalid_token"));
     }
     drop(during);
 
     std::fs::remove_file(&old_pub).unwrap();
     let after = Server::start(&[("FLEETGATE_JWT_SECRET", String::new()), ("FLEETGATE_JWT_KEYS_DIR", dir.clone())]);
-    assert_eq!(connect(&after, &old).await.err().as_deref(), Some("invalid_token"), "removed key refused");
-    connect(&after, &new).await.expect("the new key is still valid");
+    assert_eq!(Client::with_token(&after, &old).await.err().as_deref(), Some("invalid_token"), "removed key refused");
+    Client::with_token(&after, &new).await.expect("the new key is still valid");
     let _ = std::fs::remove_dir_all(keys);
     let _ = std::fs::remove_dir_all(private);
 }
@@ -199,20 +181,20 @@ fn mixed_key_set_resists_algorithm_confusion() {
     let rs = private_pem(&private, Algorithm::RS256);
     let pem = std::fs::read(&public).unwrap();
 
-    auth.verify(&forge(Algorithm::HS256, &hs, Some("hs-1"))).unwrap();
-    auth.verify(&forge(Algorithm::RS256, &rs, Some("rs-1"))).unwrap();
-    auth.verify(&forge(Algorithm::RS256, &rs, None)).unwrap();
+    auth.verify(&forge(Algorithm::HS256, &hs, Some("hs-1"), "dispatcher")).unwrap();
+    auth.verify(&forge(Algorithm::RS256, &rs, Some("rs-1"), "dispatcher")).unwrap();
+    auth.verify(&forge(Algorithm::RS256, &rs, None, "dispatcher")).unwrap();
     let invalid = Some(ErrorCode::InvalidToken);
     for kid in [None, Some("rs-1"), Some("hs-1"), Some("es-1")] {
-        let confused = forge(Algorithm::HS256, &EncodingKey::from_secret(&pem), kid);
+        let confused = forge(Algorithm::HS256, &EncodingKey::from_secret(&pem), kid, "dispatcher");
         assert_eq!(code(&auth, &confused), invalid, "HS256 with the PEM as secret, kid {kid:?}");
     }
     // A kid names a key, and the key its algorithm: RS256 under the HS256 kid fails.
-    assert_eq!(code(&auth, &forge(Algorithm::RS256, &rs, Some("hs-1"))), invalid);
-    assert_eq!(code(&auth, &forge(Algorithm::RS256, &rs, Some("es-1"))), invalid);
-    assert_eq!(code(&auth, &forge(Algorithm::RS256, &rs, Some("unknown"))), invalid);
+    assert_eq!(code(&auth, &forge(Algorithm::RS256, &rs, Some("hs-1"), "dispatcher")), invalid);
+    assert_eq!(code(&auth, &forge(Algorithm::RS256, &rs, Some("es-1"), "dispatcher")), invalid);
+    assert_eq!(code(&auth, &forge(Algorithm::RS256, &rs, Some("unknown"), "dispatcher")), invalid);
     // An algorithm no configured key has.
-    assert_eq!(code(&auth, &forge(Algorithm::HS512, &hs, Some("hs-1"))), invalid);
+    assert_eq!(code(&auth, &forge(Algorithm::HS512, &hs, Some("hs-1"), "dispatcher")), invalid);
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -232,9 +214,12 @@ fn public_key_list_and_dir_combine() {
     let auth = Authenticator::new(Keys::from_config(&cfg).unwrap(), &cfg);
     let first = private_pem(&a_private, Algorithm::ES256);
     let second = private_pem(&a.join("second.key").display().to_string(), Algorithm::ES256);
-    auth.verify(&forge(Algorithm::ES256, &first, Some("first"))).unwrap();
-    auth.verify(&forge(Algorithm::ES256, &second, Some("second"))).unwrap();
-    assert_eq!(code(&auth, &forge(Algorithm::ES256, &second, Some("first"))), Some(ErrorCode::InvalidToken));
+    auth.verify(&forge(Algorithm::ES256, &first, Some("first"), "dispatcher")).unwrap();
+    auth.verify(&forge(Algorithm::ES256, &second, Some("second"), "dispatcher")).unwrap();
+    assert_eq!(
+        code(&auth, &forge(Algorithm::ES256, &second, Some("first"), "dispatcher")),
+        Some(ErrorCode::InvalidToken)
+    );
 
     // The same kid from the list and the directory is ambiguous.
     std::fs::copy(&a_public, b.join("first.pem")).unwrap();

@@ -13,8 +13,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::{Value, json};
-use support::{Redis, Server, SharedRedis, free_port, http_request_as, now_ms, token_for};
+use serde_json::Value;
+use support::{
+    Redis, Server, SharedRedis,
+    api::{post_chat, put_location},
+    free_port, now_ms,
+};
 
 const FLEET: &str = "nats-fleet";
 const WAIT: Duration = Duration::from_secs(30);
@@ -75,24 +79,6 @@ impl Drop for Nats {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn dispatcher() -> String {
-    token_for(FLEET, "dispatcher", "ops")
-}
-
-fn position(server: &Server, vehicle: &str, ts: i64) {
-    let path = format!("/api/v1/fleets/{FLEET}/vehicles/{vehicle}/location");
-    let body = json!({ "lat": 48.85, "lon": 2.35, "ts": ts }).to_string();
-    let (status, reply) = http_request_as(server.addr, "PUT", &path, Some(&body), Some(&dispatcher())).expect("reply");
-    assert_eq!(status, 200, "{reply}");
-}
-
-fn chat(server: &Server, text: &str) {
-    let path = format!("/api/v1/fleets/{FLEET}/rooms/ops/messages");
-    let body = json!({ "text": text }).to_string();
-    let (status, reply) = http_request_as(server.addr, "POST", &path, Some(&body), Some(&dispatcher())).expect("reply");
-    assert_eq!(status, 200, "{reply}");
 }
 
 /// One message of the stream: subject, `Nats-Msg-Id`, payload.
@@ -157,9 +143,9 @@ async fn every_event_is_published_once_and_a_nats_restart_loses_nothing() {
     let server = Server::start(&[("FLEETGATE_NATS_URL", nats.url())]);
     let ts = now_ms();
     for i in 0..8 {
-        position(&server, &format!("bus-{}", i % 2), ts + i);
+        put_location(&server, FLEET, &format!("bus-{}", i % 2), ts + i);
     }
-    chat(&server, "first");
+    post_chat(&server, FLEET, "first");
     let first = published(&nats, 9).await;
     check(&first, 9);
     assert_eq!(first[0].body["type"], "position");
@@ -169,15 +155,15 @@ async fn every_event_is_published_once_and_a_nats_restart_loses_nothing() {
     // NATS goes away: the events wait in the fleet's stream.
     nats.stop();
     for i in 8..14 {
-        position(&server, "bus-1", ts + i);
+        put_location(&server, FLEET, "bus-1", ts + i);
     }
-    chat(&server, "while down");
+    post_chat(&server, FLEET, "while down");
     nats.spawn();
     let all = published(&nats, 16).await;
     check(&all, 16);
     assert_eq!(all[15].body["data"]["text"], "while down");
     // Nothing more comes (no event published twice reaches the stream).
-    chat(&server, "last");
+    post_chat(&server, FLEET, "last");
     check(&published(&nats, 17).await, 17);
     assert_eq!(server.metric(r#"fleetgate_output_events_total{output="nats",type="chat",outcome="delivered"}"#), 3.0);
     assert_eq!(server.metric(r#"fleetgate_output_leases{output="nats"}"#), 1.0);
@@ -193,9 +179,9 @@ async fn two_replicas_publish_each_event_once() {
     let (a, b) = (Server::start(&env), Server::start(&env));
     let ts = now_ms();
     for i in 0..10 {
-        position(if i % 2 == 0 { &a } else { &b }, "bus-1", ts + i);
+        put_location(if i % 2 == 0 { &a } else { &b }, FLEET, "bus-1", ts + i);
     }
-    chat(&b, "done");
+    post_chat(&b, FLEET, "done");
     check(&published(&nats, 11).await, 11);
     let leases = |s: &Server| s.metric(r#"fleetgate_output_leases{output="nats"}"#);
     assert_eq!(leases(&a) + leases(&b), 1.0, "one replica publishes the fleet");

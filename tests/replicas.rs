@@ -7,8 +7,9 @@ mod support;
 
 use std::time::Duration;
 
+use fleetgate_testkit::Client;
 use serde_json::json;
-use support::{Client, Redis, RedisCluster, Server, SharedRedis, TlsRedis, now_ms, token_for};
+use support::{Redis, RedisCluster, Server, SharedRedis, TlsRedis, now_ms, token_for};
 
 fn pair(redis: &impl SharedRedis) -> (Server, Server) {
     let env = redis.envs();

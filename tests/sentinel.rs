@@ -12,8 +12,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use fleetgate_testkit::Client;
 use serde_json::json;
-use support::{Client, SentinelRedis, Server, SharedRedis, now_ms, token_for};
+use support::{SentinelRedis, Server, SharedRedis, now_ms, token_for};
 
 #[tokio::test]
 async fn a_failover_loses_no_acknowledged_update() {

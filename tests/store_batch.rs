@@ -9,25 +9,14 @@ use std::time::{Duration, Instant};
 
 use fleetgate::{
     position::Position,
-    redis_target::{RedisMode, RedisTarget},
     replication::wire::{Message, position_channel},
-    store::{PositionWrite, PutOutcome, Retention, Scope, Store, StoreError, memory::MemoryStore, redis::RedisStore},
+    store::{PositionWrite, PutOutcome, Scope, Store, StoreError, memory::MemoryStore, redis::RedisStore},
 };
+use support::store::retention;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const FLEET: &str = "batch-fleet";
 const NODE: &str = "node-under-test";
-
-fn retention() -> Retention {
-    Retention {
-        location_ttl_ms: 60_000,
-        stale_after_ms: 60_000,
-        presence_ttl_ms: 60_000,
-        history_max: 10,
-        history_ttl_ms: 60_000,
-        events_max: 1000,
-    }
-}
 
 fn position(vehicle: &str, ts: i64) -> (Position, String) {
     let p = Position {
@@ -77,7 +66,7 @@ async fn batch_outcomes(store: &dyn Store) {
 
 #[tokio::test]
 async fn the_embedded_store_answers_each_update_of_a_batch() {
-    let store = MemoryStore::new(retention());
+    let store = MemoryStore::new(retention(1000));
     batch_outcomes(&*store).await;
 }
 
@@ -135,7 +124,7 @@ async fn next_message(sub: &mut Subscriber) -> Vec<u8> {
 #[tokio::test]
 async fn redis_answers_each_update_of_a_batch_and_announces_the_stored_ones_together() {
     let redis = support::Redis::start();
-    let store = RedisStore::new(&single(redis.url()), 2, retention(), NODE.into(), None).unwrap();
+    let store = RedisStore::new(&redis.target(), 2, retention(1000), NODE.into(), None).unwrap();
     let mut subscriber = subscribe(redis.port).await;
     batch_outcomes(&store).await;
 
@@ -157,7 +146,7 @@ async fn redis_answers_each_update_of_a_batch_and_announces_the_stored_ones_toge
 #[tokio::test]
 async fn an_update_whose_fence_passed_while_it_queued_is_refused_and_never_stored() {
     let redis = support::Redis::start();
-    let store = RedisStore::new(&single(redis.url()), 1, retention(), NODE.into(), None).unwrap();
+    let store = RedisStore::new(&redis.target(), 1, retention(1000), NODE.into(), None).unwrap();
     let (late, late_encoded) = position("late", 10);
     let (fresh, fresh_encoded) = position("fresh", 10);
     let writes = [
@@ -172,9 +161,4 @@ async fn an_update_whose_fence_passed_while_it_queued_is_refused_and_never_store
     let stored = store.positions(FLEET, Scope::Vehicles(&ids)).await.unwrap();
     assert_eq!(stored.len(), 1);
     assert!(stored[0].contains("\"fresh\""), "{stored:?}");
-}
-
-/// One plain Redis, as `FLEETGATE_REDIS_URL` names it.
-fn single(url: String) -> RedisTarget {
-    RedisTarget { mode: RedisMode::Single { url }, tls: None, wait_replicas: 0 }
 }

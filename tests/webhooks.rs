@@ -28,7 +28,11 @@ use axum::{
 };
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
-use support::{Redis, Server, SharedRedis, http_request_as, now_ms, token_for};
+use support::{
+    Redis, Server, SharedRedis,
+    api::{http_json, post_chat, put_location},
+    now_ms, token_for,
+};
 
 const FLEET: &str = "hooks";
 const SECRET: &str = "whsec-0123456789abcdef";
@@ -138,34 +142,12 @@ fn dispatcher() -> String {
     token_for(FLEET, "dispatcher", "ops")
 }
 
-fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&Value>, bearer: &str) -> (u16, Value) {
-    let body = body.map(Value::to_string);
-    let (status, text) = http_request_as(addr, method, path, body.as_deref(), Some(bearer))
-        .unwrap_or_else(|| panic!("no reply to {method} {path}"));
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
 fn register(server: &Server, id: &str, body: &Value) -> (u16, Value) {
-    http(server.addr, "PUT", &format!("/api/v1/fleets/{FLEET}/webhooks/{id}"), Some(body), &dispatcher())
+    http_json(server.addr, "PUT", &format!("/api/v1/fleets/{FLEET}/webhooks/{id}"), Some(body), &dispatcher())
 }
 
 fn hook(url: &str) -> Value {
     json!({ "url": url, "secret": SECRET })
-}
-
-/// Stores a position of `vehicle` through the HTTP API (one `position` event).
-fn position(server: &Server, vehicle: &str, ts: i64) {
-    let path = format!("/api/v1/fleets/{FLEET}/vehicles/{vehicle}/location");
-    let body = json!({ "lat": 37.5, "lon": 127.0, "ts": ts });
-    let (status, reply) = http(server.addr, "PUT", &path, Some(&body), &dispatcher());
-    assert_eq!((status, &reply["data"]["accepted"]), (200, &json!(true)), "{reply}");
-}
-
-/// Posts a room message through the HTTP API (one `chat` event).
-fn chat(server: &Server, text: &str) {
-    let path = format!("/api/v1/fleets/{FLEET}/rooms/ops/messages");
-    let (status, reply) = http(server.addr, "POST", &path, Some(&json!({ "text": text })), &dispatcher());
-    assert_eq!(status, 200, "{reply}");
 }
 
 /// Every delivered event in order, each signed, each id once in `expected`
@@ -199,9 +181,9 @@ async fn embedded_delivers_every_event_signed_and_in_order_through_receiver_erro
     receiver.state.fail_next.store(3, Ordering::SeqCst);
     let ts = now_ms();
     for i in 0..12 {
-        position(&server, &format!("bus-{}", i % 3), ts + i);
+        put_location(&server, FLEET, &format!("bus-{}", i % 3), ts + i);
     }
-    chat(&server, "all done");
+    post_chat(&server, FLEET, "all done");
     let delivered = receiver.wait_for("13 events", |d| d.len() >= 13).await;
     check_complete_in_order(&delivered, 13);
     assert_eq!(delivered.len(), 13, "one delivery each on one replica");
@@ -225,16 +207,16 @@ async fn a_webhook_gets_the_types_it_asked_for_from_its_registration_on() {
     let server = Server::start(&private_env());
     let ts = now_ms();
     // Before any webhook: never delivered.
-    position(&server, "early", ts);
-    chat(&server, "before");
+    put_location(&server, FLEET, "early", ts);
+    post_chat(&server, FLEET, "before");
     assert_eq!(register(&server, "all", &hook(&all.url())).0, 200);
     let typed = json!({ "url": chats.url(), "secret": SECRET, "types": ["chat"] });
     let (status, reply) = register(&server, "chats", &typed);
     assert_eq!(status, 200, "{reply}");
     assert_eq!(reply["data"]["types"], json!(["chat"]));
     for i in 1..=4 {
-        position(&server, "bus-1", ts + i);
-        chat(&server, &format!("m{i}"));
+        put_location(&server, FLEET, "bus-1", ts + i);
+        post_chat(&server, FLEET, &format!("m{i}"));
     }
     let got = all.wait_for("8 events", |d| d.len() >= 8).await;
     check_complete_in_order(&got, 8);
@@ -249,9 +231,9 @@ async fn a_webhook_gets_the_types_it_asked_for_from_its_registration_on() {
     assert_eq!(texts, vec![json!("m1"), json!("m2"), json!("m3"), json!("m4")]);
     // Deleted: nothing more.
     let (status, _) =
-        http(server.addr, "DELETE", &format!("/api/v1/fleets/{FLEET}/webhooks/chats"), None, &dispatcher());
+        http_json(server.addr, "DELETE", &format!("/api/v1/fleets/{FLEET}/webhooks/chats"), None, &dispatcher());
     assert_eq!(status, 200);
-    chat(&server, "after");
+    post_chat(&server, FLEET, "after");
     all.wait_for("the last chat", |d| d.len() >= 9).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(chats.delivered().len(), 4, "a deleted webhook gets nothing more");
@@ -266,7 +248,7 @@ async fn a_webhook_behind_the_cap_resumes_at_the_oldest_kept_event_and_counts_th
     assert_eq!(register(&server, "slow", &hook(&receiver.url())).0, 200);
     receiver.state.failing.store(true, Ordering::SeqCst);
     let ts = now_ms();
-    position(&server, "bus-1", ts);
+    put_location(&server, FLEET, "bus-1", ts);
     // The first event is being retried when the rest arrive.
     let deadline = Instant::now() + WAIT;
     while receiver.hits().is_empty() {
@@ -274,7 +256,7 @@ async fn a_webhook_behind_the_cap_resumes_at_the_oldest_kept_event_and_counts_th
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for i in 1..20 {
-        position(&server, "bus-1", ts + i);
+        put_location(&server, FLEET, "bus-1", ts + i);
     }
     receiver.state.failing.store(false, Ordering::SeqCst);
     let delivered = receiver.wait_for("the 5 kept events", |d| d.len() >= 5).await;
@@ -300,7 +282,7 @@ async fn takeover(kill: bool) {
     assert_eq!(register(&replicas[0], "crm", &hook(&receiver.url())).0, 200);
     let ts = now_ms();
     for i in 0..10 {
-        position(&replicas[i % 2], "bus-1", ts + i as i64);
+        put_location(&replicas[i % 2], FLEET, "bus-1", ts + i as i64);
     }
     receiver.wait_for("the first 10", |d| d.len() >= 10).await;
     let holding = |s: &Server| s.metric(r#"fleetgate_output_leases{output="webhook"}"#) == 1.0;
@@ -310,7 +292,7 @@ async fn takeover(kill: bool) {
     // while events are still to deliver.
     receiver.state.fail_next.store(2, Ordering::SeqCst);
     for i in 10..20 {
-        position(&replicas[1 - holder], "bus-1", ts + i);
+        put_location(&replicas[1 - holder], FLEET, "bus-1", ts + i);
     }
     let mut stopped = replicas.remove(holder);
     if kill {
@@ -320,7 +302,7 @@ async fn takeover(kill: bool) {
     }
     let survivor = &replicas[0];
     for i in 20..30 {
-        position(survivor, "bus-1", ts + i);
+        put_location(survivor, FLEET, "bus-1", ts + i);
     }
     let delivered = receiver
         .wait_for("all 30", |d| {
@@ -359,7 +341,8 @@ async fn registrations_never_show_their_secret_and_bad_input_names_the_field() {
     // Replaced: same id, new settings, not created.
     let (status, reply) = register(&server, "a", &json!({ "url": receiver.url(), "secret": "another-secret-0123" }));
     assert_eq!((status, &reply["data"]["created"]), (200, &json!(false)), "{reply}");
-    let (status, list) = http(server.addr, "GET", &format!("/api/v1/fleets/{FLEET}/webhooks"), None, &dispatcher());
+    let (status, list) =
+        http_json(server.addr, "GET", &format!("/api/v1/fleets/{FLEET}/webhooks"), None, &dispatcher());
     assert_eq!(status, 200);
     assert_eq!(list["data"], json!([{ "id": "a", "url": receiver.url() }, { "id": "b", "url": receiver.url() }]));
     assert!(!list.to_string().contains("secret") && !list.to_string().contains(SECRET));
@@ -381,21 +364,21 @@ async fn registrations_never_show_their_secret_and_bad_input_names_the_field() {
         let message = reply["error"]["message"].as_str().unwrap_or_default();
         assert!(message.starts_with(field), "{body}: {message}");
     }
-    let (status, reply) = http(server.addr, "PUT", &path("bad%20id"), Some(&hook(&receiver.url())), &dispatcher());
+    let (status, reply) = http_json(server.addr, "PUT", &path("bad%20id"), Some(&hook(&receiver.url())), &dispatcher());
     assert_eq!((status, reply["error"]["message"].as_str().unwrap_or_default().starts_with("webhook:")), (400, true));
 
     // Dispatchers of the fleet only.
     for token in
         [token_for(FLEET, "viewer", "v"), token_for(FLEET, "vehicle", "bus-1"), token_for("other", "dispatcher", "d")]
     {
-        assert_eq!(http(server.addr, "GET", &format!("/api/v1/fleets/{FLEET}/webhooks"), None, &token).0, 403);
-        assert_eq!(http(server.addr, "PUT", &path("x"), Some(&hook(&receiver.url())), &token).0, 403);
-        assert_eq!(http(server.addr, "DELETE", &path("a"), None, &token).0, 403);
+        assert_eq!(http_json(server.addr, "GET", &format!("/api/v1/fleets/{FLEET}/webhooks"), None, &token).0, 403);
+        assert_eq!(http_json(server.addr, "PUT", &path("x"), Some(&hook(&receiver.url())), &token).0, 403);
+        assert_eq!(http_json(server.addr, "DELETE", &path("a"), None, &token).0, 403);
     }
-    assert_eq!(http(server.addr, "DELETE", &path("a"), None, &dispatcher()).0, 200);
-    let (status, reply) = http(server.addr, "DELETE", &path("a"), None, &dispatcher());
+    assert_eq!(http_json(server.addr, "DELETE", &path("a"), None, &dispatcher()).0, 200);
+    let (status, reply) = http_json(server.addr, "DELETE", &path("a"), None, &dispatcher());
     assert_eq!((status, &reply["error"]["code"]), (404, &json!("not_found")));
-    let (_, list) = http(server.addr, "GET", &format!("/api/v1/fleets/{FLEET}/webhooks"), None, &dispatcher());
+    let (_, list) = http_json(server.addr, "GET", &format!("/api/v1/fleets/{FLEET}/webhooks"), None, &dispatcher());
     assert_eq!(list["data"], json!([{ "id": "b", "url": receiver.url() }]));
 }
 
@@ -421,12 +404,12 @@ async fn private_targets_are_refused_unless_allowed() {
     let (status, reply) = register(&server, "local", &hook("http://0.0.0.0/hook"));
     assert_eq!(status, 400, "{reply}");
     assert!(reply["error"]["message"].as_str().unwrap_or_default().starts_with("url:"), "{reply}");
-    let (_, list) = http(server.addr, "GET", &format!("/api/v1/fleets/{FLEET}/webhooks"), None, &dispatcher());
+    let (_, list) = http_json(server.addr, "GET", &format!("/api/v1/fleets/{FLEET}/webhooks"), None, &dispatcher());
     assert_eq!(list["data"], json!([]));
     // Allowed, the same receiver gets its events.
     let open = Server::start(&private_env());
     assert_eq!(register(&open, "local", &hook(&format!("http://localhost:{port}/hook"))).0, 200);
-    chat(&open, "hello");
+    post_chat(&open, FLEET, "hello");
     let got = receiver.wait_for("the chat", |d| !d.is_empty()).await;
     check_complete_in_order(&got, 1);
 }
@@ -447,15 +430,15 @@ async fn replicas_deliver_each_event_once(redis: &impl SharedRedis) {
     env.extend(private_env());
     let (a, b) = (Server::start(&env), Server::start(&env));
     // Before the webhook: neither delivered nor counted as skipped.
-    chat(&a, "before");
+    post_chat(&a, FLEET, "before");
     assert_eq!(register(&a, "crm", &hook(&receiver.url())).0, 200);
-    let (_, list) = http(b.addr, "GET", &format!("/api/v1/fleets/{FLEET}/webhooks"), None, &dispatcher());
+    let (_, list) = http_json(b.addr, "GET", &format!("/api/v1/fleets/{FLEET}/webhooks"), None, &dispatcher());
     assert_eq!(list["data"], json!([{ "id": "crm", "url": receiver.url() }]), "shared through Redis");
     let ts = now_ms();
     for i in 0..10 {
-        position(if i % 2 == 0 { &a } else { &b }, &format!("bus-{}", i % 4), ts + i);
+        put_location(if i % 2 == 0 { &a } else { &b }, FLEET, &format!("bus-{}", i % 4), ts + i);
     }
-    chat(&b, "over");
+    post_chat(&b, FLEET, "over");
     let delivered = receiver.wait_for("11 events", |d| d.len() >= 11).await;
     check_complete_in_order(&delivered, 11);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -480,7 +463,7 @@ async fn the_demo_delivers_its_simulated_fleet_to_a_webhook() {
     let token: Value = serde_json::from_str(&reply).unwrap();
     let token = token["data"]["token"].as_str().unwrap().to_owned();
     let body = json!({ "url": receiver.url(), "secret": SECRET, "types": ["position"] });
-    let (status, reply) = http(server.addr, "PUT", "/api/v1/fleets/demo/webhooks/live", Some(&body), &token);
+    let (status, reply) = http_json(server.addr, "PUT", "/api/v1/fleets/demo/webhooks/live", Some(&body), &token);
     assert_eq!(status, 200, "{reply}");
     let got = receiver.wait_for("the demo's positions", |d| d.len() >= 5).await;
     check_signature(&got[0]);
@@ -498,7 +481,7 @@ async fn an_event_not_taken_within_the_retry_period_is_counted_as_failed_and_the
     let server = Server::start(&env);
     assert_eq!(register(&server, "crm", &hook(&receiver.url())).0, 200);
     receiver.state.failing.store(true, Ordering::SeqCst);
-    chat(&server, "lost");
+    post_chat(&server, FLEET, "lost");
     let failed = r#"fleetgate_output_events_total{output="webhook",type="chat",outcome="failed"}"#;
     let deadline = Instant::now() + WAIT;
     while server.metric(failed) < 1.0 {
@@ -508,7 +491,7 @@ async fn an_event_not_taken_within_the_retry_period_is_counted_as_failed_and_the
     let attempts = receiver.hits().len();
     assert!(attempts >= 2, "retried before giving up: {attempts} attempts");
     receiver.state.failing.store(false, Ordering::SeqCst);
-    chat(&server, "kept");
+    post_chat(&server, FLEET, "kept");
     let got = receiver.wait_for("the next event", |d| !d.is_empty()).await;
     let text: Value = serde_json::from_str(&got[0].body).unwrap();
     assert_eq!(text["data"]["text"], "kept");

@@ -15,6 +15,7 @@ use std::{
 
 use anyhow::Context;
 use clap::Args;
+use fleetgate_testkit::sio::{self, Packet, Target, Ws};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio::sync::{Notify, OwnedSemaphorePermit, watch};
@@ -24,7 +25,6 @@ use crate::{
     Common, parse_duration,
     ramp::ramp,
     report::{Failures, Report, Window, num},
-    sio::{self, Packet, Target, Ws},
     stats::{self, Latency, RedisCounters},
 };
 

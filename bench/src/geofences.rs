@@ -19,6 +19,7 @@ use std::{
 
 use anyhow::{Context, bail, ensure};
 use clap::Args;
+use fleetgate_testkit::sio;
 use serde_json::{Value, json};
 
 use crate::{
@@ -27,7 +28,6 @@ use crate::{
     parse_duration, prom,
     report::{Failures, Report},
     resp::{self, Reply},
-    sio,
     stats::Latency,
 };
 

@@ -11,6 +11,7 @@ use std::{
 };
 
 use clap::Args;
+use fleetgate_testkit::sio::{self, Packet};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio::sync::{Notify, watch};
@@ -20,7 +21,6 @@ use crate::{
     Common, parse_duration,
     ramp::ramp,
     report::{Failures, Report},
-    sio::{self, Packet},
     stats::{self, Latency},
 };
 

@@ -20,6 +20,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use clap::Args;
+use fleetgate_testkit::sio;
 use serde_json::{Value, json};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -30,7 +31,6 @@ use crate::{
     Common, parse_duration,
     prom::{moved, scrape},
     report::{Failures, Report, Window, num},
-    sio,
     stats::{self, Latency, RedisCounters},
 };
 

@@ -13,7 +13,6 @@ mod prom;
 mod ramp;
 mod report;
 mod resp;
-mod sio;
 mod stats;
 mod storm;
 mod token;

@@ -12,13 +12,13 @@ use std::{
 };
 
 use clap::Args;
+use fleetgate_testkit::sio;
 use serde_json::json;
 
 use crate::{
     Common,
     ramp::ramp,
     report::{Failures, Report, num},
-    sio,
     stats::{self, Latency},
 };
 

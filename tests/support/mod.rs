@@ -1,13 +1,14 @@
 //! Test harness: real `fleetgate` processes on free ports, a private
 //! `redis-server` (or Redis Cluster, or primary + replica + Sentinels;
-//! each optionally TLS-only with certificates made by `openssl`) per test, tokens, and a small Socket.IO v5 client over a
-//! raw websocket (the frames are the contract's, written out by hand so a
-//! test sees exactly what a client sees).
+//! each optionally TLS-only with certificates made by `openssl`) per test,
+//! tokens, and the fixtures several test files share ([`api`], [`keys`],
+//! [`store`]). Sockets connect with `fleetgate_testkit::Client`, on the
+//! Socket.IO framing the load tool uses: the contract's frames written out
+//! by hand, so a test sees exactly what a client sees.
 
 #![allow(dead_code)]
 
 use std::{
-    collections::HashMap,
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     process::{Child, Command, Stdio},
@@ -15,10 +16,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures_util::{SinkExt, StreamExt};
+use fleetgate_testkit::sio::Target;
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, oneshot};
-use tokio_tungstenite::tungstenite::Message;
+
+pub mod api;
+pub mod keys;
+pub mod store;
 
 pub const SECRET: &str = "integration-test-secret";
 const WAIT: Duration = Duration::from_secs(10);
@@ -135,12 +138,7 @@ impl Certs {
     }
 
     fn openssl(&self, args: &[&str]) {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(&self.dir)
-            .output()
-            .expect("openssl must be installed (the test script installs it)");
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        keys::openssl_in(Some(&self.dir), args);
     }
 
     fn ca(&self, name: &str) {
@@ -218,6 +216,12 @@ pub struct TlsServer {
 }
 
 impl TlsServer {
+    /// What a replica needs to reach this server: the CA, and the client
+    /// certificate when one is required.
+    pub fn client_envs(&self) -> Vec<(&'static str, String)> {
+        self.certs.envs(self.require_client_cert)
+    }
+
     fn args(&self) -> Vec<String> {
         let c = &self.certs;
         vec![
@@ -255,7 +259,7 @@ impl SharedRedis for TlsRedis {
 
     fn envs(&self) -> Vec<(&'static str, String)> {
         let mut envs = vec![self.env()];
-        envs.extend(self.tls.certs.envs(self.tls.require_client_cert));
+        envs.extend(self.tls.client_envs());
         envs
     }
 }
@@ -361,27 +365,19 @@ impl RedisCluster {
 
 impl SharedRedis for RedisCluster {
     fn env(&self) -> (&'static str, String) {
-        let scheme = if self.tls.is_some() { "rediss://" } else { "" };
-        let nodes: Vec<String> = self.ports.iter().map(|p| format!("{scheme}127.0.0.1:{p}")).collect();
-        ("FLEETGATE_REDIS_CLUSTER_NODES", nodes.join(","))
+        ("FLEETGATE_REDIS_CLUSTER_NODES", address_list(&self.ports, self.tls.as_ref()))
     }
 
     fn envs(&self) -> Vec<(&'static str, String)> {
         let mut envs = vec![self.env()];
-        if let Some(tls) = &self.tls {
-            envs.extend(tls.certs.envs(tls.require_client_cert));
-        }
+        envs.extend(self.tls.iter().flat_map(TlsServer::client_envs));
         envs
     }
 }
 
 impl Drop for RedisCluster {
     fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        stop_all(&mut self.children, &self.dir);
     }
 }
 
@@ -494,28 +490,36 @@ impl SentinelRedis {
 
 impl SharedRedis for SentinelRedis {
     fn env(&self) -> (&'static str, String) {
-        let scheme = if self.tls.is_some() { "rediss://" } else { "" };
-        let list: Vec<String> = self.sentinels.iter().map(|p| format!("{scheme}127.0.0.1:{p}")).collect();
-        ("FLEETGATE_REDIS_SENTINELS", list.join(","))
+        ("FLEETGATE_REDIS_SENTINELS", address_list(&self.sentinels, self.tls.as_ref()))
     }
 
     fn envs(&self) -> Vec<(&'static str, String)> {
         let mut envs = vec![self.env(), ("FLEETGATE_REDIS_SENTINEL_MASTER", SENTINEL_MASTER.to_owned())];
-        if let Some(tls) = &self.tls {
-            envs.extend(tls.certs.envs(tls.require_client_cert));
-        }
+        envs.extend(self.tls.iter().flat_map(TlsServer::client_envs));
         envs
     }
 }
 
 impl Drop for SentinelRedis {
     fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        stop_all(&mut self.children, &self.dir);
     }
+}
+
+/// `127.0.0.1:<port>` of each of `ports`, comma-separated, as `rediss://`
+/// addresses when the servers speak TLS.
+fn address_list(ports: &[u16], tls: Option<&TlsServer>) -> String {
+    let scheme = if tls.is_some() { "rediss://" } else { "" };
+    ports.iter().map(|p| format!("{scheme}127.0.0.1:{p}")).collect::<Vec<_>>().join(",")
+}
+
+/// Kills the processes of a multi-process Redis and removes their directory.
+fn stop_all(children: &mut [Child], dir: &std::path::Path) {
+    for child in children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// Runs fleetgate with `envs` until it exits by itself (a start-up
@@ -621,10 +625,6 @@ impl Server {
         }
     }
 
-    pub fn url(&self) -> String {
-        format!("ws://{}/socket.io/?EIO=4&transport=websocket", self.addr)
-    }
-
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
     }
@@ -651,6 +651,13 @@ impl Server {
         let mut child = self.child.take().expect("running");
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         child.wait().expect("wait")
+    }
+}
+
+/// A server's Socket.IO endpoint, so `Client::connect` takes `&server`.
+impl From<&Server> for Target {
+    fn from(server: &Server) -> Self {
+        server.addr.into()
     }
 }
 
@@ -708,141 +715,6 @@ pub fn token(claims: Value) -> String {
 
 pub fn token_for(fleet: &str, role: &str, sub: &str) -> String {
     token(json!({ "sub": sub, "fleet": fleet, "role": role, "exp": now_ms() / 1000 + 600 }))
-}
-
-type Acks = Arc<Mutex<HashMap<u64, oneshot::Sender<Value>>>>;
-
-/// A Socket.IO v5 client on the `/fleet` namespace over a websocket.
-pub struct Client {
-    out: mpsc::UnboundedSender<String>,
-    events: mpsc::UnboundedReceiver<(String, Value)>,
-    acks: Acks,
-    next_ack: u64,
-    pub disconnected: Arc<Mutex<bool>>,
-}
-
-impl Client {
-    /// Connects with `auth`; `Err` carries the `connect_error` message.
-    pub async fn connect(server: &Server, auth: Value) -> Result<Self, String> {
-        let (ws, _) = tokio_tungstenite::connect_async(server.url()).await.map_err(|e| e.to_string())?;
-        let (mut sink, mut stream) = ws.split();
-        // Engine.IO open packet.
-        match stream.next().await {
-            Some(Ok(Message::Text(t))) if t.starts_with('0') => {}
-            other => return Err(format!("no open packet: {other:?}")),
-        }
-        let connect = if auth.is_null() { "40/fleet,".to_owned() } else { format!("40/fleet,{auth}") };
-        sink.send(Message::text(connect)).await.map_err(|e| e.to_string())?;
-        let reply = loop {
-            match stream.next().await {
-                Some(Ok(Message::Text(t))) if t.as_str() == "2" => {
-                    sink.send(Message::text("3")).await.map_err(|e| e.to_string())?;
-                }
-                Some(Ok(Message::Text(t))) => break t.to_string(),
-                other => return Err(format!("closed during connect: {other:?}")),
-            }
-        };
-        if let Some(err) = reply.strip_prefix("44/fleet,") {
-            let v: Value = serde_json::from_str(err).map_err(|e| e.to_string())?;
-            return Err(v["message"].as_str().unwrap_or_default().to_owned());
-        }
-        if !reply.starts_with("40/fleet,") {
-            return Err(format!("unexpected reply {reply}"));
-        }
-        let (out, mut out_rx) = mpsc::unbounded_channel::<String>();
-        let (ev_tx, events) = mpsc::unbounded_channel();
-        let acks: Acks = Arc::default();
-        let disconnected = Arc::new(Mutex::new(false));
-        tokio::spawn(async move {
-            while let Some(frame) = out_rx.recv().await {
-                if sink.send(Message::text(frame)).await.is_err() {
-                    break;
-                }
-            }
-        });
-        let (acks2, out2, disc2) = (acks.clone(), out.clone(), disconnected.clone());
-        tokio::spawn(async move {
-            while let Some(Ok(msg)) = stream.next().await {
-                let Message::Text(t) = msg else { continue };
-                let t = t.as_str();
-                if t == "2" {
-                    let _ = out2.send("3".into());
-                } else if t == "41/fleet," || t == "1" {
-                    break;
-                } else if let Some(rest) = t.strip_prefix("43/fleet,") {
-                    let split = rest.find('[').unwrap_or(0);
-                    let id: u64 = rest[..split].parse().unwrap_or(0);
-                    let args: Value = serde_json::from_str(&rest[split..]).unwrap_or(Value::Null);
-                    if let Some(tx) = acks2.lock().unwrap().remove(&id) {
-                        let _ = tx.send(args[0].clone());
-                    }
-                } else if let Some(rest) = t.strip_prefix("42/fleet,") {
-                    let split = rest.find('[').unwrap_or(0);
-                    if let Ok(Value::Array(args)) = serde_json::from_str::<Value>(&rest[split..]) {
-                        let name = args.first().and_then(Value::as_str).unwrap_or_default().to_owned();
-                        let _ = ev_tx.send((name, args.get(1).cloned().unwrap_or(Value::Null)));
-                    }
-                }
-            }
-            *disc2.lock().unwrap() = true;
-        });
-        Ok(Self { out, events, acks, next_ack: 0, disconnected })
-    }
-
-    pub fn emit(&self, event: &str, payload: Value) {
-        let _ = self.out.send(format!("42/fleet,{}", json!([event, payload])));
-    }
-
-    /// Emits with an ack and waits for the reply envelope.
-    pub async fn call(&mut self, event: &str, payload: Value) -> Value {
-        self.next_ack += 1;
-        let id = self.next_ack;
-        let (tx, rx) = oneshot::channel();
-        self.acks.lock().unwrap().insert(id, tx);
-        let _ = self.out.send(format!("42/fleet,{id}{}", json!([event, payload])));
-        tokio::time::timeout(WAIT, rx).await.expect("ack in time").expect("ack")
-    }
-
-    /// The next event called `name` (others are skipped), if one comes in time.
-    pub async fn next(&mut self, name: &str, within: Duration) -> Option<Value> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                Ok(Some((n, v))) if n == name => return Some(v),
-                Ok(Some(_)) => continue,
-                _ => return None,
-            }
-        }
-    }
-
-    /// Every event called `name` that arrives within `within`.
-    pub async fn collect(&mut self, name: &str, within: Duration) -> Vec<Value> {
-        let deadline = tokio::time::Instant::now() + within;
-        let mut out = Vec::new();
-        while let Ok(Some((n, v))) = tokio::time::timeout_at(deadline, self.events.recv()).await {
-            if n == name {
-                out.push(v);
-            }
-        }
-        out
-    }
-
-    pub fn is_disconnected(&self) -> bool {
-        *self.disconnected.lock().unwrap()
-    }
-
-    /// Whether the server closes this socket within `within` (polled, so a
-    /// loaded machine only makes it slower, never wrong).
-    pub async fn disconnected_within(&self, within: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + within;
-        while !self.is_disconnected() {
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        true
-    }
 }
 
 /// A private mosquitto broker on a free port (never the host's own on

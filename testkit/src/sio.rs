@@ -1,15 +1,18 @@
-//! Engine.IO v4 / Socket.IO v5 over a websocket, framed by hand. A general
-//! client would cost the load tool the core it is supposed to leave to the
-//! server, and hand-written frames show exactly what goes over the wire.
+//! Engine.IO v4 / Socket.IO v5 over a websocket, framed by hand: the
+//! handshake, the namespace connect with its `auth`, event and ack frames,
+//! pings. The load tool drives thousands of sockets with these, so frames
+//! are classified without a JSON parse and nothing here allocates per
+//! delivery; a general client would cost the tool the core it is supposed
+//! to leave to the server. Hand-written frames also show exactly what goes
+//! over the wire, which is what the integration tests want to see.
 
-use std::{fmt, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
-use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::{
     WebSocketStream,
-    tungstenite::{Message, protocol::WebSocketConfig},
+    tungstenite::{self, Message, protocol::WebSocketConfig},
 };
 
 pub const NAMESPACE: &str = "/fleet";
@@ -24,59 +27,93 @@ pub struct Target {
     pub http_base: String,
 }
 
+/// A server URL the tool cannot open sockets to.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("{0}: TLS is not supported; point the tool at the server's plain port")]
+    Tls(String),
+    #[error("{0}: expected host:port")]
+    NotHostPort(String),
+    #[error("no server URL given")]
+    Empty,
+}
+
 impl Target {
     /// Accepts `http://host:port`, `ws://host:port` or a bare `host:port`.
-    pub fn parse(base: &str, path: &str) -> anyhow::Result<Self> {
+    pub fn parse(base: &str, path: &str) -> Result<Self, TargetError> {
         let rest = if let Some(r) = base.strip_prefix("http://").or_else(|| base.strip_prefix("ws://")) {
             r
         } else if base.starts_with("https://") || base.starts_with("wss://") {
-            bail!("{base}: TLS is not supported; point the tool at the server's plain port")
+            return Err(TargetError::Tls(base.to_owned()));
         } else {
             base
         };
-        let addr = rest.split('/').next().unwrap_or_default().to_owned();
+        let addr = rest.split('/').next().unwrap_or_default();
         if addr.is_empty() || !addr.contains(':') {
-            bail!("{base}: expected host:port");
+            return Err(TargetError::NotHostPort(base.to_owned()));
         }
+        Ok(Self::at(addr.to_owned(), path))
+    }
+
+    fn at(addr: String, path: &str) -> Self {
         let path = if path.ends_with('/') { path.to_owned() } else { format!("{path}/") };
-        Ok(Self {
+        Self {
             ws_url: format!("ws://{addr}{path}?EIO=4&transport=websocket"),
             http_base: format!("http://{addr}"),
             addr,
-        })
+        }
+    }
+}
+
+/// The Socket.IO endpoint at its default path, `/socket.io/`.
+impl From<SocketAddr> for Target {
+    fn from(addr: SocketAddr) -> Self {
+        Self::at(addr.to_string(), "/socket.io/")
     }
 }
 
 /// Parses a comma-separated list of targets (`--url a,b`).
-pub fn targets(list: &[String], path: &str) -> anyhow::Result<Vec<Target>> {
+pub fn targets(list: &[String], path: &str) -> Result<Vec<Target>, TargetError> {
     let out = list
         .iter()
         .flat_map(|s| s.split(','))
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(|s| Target::parse(s, path))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>, _>>()?;
     if out.is_empty() {
-        bail!("no server URL given");
+        return Err(TargetError::Empty);
     }
     Ok(out)
 }
 
-#[derive(Debug)]
+/// Why a socket did not reach its namespace; `kind` names the cause for
+/// counting, `Display` says what happened.
+#[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    /// TCP or websocket upgrade failed.
-    Io(String),
+    /// TCP failed.
+    #[error("connect: {0}")]
+    Io(#[from] std::io::Error),
+    /// The websocket upgrade or a later read or write failed.
+    #[error("connect: {0}")]
+    Ws(#[source] Box<tungstenite::Error>),
+    /// The server closed the connection before the namespace connect ended.
+    #[error("connect: {0}")]
+    Closed(&'static str),
     /// The server answered the namespace connect with `44` (its message).
+    #[error("refused: {0}")]
     Refused(String),
     /// Something other than the Engine.IO / Socket.IO handshake came back.
+    #[error("protocol: {0}")]
     Protocol(String),
+    #[error("timed out")]
     Timeout,
 }
 
 impl ConnectError {
     pub fn kind(&self) -> &'static str {
         match self {
-            ConnectError::Io(_) => "io",
+            ConnectError::Io(_) | ConnectError::Ws(_) | ConnectError::Closed(_) => "io",
             ConnectError::Refused(_) => "refused",
             ConnectError::Protocol(_) => "protocol",
             ConnectError::Timeout => "timeout",
@@ -84,14 +121,9 @@ impl ConnectError {
     }
 }
 
-impl fmt::Display for ConnectError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ConnectError::Io(e) => write!(f, "connect: {e}"),
-            ConnectError::Refused(m) => write!(f, "refused: {m}"),
-            ConnectError::Protocol(m) => write!(f, "protocol: {m}"),
-            ConnectError::Timeout => write!(f, "timed out"),
-        }
+impl From<tungstenite::Error> for ConnectError {
+    fn from(e: tungstenite::Error) -> Self {
+        ConnectError::Ws(Box::new(e))
     }
 }
 
@@ -102,33 +134,34 @@ fn ws_config() -> WebSocketConfig {
 }
 
 /// Opens a websocket and completes the `/fleet` namespace connect with `auth`
-/// (a JSON object). Returns once `40/fleet,` has arrived.
+/// (a JSON object, or empty for none). Returns once `40/fleet,` has arrived.
 pub async fn open(target: &Target, auth: &str, timeout: Duration) -> Result<Ws, ConnectError> {
-    tokio::time::timeout(timeout, open_inner(target, auth)).await.unwrap_or(Err(ConnectError::Timeout))
+    let open = async { handshake(TcpStream::connect(&target.addr).await?, target, auth).await };
+    tokio::time::timeout(timeout, open).await.unwrap_or(Err(ConnectError::Timeout))
 }
 
-async fn open_inner(target: &Target, auth: &str) -> Result<Ws, ConnectError> {
-    let tcp = TcpStream::connect(&target.addr).await.map_err(|e| ConnectError::Io(e.to_string()))?;
+/// [`open`] on a TCP connection the caller made (with its own socket
+/// options), without a deadline.
+pub async fn handshake(tcp: TcpStream, target: &Target, auth: &str) -> Result<Ws, ConnectError> {
     // Small frames both ways; Nagle would add its delay to every latency.
-    tcp.set_nodelay(true).map_err(|e| ConnectError::Io(e.to_string()))?;
-    let (mut ws, _) = tokio_tungstenite::client_async_with_config(target.ws_url.as_str(), tcp, Some(ws_config()))
-        .await
-        .map_err(|e| ConnectError::Io(e.to_string()))?;
+    tcp.set_nodelay(true)?;
+    let (mut ws, _) =
+        tokio_tungstenite::client_async_with_config(target.ws_url.as_str(), tcp, Some(ws_config())).await?;
     match ws.next().await {
         Some(Ok(Message::Text(t))) if t.starts_with('0') => {}
         Some(Ok(other)) => {
             return Err(ConnectError::Protocol(format!("expected the open packet, got {}", short(&other))));
         }
-        Some(Err(e)) => return Err(ConnectError::Io(e.to_string())),
-        None => return Err(ConnectError::Io("closed before the open packet".into())),
+        Some(Err(e)) => return Err(e.into()),
+        None => return Err(ConnectError::Closed("closed before the open packet")),
     }
-    ws.send(Message::text(format!("40{NAMESPACE},{auth}"))).await.map_err(|e| ConnectError::Io(e.to_string()))?;
+    ws.send(Message::text(format!("40{NAMESPACE},{auth}"))).await?;
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(t))) => {
                 let t = t.as_str();
                 if t == "2" {
-                    ws.send(Message::text("3")).await.map_err(|e| ConnectError::Io(e.to_string()))?;
+                    ws.send(Message::text("3")).await?;
                 } else if t.starts_with("40/fleet,") {
                     return Ok(ws);
                 } else if let Some(err) = t.strip_prefix("44/fleet,") {
@@ -141,10 +174,10 @@ async fn open_inner(target: &Target, auth: &str) -> Result<Ws, ConnectError> {
                     return Err(ConnectError::Protocol(format!("unexpected frame before connect: {}", clip(t))));
                 }
             }
-            Some(Ok(Message::Close(_))) | None => return Err(ConnectError::Io("closed during connect".into())),
+            Some(Ok(Message::Close(_))) | None => return Err(ConnectError::Closed("closed during connect")),
             Some(Ok(Message::Binary(_))) => return Err(ConnectError::Protocol("binary frame during connect".into())),
             Some(Ok(_)) => {}
-            Some(Err(e)) => return Err(ConnectError::Io(e.to_string())),
+            Some(Err(e)) => return Err(e.into()),
         }
     }
 }
@@ -188,6 +221,9 @@ pub enum Packet<'a> {
     Other,
 }
 
+/// Called on every frame the load tool receives: inlined across the crate
+/// boundary like the private function it was.
+#[inline]
 pub fn classify(t: &str) -> Packet<'_> {
     if t == "2" {
         return Packet::Ping;
@@ -243,6 +279,9 @@ pub fn error_code(body: &str) -> String {
         .unwrap_or_else(|| "malformed".to_owned())
 }
 
+/// `42/fleet,[<id>]["name",<payload>]`; `name` is written as it is (event
+/// names are plain words) and `payload` must be JSON text.
+#[inline]
 pub fn event(ack: Option<u64>, name: &str, payload: &str) -> String {
     match ack {
         Some(id) => format!("42{NAMESPACE},{id}[\"{name}\",{payload}]"),
@@ -250,25 +289,46 @@ pub fn event(ack: Option<u64>, name: &str, payload: &str) -> String {
     }
 }
 
+/// Why [`await_ack`] returned without the ack.
+#[derive(Debug, thiserror::Error)]
+pub enum AckError {
+    /// Reading or writing the websocket failed (the caller's `?` on its
+    /// own send lands here too).
+    #[error("websocket: {0}")]
+    Ws(#[source] Box<tungstenite::Error>),
+    #[error("disconnected while waiting for an ack")]
+    Disconnected,
+    #[error("closed while waiting for an ack")]
+    Closed,
+    #[error("no ack within {0:?}")]
+    Timeout(Duration),
+}
+
+impl From<tungstenite::Error> for AckError {
+    fn from(e: tungstenite::Error) -> Self {
+        AckError::Ws(Box::new(e))
+    }
+}
+
 /// Reads until the ack with `id` and returns its argument array; answers
 /// pings and skips events on the way.
-pub async fn await_ack(ws: &mut Ws, id: u64, timeout: Duration) -> anyhow::Result<String> {
+pub async fn await_ack(ws: &mut Ws, id: u64, timeout: Duration) -> Result<String, AckError> {
     let wait = async {
         loop {
             match ws.next().await {
                 Some(Ok(Message::Text(t))) => match classify(t.as_str()) {
-                    Packet::Ping => ws.send(Message::text("3")).await.context("pong")?,
+                    Packet::Ping => ws.send(Message::text("3")).await?,
                     Packet::Ack { id: got, body } if got == id => return Ok(body.to_owned()),
-                    Packet::Disconnect => bail!("disconnected while waiting for an ack"),
+                    Packet::Disconnect => return Err(AckError::Disconnected),
                     _ => {}
                 },
-                Some(Ok(Message::Close(_))) | None => bail!("closed while waiting for an ack"),
+                Some(Ok(Message::Close(_))) | None => return Err(AckError::Closed),
                 Some(Ok(_)) => {}
-                Some(Err(e)) => bail!("websocket: {e}"),
+                Some(Err(e)) => return Err(e.into()),
             }
         }
     };
-    tokio::time::timeout(timeout, wait).await.unwrap_or_else(|_| bail!("no ack within {timeout:?}"))
+    tokio::time::timeout(timeout, wait).await.unwrap_or(Err(AckError::Timeout(timeout)))
 }
 
 #[cfg(test)]
@@ -302,6 +362,9 @@ mod tests {
         assert_eq!(t.ws_url, "ws://127.0.0.1:3000/socket.io/?EIO=4&transport=websocket");
         assert!(Target::parse("https://x:1", "/").is_err());
         assert_eq!(targets(&["a:1,b:2".into()], "/socket.io/").unwrap().len(), 2);
+        assert!(matches!(targets(&[" , ".into()], "/"), Err(TargetError::Empty)));
+        let local = Target::from(SocketAddr::from(([127, 0, 0, 1], 3000)));
+        assert_eq!(local.ws_url, t.ws_url);
     }
 
     #[test]
