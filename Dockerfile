@@ -24,10 +24,14 @@ COPY bench/Cargo.toml ./bench/Cargo.toml
 COPY bench/src ./bench/src
 COPY testkit/Cargo.toml ./testkit/Cargo.toml
 COPY testkit/src ./testkit/src
+# The forks [patch.crates-io] points at (vendor/PATCHES.md).
+COPY vendor ./vendor
 RUN cargo chef prepare --bin fleetgate --recipe-path recipe.json
 
 FROM chef AS builder
 COPY --from=planner /build/recipe.json recipe.json
+# The patched dependencies are cooked with the others, so they come first.
+COPY vendor ./vendor
 RUN cargo chef cook --release --locked --bin fleetgate --recipe-path recipe.json
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src

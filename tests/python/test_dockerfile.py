@@ -257,6 +257,27 @@ def test_build_sees_every_file_the_crate_compiles_in():
             assert not dockerignore().excluded(target), f"{target} is excluded by .dockerignore"
 
 
+def test_build_sees_the_workspace_and_the_patched_dependencies():
+    """cargo resolves the whole workspace and every [patch.crates-io] path
+    before it builds anything: each must be in the planner's and the
+    builder's context, or `docker build` fails to resolve."""
+    import tomllib
+
+    manifest = tomllib.loads((REPO / "Cargo.toml").read_text())
+    needed = {m for m in manifest["workspace"]["members"] if m != "."}
+    needed |= {os.path.normpath(p["path"]) for p in manifest.get("patch", {}).get("crates-io", {}).values() if "path" in p}
+    assert needed, "expected workspace members or patched paths"
+    stages = [st for st in parsed()[1] if any("cargo chef prepare" in r.args or "cargo build" in r.args for r in st.all("RUN"))]
+    assert len(stages) == 2, "expected the planner and the builder"
+    for stage in stages:
+        copied = {os.path.normpath(src) for st, src, _ in context_copies() if st is stage}
+        for path in needed:
+            assert any(path == s or path.startswith(s + "/") or s.startswith(path + "/") for s in copied), (
+                f"{path} is not copied into the {stage.name or 'unnamed'} stage"
+            )
+            assert not dockerignore().excluded(path + "/Cargo.toml"), f"{path} is excluded by .dockerignore"
+
+
 def test_builder_toolchain_and_dependency_caching():
     images = [s.image for s in parsed()[1][:-1]]
     rust = [i for i in images if i.startswith("rust:")]
