@@ -8,8 +8,8 @@ use socketioxide::adapter::Adapter;
 
 use crate::{
     auth::Role,
+    clock,
     gateway::{Gateway, Source},
-    ids,
     position::PositionUpdate,
     session::Session,
 };
@@ -122,7 +122,7 @@ pub async fn run<A: Adapter>(gateway: Arc<Gateway<A>>, vehicles: usize) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tick.tick().await;
-        let now = ids::now_ms();
+        let now = clock::now_ms();
         let t = (now as f64 / 1000.0) % (TAU / 0.001);
         for route in &routes {
             let (lat, lon, heading, speed) = route.at(t);

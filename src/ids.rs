@@ -1,5 +1,5 @@
-//! Identifiers and clocks shared by every module: the id grammar of the
-//! contract (`[A-Za-z0-9._:-]{1,64}`), session ids and wall-clock time.
+//! Identifiers shared by every module: the id grammar of the contract
+//! (`[A-Za-z0-9._:-]{1,64}`) and session ids.
 
 use base64::Engine as _;
 
@@ -13,14 +13,6 @@ pub fn is_valid_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_ID_LEN
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// A new opaque session id: 192 random bits, URL-safe.

@@ -304,7 +304,7 @@ fn session() -> Session {
         role: Role::Viewer,
         vehicle: None,
         vehicles: None,
-        expires_at: ids::now_ms() + 60_000,
+        expires_at: fleetgate::clock::now_ms() + 60_000,
     }
 }
 
@@ -514,7 +514,7 @@ fn b64(bytes: &[u8]) -> String {
 }
 
 fn now() -> i64 {
-    ids::now_ms() / 1000
+    fleetgate::clock::now_ms() / 1000
 }
 
 /// How a generated token is signed.

@@ -26,9 +26,9 @@ use jsonwebtoken::{Algorithm, Header, Validation, errors::ErrorKind};
 use serde::Serialize;
 
 use crate::{
+    clock,
     config::Config,
     error::{ApiError, ErrorCode},
-    ids,
 };
 
 /// Tokens longer than this are refused unread: no legitimate claim set is
@@ -157,7 +157,7 @@ impl Authenticator {
             #[serde(skip_serializing_if = "Option::is_none")]
             aud: Option<&'a str>,
         }
-        let now = ids::now_ms() / 1000;
+        let now = clock::now_ms() / 1000;
         let out = Out {
             sub: &claims.sub,
             fleet: &claims.fleet,
@@ -234,7 +234,7 @@ mod tests {
     }
 
     fn now() -> i64 {
-        ids::now_ms() / 1000
+        clock::now_ms() / 1000
     }
 
     fn claims(role: Role) -> Claims {

@@ -21,7 +21,7 @@ use super::{
     load::KeyError,
 };
 use crate::lock::RwLockExt;
-use crate::{config::Config, ids};
+use crate::{clock, config::Config};
 
 /// A token naming an unknown `kid` refreshes the set at most this often,
 /// so a stream of made-up kids cannot turn into a stream of fetches.
@@ -142,7 +142,7 @@ impl RemoteKeys {
                 let first = !self.fetched.swap(true, Ordering::AcqRel);
                 metrics::counter!(crate::metrics::names::JWKS_REFRESHES, "outcome" => "ok").increment(1);
                 metrics::gauge!(crate::metrics::names::JWKS_KEYS).set(count as f64);
-                metrics::gauge!(crate::metrics::names::JWKS_LAST_SUCCESS).set(ids::now_ms() as f64 / 1000.0);
+                metrics::gauge!(crate::metrics::names::JWKS_LAST_SUCCESS).set(clock::now_ms() as f64 / 1000.0);
                 if first {
                     tracing::info!(%url, keys = count, skipped, "jwks: key set fetched");
                 } else {

@@ -73,7 +73,7 @@ impl Claims {
             role: Some(role.as_str().to_owned()),
             vehicle: vehicle.filter(|_| role == Role::Vehicle),
             vehicles: vehicles.map(Value::from),
-            exp: Some((ids::now_ms() / 1000).saturating_add(ttl)),
+            exp: Some((crate::clock::now_ms() / 1000).saturating_add(ttl)),
         }
         .validate()
     }

@@ -18,10 +18,10 @@ use tokio::{sync::watch, task::JoinHandle};
 
 use crate::{
     auth::{Authenticator, Claims, Role},
+    clock,
     config::Config,
     error::{ApiError, ErrorCode},
     gateway::{Accepted, Gateway, Source},
-    ids,
     session::Session,
 };
 
@@ -160,6 +160,6 @@ async fn device_session(auth: &Authenticator, token: &str, source: Source) -> Re
         return Err(ApiError::new(ErrorCode::Forbidden, "the device identifier must be a vehicle token"));
     }
     let vehicle = claims.vehicle.clone().unwrap_or_else(|| claims.sub.clone());
-    let expires_at = claims.exp.saturating_mul(1000).max(ids::now_ms());
+    let expires_at = claims.exp.saturating_mul(1000).max(clock::now_ms());
     Ok(vehicle_session(claims.fleet, vehicle, expires_at))
 }

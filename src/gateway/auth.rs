@@ -53,7 +53,7 @@ async fn open_session<A: Adapter>(gw: &Gateway<A>, token: &str, fleet: Option<&s
     if fleet.is_some_and(|f| f != claims.fleet) {
         return Err(ApiError::forbidden("the token belongs to another fleet"));
     }
-    let now = ids::now_ms();
+    let now = crate::clock::now_ms();
     let session = Session::new(claims, gw.config.session_ttl_secs, now);
     if session.is_expired(now) {
         return Err(ApiError::new(ErrorCode::TokenExpired, "token has expired"));
@@ -69,7 +69,7 @@ async fn resume<A: Adapter>(gw: &Gateway<A>, id: &str) -> Result<Session, ApiErr
         return Err(expired());
     }
     let session = gw.store.session(id).await?;
-    session.filter(|s| !s.is_expired(ids::now_ms())).ok_or_else(expired)
+    session.filter(|s| !s.is_expired(crate::clock::now_ms())).ok_or_else(expired)
 }
 
 /// Connect middleware: a refusal becomes the client's `connect_error`
@@ -152,7 +152,8 @@ fn track_presence<A: Adapter>(conn: &Arc<Conn>, gw: &Arc<Gateway<A>>, session: &
 
 /// Disconnects the socket when its session's lifetime ends.
 fn arm_expiry<A: Adapter>(gw: &Gateway<A>, socket: &SocketRef<A>, conn: &Arc<Conn>, session: &Session) {
-    let left = std::time::Duration::from_millis(u64::try_from(session.remaining_ms(ids::now_ms())).unwrap_or(0));
+    let left =
+        std::time::Duration::from_millis(u64::try_from(session.remaining_ms(crate::clock::now_ms())).unwrap_or(0));
     let deadline = Deadline::SessionEnd { session_id: session.session_id.clone() };
     gw.deadlines.set(socket, conn, deadline, left);
 }
@@ -193,7 +194,7 @@ pub(super) async fn on_authenticate<A: Adapter>(req: ClientEvent<A>, conn: Arc<C
 /// The session of an authenticated socket, or why there is none.
 pub(super) fn require_session(conn: &Conn) -> Result<Arc<Session>, ApiError> {
     match conn.session() {
-        Some(s) if !s.is_expired(ids::now_ms()) => Ok(s),
+        Some(s) if !s.is_expired(crate::clock::now_ms()) => Ok(s),
         Some(_) => Err(ApiError::new(ErrorCode::SessionExpired, "the session has expired")),
         None => Err(ApiError::unauthenticated()),
     }

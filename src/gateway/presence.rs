@@ -26,7 +26,7 @@ use super::{
 };
 use crate::lock::MutexExt;
 use crate::{
-    ids,
+    clock,
     metrics::{AdapterOp, PresenceState, names},
     store::Offline,
 };
@@ -147,7 +147,7 @@ impl<A: Adapter> Gateway<A> {
         let key = (fleet.to_owned(), vehicle.to_owned());
         let Some(mut turn) = self.local_vehicles.add(&key) else { return };
         // Before any position from this socket can be accepted.
-        let opened_at = ids::now_ms();
+        let opened_at = clock::now_ms();
         let gw = self.clone();
         tokio::spawn(async move {
             turn.wait().await;
@@ -181,14 +181,14 @@ impl<A: Adapter> Gateway<A> {
     /// ordered on for recovery (before the positions it then sent).
     pub(super) async fn announce_online(&self, fleet: &str, vehicle: &str, at_ms: i64) {
         metrics::counter!(names::PRESENCE_CHANGES, "state" => PresenceState::Online).increment(1);
-        let event = Online { fleet, vehicle_id: vehicle, ts: ids::now_ms() };
+        let event = Online { fleet, vehicle_id: vehicle, ts: clock::now_ms() };
         self.emit_presence(fleet, vehicle, "vehicle_online", &event, at_ms).await;
     }
 
     async fn announce_offline(&self, o: &Offline) {
         metrics::counter!(names::PRESENCE_CHANGES, "state" => PresenceState::Offline).increment(1);
         let event = OfflineEvent { fleet: &o.fleet, vehicle_id: &o.vehicle, last_seen: o.last_seen };
-        self.emit_presence(&o.fleet, &o.vehicle, "vehicle_offline", &event, ids::now_ms()).await;
+        self.emit_presence(&o.fleet, &o.vehicle, "vehicle_offline", &event, clock::now_ms()).await;
     }
 
     /// To the fleet's and the vehicle's subscribers on every replica

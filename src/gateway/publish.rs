@@ -33,8 +33,8 @@ use super::{ClientEvent, Gateway, fanout::Outgoing};
 use crate::lock::MutexExt;
 use crate::{
     auth::Role,
+    clock,
     error::{ApiError, ErrorCode},
-    ids,
     position::{Position, PositionUpdate, TimeWindow},
     session::Session,
     store::{PositionWrite, PutOutcome, StoreError},
@@ -273,7 +273,7 @@ impl<A: Adapter> Gateway<A> {
                 update.vehicle_id.take().ok_or_else(|| ApiError::invalid("vehicleId: required for dispatchers"))?
             }
         };
-        let now = ids::now_ms();
+        let now = clock::now_ms();
         let ts = update.fix_time(now, self.window())?;
         self.limits.check_vehicle(&session.fleet, &vehicle_id).inspect_err(|_| {
             metrics::counter!(crate::metrics::names::RATE_LIMITED, "limit" => crate::metrics::Limit::Vehicle)
@@ -368,7 +368,7 @@ impl<A: Adapter> Gateway<A> {
                         metrics::counter!(crate::metrics::names::GEOFENCE_EVENTS, "kind" => c.kind).increment(1);
                     }
                     metrics::histogram!(crate::metrics::names::INGEST_SECONDS)
-                        .record((ids::now_ms() - p.received_at).max(0) as f64 / 1000.0);
+                        .record((clock::now_ms() - p.received_at).max(0) as f64 / 1000.0);
                     if back_online {
                         // Boxed: it is rare, and its (adapter's) future is
                         // large; inline it would be copied with this task's

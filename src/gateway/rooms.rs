@@ -80,7 +80,7 @@ async fn notify_others<A: Adapter>(gw: &Gateway<A>, socket: &SocketRef<A>, fleet
         fleet,
         rooms: vec![chat_room(fleet, notice.room)],
         target: Target::Room(notice.room),
-        at_ms: ids::now_ms(),
+        at_ms: crate::clock::now_ms(),
     };
     if let Err(e) = gw.emit_recoverable(Some(socket), audience, "notice", &notice).await {
         super::adapter_failed(AdapterOp::Notice, &e);
@@ -214,7 +214,7 @@ impl<A: Adapter> Gateway<A> {
         from: String,
         text: String,
     ) -> Result<ChatMessage, ApiError> {
-        let message = ChatMessage { id: String::new(), room, from, text, ts: ids::now_ms() };
+        let message = ChatMessage { id: String::new(), room, from, text, ts: crate::clock::now_ms() };
         let stored = self.store.append_message(fleet, message).await?;
         metrics::counter!(names::CHAT_MESSAGES).increment(1);
         Ok(stored)

@@ -156,7 +156,7 @@ struct Indexed {
 
 impl Indexed {
     fn new(index: Arc<FleetIndex>) -> Self {
-        Self { index, used_ms: AtomicI64::new(crate::ids::now_ms()) }
+        Self { index, used_ms: AtomicI64::new(crate::clock::now_ms()) }
     }
 }
 
@@ -169,7 +169,7 @@ impl Geofences {
     fn cached(&self, fleet: &str) -> Option<Arc<FleetIndex>> {
         let fleets = self.fleets.read_or_recover();
         let entry = fleets.get(fleet)?;
-        entry.used_ms.store(crate::ids::now_ms(), Ordering::Relaxed);
+        entry.used_ms.store(crate::clock::now_ms(), Ordering::Relaxed);
         Some(entry.index.clone())
     }
 

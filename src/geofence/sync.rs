@@ -35,7 +35,7 @@ impl Geofences {
     /// One round of [`run`].
     pub async fn sync_once(&self) {
         let idle_ms = i64::try_from(IDLE.as_millis()).unwrap_or(i64::MAX);
-        let dropped = self.drop_idle(crate::ids::now_ms().saturating_sub(idle_ms));
+        let dropped = self.drop_idle(crate::clock::now_ms().saturating_sub(idle_ms));
         if dropped > 0 {
             tracing::debug!(dropped, "idle fleets' geofence indexes dropped");
         }
@@ -83,7 +83,7 @@ mod tests {
         let geofences = Geofences::new(MemoryStore::new(retention()), 1000, 10);
         geofences.index("quiet").await.unwrap();
         geofences.index("busy").await.unwrap();
-        let now = crate::ids::now_ms();
+        let now = crate::clock::now_ms();
         assert_eq!(geofences.drop_idle(now - 60_000), 0, "both used within the minute");
         assert_eq!(geofences.drop_idle(now + 1), 2);
         assert!(geofences.loaded().is_empty());

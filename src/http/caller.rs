@@ -8,8 +8,8 @@ use axum::{extract::FromRequestParts, http::request::Parts};
 use super::HttpState;
 use crate::{
     auth::{Claims, Role},
+    clock,
     error::ApiError,
-    ids,
     metrics::{AuthStage, names},
     session::Session,
 };
@@ -77,7 +77,7 @@ impl Caller {
             role: self.0.role,
             vehicle: self.0.vehicle.clone(),
             vehicles: self.0.vehicles.clone(),
-            expires_at: self.0.exp.saturating_mul(1000).max(ids::now_ms()),
+            expires_at: self.0.exp.saturating_mul(1000).max(clock::now_ms()),
         }
     }
 }

@@ -117,7 +117,7 @@ fn count(output: Output, event: &Event, outcome: OutputOutcome) {
         .increment(1);
     if outcome == OutputOutcome::Delivered {
         // The stream id's time is when the store appended the event.
-        let lag_ms = crate::ids::now_ms().saturating_sub(i64::try_from(event.id.ms).unwrap_or(i64::MAX)).max(0);
+        let lag_ms = crate::clock::now_ms().saturating_sub(i64::try_from(event.id.ms).unwrap_or(i64::MAX)).max(0);
         metrics::histogram!(names::OUTPUT_LAG_SECONDS, "output" => output).record(lag_ms as f64 / 1000.0);
     }
 }

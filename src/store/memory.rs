@@ -20,7 +20,7 @@ use super::{
     events::{self as stream, EventKind},
 };
 use crate::lock::MutexExt;
-use crate::{ids::now_ms, session::Session};
+use crate::{clock::now_ms, session::Session};
 
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
 

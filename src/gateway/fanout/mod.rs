@@ -168,7 +168,7 @@ impl Outgoing {
 
     fn record_lag(&self) {
         let path = if self.relayed { DeliveryPath::Relay } else { DeliveryPath::Local };
-        let lag = (crate::ids::now_ms() - self.received_at).max(0) as f64 / 1000.0;
+        let lag = (crate::clock::now_ms() - self.received_at).max(0) as f64 / 1000.0;
         metrics::histogram!(names::DELIVERY_LAG_SECONDS, "path" => path).record(lag);
     }
 }

@@ -278,7 +278,7 @@ async fn restorable<A: Adapter>(
         session.clone()
     } else {
         let old = gw.store.session(&state.session_id).await.map_err(unavailable)?;
-        let old = old.filter(|s| !s.is_expired(ids::now_ms())).ok_or(RecoveryFallback::SessionGone)?;
+        let old = old.filter(|s| !s.is_expired(crate::clock::now_ms())).ok_or(RecoveryFallback::SessionGone)?;
         let same = old.sub == session.sub
             && old.fleet == session.fleet
             && old.role == session.role
@@ -315,7 +315,7 @@ pub(super) async fn on_handshake<A: Adapter>(socket: &SocketRef<A>, conn: &Arc<C
             let state = State {
                 sid: socket.id.to_string(),
                 session_id: s.session_id.clone(),
-                since: LogId::position(ids::now_ms()).to_string(),
+                since: LogId::position(crate::clock::now_ms()).to_string(),
                 ..State::default()
             };
             (new_pid(&s.fleet), socket.id, state, None)

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 
 use super::MemoryStore;
 use crate::{
-    ids::now_ms,
+    clock::now_ms,
     store::{
         StoreError,
         events::{self, Cursor, Event, EventKind, EventStream, Lease, Read, StreamId},

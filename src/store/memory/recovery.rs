@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use super::MemoryStore;
 use crate::lock::MutexExt;
 use crate::{
-    ids::now_ms,
+    clock::now_ms,
     store::{
         StoreError,
         recovery::{LogId, Missed, RecoveryStore, SocketRecord},
@@ -108,7 +108,7 @@ impl RecoveryStore for MemoryStore {
                 log.max_deleted = dropped;
             }
         }
-        log.expires_at = crate::ids::now_ms().saturating_add(ttl_ms.max(1));
+        log.expires_at = crate::clock::now_ms().saturating_add(ttl_ms.max(1));
         Ok(id)
     }
 

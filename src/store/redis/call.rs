@@ -7,7 +7,7 @@ use std::{future::Future, sync::atomic::Ordering, time::Duration};
 
 use super::{RedisStore, connection::Connection};
 use crate::{
-    ids::now_ms,
+    clock::now_ms,
     metrics::{StoreOp, names},
     store::StoreError,
 };

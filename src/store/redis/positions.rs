@@ -17,7 +17,7 @@ use super::{
     with_events,
 };
 use crate::{
-    ids::now_ms,
+    clock::now_ms,
     metrics::StoreOp,
     replication::wire::position_channel,
     store::{Crossing, PositionWrite, PutOutcome, Scope, StoreError, events::EventKind},

@@ -13,7 +13,7 @@ use super::{
     with_events,
 };
 use crate::{
-    ids::now_ms,
+    clock::now_ms,
     metrics::StoreOp,
     store::{Offline, StoreError, events::EventKind},
 };

@@ -2,7 +2,7 @@
 //! until it expires.
 
 use super::{RedisStore, keys::session_key};
-use crate::{ids::now_ms, metrics::StoreOp, session::Session, store::StoreError};
+use crate::{clock::now_ms, metrics::StoreOp, session::Session, store::StoreError};
 
 pub(super) async fn create(store: &RedisStore, session: &Session) -> Result<(), StoreError> {
     let json = serde_json::to_string(session).map_err(|e| StoreError::Corrupt(e.to_string()))?;
