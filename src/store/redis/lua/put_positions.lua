@@ -70,10 +70,12 @@ end
 -- The events of accepted update i (section 12); the fix's lat and lon are
 -- read from its encoded event, whose fields are fleetgate's own.
 local function appended(i, a, vehicle, online)
-  local head = '{"fleet":"' .. ARGV[8] .. '","vehicleId":"' .. vehicle .. '"'
-  if online then ev_add('vehicle_online', head .. ',"ts":' .. ARGV[2] .. '}') end
+  if online then
+    ev_add('vehicle_online', '{"fleet":"' .. ARGV[8] .. '","vehicleId":"' .. vehicle .. '","ts":' .. ARGV[2] .. '}')
+  end
   ev_add('position', ARGV[a + 2])
   if crossed[i] == '' then return end
+  local head = '{"fleet":"' .. ARGV[8] .. '","vehicleId":"' .. vehicle .. '"'
   local lat = string.match(ARGV[a + 2], '"lat":([^,}]+)') or 'null'
   local lon = string.match(ARGV[a + 2], '"lon":([^,}]+)') or 'null'
   local fix = ',"ts":' .. ARGV[a + 1] .. ',"lat":' .. lat .. ',"lon":' .. lon .. '}'
