@@ -250,11 +250,43 @@ def table(results: Path, stamp: str, p99_max: float, ratio_min: float) -> str:
         out = ["| measure | node peer | fleetgate | target |", "|---|---|---|---|"]
         for measure, cells, target in rows:
             out.append(f"| {measure} | {cells.get('node', '–')} | {cells.get('fleetgate', '–')} | {target} |")
+    ev = lines(results / f"{stamp}-events.jsonl")
+    if ev:
+        if out:
+            out.append("")
+        out.append(events_table(ev))
     gf = lines(results / f"{stamp}-geofences.jsonl")
     if gf:
         if out:
             out.append("")
         out.append(geofence_table(gf))
+    return "\n".join(out)
+
+
+def events_table(rows: list[dict]) -> str:
+    """bench/run.sh's events scenario: the fleet-ingest load with the event
+    stream off, on, and on with a webhook per fleet, side by side."""
+    runs = by_label(rows)
+    order = [("fleetgate:off", "stream off"), ("fleetgate:stream", "stream on"), ("fleetgate:webhooks", "stream + webhooks")]
+    present = [(label, name) for label, name in order if label in runs]
+    off = (runs.get("fleetgate:off") or [None])[-1]
+    d0 = rows[0]
+    tag = f"{get(d0, 'params.vehicles')} vehicles × {fmt(get(d0, 'params.hz'), 0)} Hz"
+    out = [f"| events: {tag} | " + " | ".join(name for _, name in present) + " |", "|---" * (len(present) + 1) + "|"]
+
+    def line(measure: str, cell) -> None:
+        out.append(f"| {measure} | " + " | ".join(cell(runs[label][-1]) for label, _ in present) + " |")
+
+    def plus(d: dict, value, base) -> str:
+        return "" if d is off or value is None or base is None else f" ({value - base:+.1f})"
+
+    line("accepted upd/s · ack p99", lambda d: f"{fmt(get(d, 'results.updates_per_s'), 0)} · {fmt(get(d, 'results.ack.p99_ms'), 1)} ms{tool_note(d)}")
+    line("server CPU per accepted update (user / system)", lambda d: (
+        f"{fmt(get(d, 'results.server.cpu_us_per_update'), 1, ' µs')}{plus(d, get(d, 'results.server.cpu_us_per_update'), get(off, 'results.server.cpu_us_per_update') if off else None)}"
+        f" ({fmt(get(d, 'results.server.user_us_per_update'), 1)} / {fmt(get(d, 'results.server.system_us_per_update'), 1)})"))
+    line("Redis CPU per accepted update", lambda d: f"{fmt(redis_us_per_update(d), 1, ' µs')}{plus(d, redis_us_per_update(d), redis_us_per_update(off) if off else None)}")
+    line("Redis commands/s", lambda d: fmt(get(d, "results.redis.info.commands_per_s"), 0))
+    line("latency p50 / p99 · ratio", lambda d: f"{fmt(get(d, 'results.latency.p50_ms'), 1)} / {fmt(get(d, 'results.latency.p99_ms'), 1)} ms · {fmt(get(d, 'results.delivery_ratio'), 4)}")
     return "\n".join(out)
 
 

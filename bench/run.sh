@@ -67,6 +67,10 @@ BATCH_MS=${BATCH_MS:-100}
 # OsmAnd listener and MQTT, spread over DEVICE_VEHICLES vehicles.
 DEVICE_RATE=${DEVICE_RATE:-1000}
 DEVICE_VEHICLES=${DEVICE_VEHICLES:-200}
+# events (fleetgate only, not in the default set): the fleet-ingest load
+# with the event stream off (FLEETGATE_EVENTS_MAX=0), on (the default cap),
+# and on with a webhook per fleet to a local receiver answering 200.
+EVENTS_CAP=${EVENTS_CAP:-10000}
 # The write-window point of the conflation scenario (the default window is 10).
 WRITE_WINDOW_MS=${WRITE_WINDOW_MS:-25}
 # Geofences (fleetgate only, not in the default set): N geofences in one
@@ -322,6 +326,43 @@ for kind in $SERVERS; do
       --warmup "$WARMUP" --duration "$DURATION" --drain "$DRAIN" --connect-rate "$CONNECT_RATE" || true
     redis-cli -p "$REDIS_PORT" info commandstats >"$LOGS/fleet-ingest-$kind-commandstats.txt" 2>/dev/null || true
     stop "$SRV_PID"
+  fi
+
+  if has events && [[ $kind == fleetgate ]]; then
+    # What the event stream and its outputs add to an accepted update, the
+    # fleet-ingest load with each setting in turn (user and system CPU of
+    # the server apart, Redis's own CPU from its /proc/<pid>/stat).
+    events_run() { # LABEL SETTING… — the load on a fleetgate started with the settings
+      local label=$1
+      shift
+      say "fleetgate: events $label: $FLEET_INGEST_VEHICLES vehicles × $FLEET_INGEST_HZ Hz, $FLEET_INGEST_FLEETS fleets"
+      flush_redis
+      redis-cli -p "$REDIS_PORT" config resetstat >/dev/null 2>&1 || true
+      FG_STORE=redis start_server fleetgate "$@"
+      if [[ $label == webhooks ]]; then
+        local fleets=() i
+        for ((i = 0; i < FLEET_INGEST_FLEETS; i++)); do fleets+=("events-$i"); done
+        ((FLEET_INGEST_FLEETS == 1)) && fleets=(events)
+        FLEETGATE_JWT_SECRET=$SECRET python3 "$ROOT/bench/webhooks.py" --register "$SRV_URL" \
+          "http://127.0.0.1:$HOOK_PORT/hook" "${fleets[@]}"
+      fi
+      bench events "fleetgate:$label" --server-pid "$SRV_PID" --fleet events fanout --url "$SRV_URL" \
+        -V "$FLEET_INGEST_VEHICLES" -H "$FLEET_INGEST_HZ" -W "$FLEET_INGEST_VIEWERS" --fleets "$FLEET_INGEST_FLEETS" \
+        --warmup "$WARMUP" --duration "$DURATION" --drain "$DRAIN" --connect-rate "$CONNECT_RATE" || true
+      redis-cli -p "$REDIS_PORT" info commandstats >"$LOGS/events-$label-commandstats.txt" 2>/dev/null || true
+      if [[ $label == webhooks ]]; then
+        curl -fsS "$SRV_METRICS_URL/metrics" 2>/dev/null | grep '^fleetgate_output_events_total' >"$LOGS/events-$label-outputs.txt" || true
+      fi
+      stop "$SRV_PID"
+    }
+    HOOK_PORT=$(free_port)
+    taskset -c "$LOAD_CORE" python3 "$ROOT/bench/webhooks.py" --receive "$HOOK_PORT" &
+    HOOK_PID=$!
+    STARTED+=("$HOOK_PID")
+    events_run off FLEETGATE_EVENTS_MAX=0
+    events_run stream FLEETGATE_EVENTS_MAX="$EVENTS_CAP"
+    events_run webhooks FLEETGATE_EVENTS_MAX="$EVENTS_CAP" FLEETGATE_WEBHOOK_ALLOW_PRIVATE=true
+    stop "$HOOK_PID"
   fi
 
   if has devices && [[ $kind == fleetgate ]]; then
