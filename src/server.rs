@@ -327,14 +327,8 @@ impl<A: Adapter> App<A> {
             .await
             .map_err(|err| ServeError::Bind { addr: config.addr, err })?;
         // Device ingest (section 13), off unless configured.
-        let devices = crate::device::start(&config, gateway.clone()).await?;
-        {
-            let drain = drain.clone();
-            background.tasks.spawn(async move {
-                drain.cancelled().await;
-                devices.stop();
-            });
-        }
+        // They stop taking positions when the drain begins.
+        let _devices = crate::device::start(&config, gateway.clone(), drain.clone()).await?;
         tracing::info!(addr = %config.addr, path = %config.socketio_req_path(), "listening");
         {
             let drain = drain.clone();

@@ -14,7 +14,8 @@ use std::{sync::Arc, time::Duration};
 use async_trait::async_trait;
 use serde_json::Value;
 use socketioxide::adapter::Adapter;
-use tokio::{sync::watch, task::JoinHandle};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     auth::{Authenticator, Claims, Role},
@@ -54,26 +55,18 @@ pub enum DeviceError {
     Mqtt(#[from] mqtt::MqttConfigError),
 }
 
-/// The running device listeners; [`Devices::stop`] ends them.
+/// The running device listeners, until the `stop` they were started with
+/// is cancelled: then the OsmAnd listener finishes its requests and the
+/// MQTT client disconnects (its session, and any message not yet
+/// acknowledged, stay with the broker).
 pub struct Devices {
-    stop: watch::Sender<bool>,
     /// Held for as long as the server runs.
     _tasks: Vec<JoinHandle<()>>,
 }
 
-impl Devices {
-    /// Stops taking positions: the OsmAnd listener finishes its requests,
-    /// the MQTT client disconnects (its session, and any message not yet
-    /// acknowledged, stay with the broker).
-    pub fn stop(&self) {
-        let _ = self.stop.send(true);
-    }
-}
-
 /// Starts what the configuration turns on (nothing by default).
-pub async fn start(config: &Config, ingest: Arc<dyn Ingest>) -> Result<Devices, DeviceError> {
+pub async fn start(config: &Config, ingest: Arc<dyn Ingest>, stop: CancellationToken) -> Result<Devices, DeviceError> {
     preregister();
-    let (stop, stopped) = watch::channel(false);
     let mut tasks = Vec::new();
     if let Some(addr) = config.osmand_addr {
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|err| DeviceError::Bind { addr, err })?;
@@ -83,14 +76,14 @@ pub async fn start(config: &Config, ingest: Arc<dyn Ingest>) -> Result<Devices, 
             .capped(config.osmand_max_connections, crate::metrics::ListenerKind::Osmand);
         tracing::info!(%addr, max_connections = config.osmand_max_connections, "osmand listening");
         let idle = Duration::from_secs(config.osmand_idle_timeout_secs);
-        let serve = osmand::serve(listener, ingest.clone(), config.max_message_bytes, idle, stopped.clone());
+        let serve = osmand::serve(listener, ingest.clone(), config.max_message_bytes, idle, stop.clone());
         tasks.push(tokio::spawn(serve));
     }
     if let Some(settings) = mqtt::Settings::from_config(config)? {
         tracing::info!(broker = %settings.redacted_url(), client_id = %settings.client_id, "mqtt ingest on");
-        tasks.push(tokio::spawn(mqtt::run(settings, ingest, stopped)));
+        tasks.push(tokio::spawn(mqtt::run(settings, ingest, stop)));
     }
-    Ok(Devices { stop, _tasks: tasks })
+    Ok(Devices { _tasks: tasks })
 }
 
 /// The sources of this module, as the auth-failure metric labels them.

@@ -16,7 +16,8 @@ use std::{
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS, TlsConfiguration, Transport};
 use serde_json::Value;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::{Ingest, count_unreadable, vehicle_session};
 use crate::{
@@ -190,10 +191,10 @@ fn host_name() -> Option<String> {
         .filter(|h| !h.is_empty())
 }
 
-/// Takes positions from the broker until `stop` turns true, reconnecting
+/// Takes positions from the broker until `stop` is cancelled, reconnecting
 /// with backoff (and subscribing again after each connect: a broker that
 /// restarted without persistence forgot the subscription).
-pub async fn run(settings: Settings, ingest: Arc<dyn Ingest>, mut stop: watch::Receiver<bool>) {
+pub async fn run(settings: Settings, ingest: Arc<dyn Ingest>, stop: CancellationToken) {
     let options = match settings.options() {
         Ok(o) => o,
         Err(e) => {
@@ -212,7 +213,7 @@ pub async fn run(settings: Settings, ingest: Arc<dyn Ingest>, mut stop: watch::R
     let mut backoff = BACKOFF_MIN;
     loop {
         let event = tokio::select! {
-            _ = stop.wait_for(|s| *s) => break,
+            _ = stop.cancelled() => break,
             event = events.poll() => event,
         };
         match event {
@@ -244,7 +245,7 @@ pub async fn run(settings: Settings, ingest: Arc<dyn Ingest>, mut stop: watch::R
                 metrics::counter!(crate::metrics::names::MQTT_CONNECTION_ERRORS).increment(1);
                 tracing::warn!(error = %e, broker = %settings.redacted_url(), retry_in_ms = backoff.as_millis() as u64, "mqtt connection lost");
                 tokio::select! {
-                    _ = stop.wait_for(|s| *s) => break,
+                    _ = stop.cancelled() => break,
                     _ = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -269,7 +270,7 @@ fn spawn_workers(
     client: &AsyncClient,
     ingest: &Arc<dyn Ingest>,
     max_payload: usize,
-    stop: &watch::Receiver<bool>,
+    stop: &CancellationToken,
 ) -> Vec<mpsc::Sender<Publish>> {
     let shards = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 16);
     (0..shards)
@@ -314,12 +315,7 @@ fn topic_ids(topic: &str) -> Option<(&str, &str)> {
 
 /// Runs one message through the accept path; `None` only when stopping
 /// before its outcome was final (it stays with the broker).
-async fn take(
-    ingest: &dyn Ingest,
-    publish: &Publish,
-    max_payload: usize,
-    stop: &watch::Receiver<bool>,
-) -> Option<Outcome> {
+async fn take(ingest: &dyn Ingest, publish: &Publish, max_payload: usize, stop: &CancellationToken) -> Option<Outcome> {
     let Some((fleet, vehicle)) = topic_ids(&publish.topic) else {
         count_unreadable(SOURCE);
         return Some(Outcome {
@@ -351,7 +347,7 @@ async fn take(
             // Not final: storage is down. Kept (unacknowledged) and tried
             // again, so the message is stored once Redis is back.
             Err(e) if e.code == ErrorCode::Unavailable => {
-                if *stop.borrow() {
+                if stop.is_cancelled() {
                     return None;
                 }
                 tokio::time::sleep(backoff).await;

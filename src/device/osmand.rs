@@ -24,6 +24,7 @@ use hyper_util::{
 };
 use serde_json::{Map, Value};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use super::{Ingest, count_unreadable, device_session, timestamp};
 use crate::{
@@ -47,7 +48,7 @@ struct OsmandState {
     body_timeout: Duration,
 }
 
-/// Serves the listener until `stop` turns true, then lets the requests in
+/// Serves the listener until `stop` is cancelled, then lets the requests in
 /// progress finish.
 ///
 /// HTTP/1 only, with hyper's header read timeout, which axum's `serve`
@@ -63,7 +64,7 @@ pub async fn serve(
     ingest: Arc<dyn Ingest>,
     max_body: usize,
     idle_timeout: Duration,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let app = router(ingest, max_body, idle_timeout);
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -73,15 +74,15 @@ pub async fn serve(
     loop {
         let (io, _) = tokio::select! {
             accepted = listener.accept() => accepted,
-            () = stopped(&mut stop) => break,
+            () = stop.cancelled() => break,
         };
         let conn = http.serve_connection(TokioIo::new(io), TowerToHyperService::new(app.clone()));
-        let (mut stop, open) = (stop.clone(), open.clone());
+        let (stop, open) = (stop.clone(), open.clone());
         tokio::spawn(async move {
             let mut conn = std::pin::pin!(conn);
             let ended = tokio::select! {
                 ended = conn.as_mut() => ended,
-                () = stopped(&mut stop) => {
+                () = stop.cancelled() => {
                     conn.as_mut().graceful_shutdown();
                     conn.await
                 }
@@ -104,11 +105,6 @@ pub fn router(ingest: Arc<dyn Ingest>, max_body: usize, body_timeout: Duration) 
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "positions go to /") })
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(Arc::new(OsmandState { ingest, body_timeout }))
-}
-
-/// Resolves once `stop` turns true (or its sender is gone).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
 }
 
 fn count_idle_timeout() {
